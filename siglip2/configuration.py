@@ -1,0 +1,239 @@
+"""Dataclass configs with every field and default of transformers' SigLIP2 / SigLIP configs.
+
+`Siglip2*Config` (model_type "siglip2", NaFlex) and `Siglip*Config` (model_type "siglip", the FixRes checkpoints).
+`from_dict`/`to_dict`/`from_pretrained`/`save_pretrained` read and write real `config.json` files and keep unknown keys;
+a transformers config object is accepted wherever a config is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .loading import CheckpointError, atomic_write_text, resolve_dir
+
+# PreTrainedConfig fields the forward pass reads; everything else is kept verbatim in `extra`.
+_COMMON = ("output_attentions", "output_hidden_states", "return_dict", "problem_type", "id2label", "dtype")
+
+
+@dataclass
+class _Config:
+    model_type: ClassVar[str] = ""
+    sub_configs: ClassVar[dict] = {}
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    return_dict: bool = True
+    problem_type: str | None = None
+    id2label: dict = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    dtype: str | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.id2label = {int(k): v for k, v in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, n: int):
+        self.id2label = {i: self.id2label.get(i, f"LABEL_{i}") for i in range(n)}
+
+    @property
+    def label2id(self) -> dict:
+        return {v: k for k, v in self.id2label.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict | Any) -> "_Config":
+        """Build from a config.json dict (or a transformers config object). Unknown keys go to `extra`."""
+        if not isinstance(d, dict):
+            if not hasattr(d, "to_dict"):
+                raise TypeError(f"{cls.__name__}.from_dict: expected a dict or a config object, got {type(d).__name__}")
+            d = d.to_dict()
+        d = dict(d)
+        if "torch_dtype" in d and "dtype" not in d:
+            d["dtype"] = d.pop("torch_dtype")
+        mt = d.pop("model_type", cls.model_type)
+        if mt and mt != cls.model_type:
+            raise ValueError(f"{cls.__name__}: config.json has model_type {mt!r}, expected {cls.model_type!r}")
+        if "num_labels" in d and "id2label" not in d:
+            d["id2label"] = {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
+        d.pop("num_labels", None)
+        d.pop("label2id", None)
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: d.pop(k) for k in list(d) if k in names}
+        for key, sub_cls in cls.sub_configs.items():
+            sub = kwargs.get(key)
+            kwargs[key] = sub_cls() if sub is None else sub if isinstance(sub, sub_cls) else sub_cls.from_dict(sub)
+        return cls(**kwargs, extra=d)
+
+    def to_dict(self) -> dict:
+        out = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, _Config) else v
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = self.label2id
+        out["model_type"] = self.model_type
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        atomic_write_text(os.path.join(save_directory, "config.json"), self.to_json_string())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **hub_kwargs) -> "_Config":
+        """Read `config.json` from a directory or hub id. A sub-config class reads its part of a full config."""
+        path = os.path.join(resolve_dir(name_or_path, **hub_kwargs), "config.json")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"no config.json in {os.path.dirname(path)!r}") from e
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        key = getattr(cls, "base_config_key", None)
+        if key and d.get("model_type") != cls.model_type and key in d:
+            d = d[key]
+        return cls.from_dict(d)
+
+
+@dataclass
+class Siglip2TextConfig(_Config):
+    model_type: ClassVar[str] = "siglip2_text_model"
+    base_config_key: ClassVar[str] = "text_config"
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    max_position_embeddings: int = 64
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    attention_dropout: float = 0.0
+    pad_token_id: int | None = 1  # CLIP leftovers: not used by the forward pass
+    bos_token_id: int | None = 49406
+    eos_token_id: int | None = 49407
+    projection_size: int | None = None  # None -> hidden_size (g-opt uses 1536)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.projection_size is None:
+            self.projection_size = self.hidden_size
+        _check_heads(self)
+
+
+@dataclass
+class Siglip2VisionConfig(_Config):
+    model_type: ClassVar[str] = "siglip2_vision_model"
+    base_config_key: ClassVar[str] = "vision_config"
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    patch_size: int = 16
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    attention_dropout: float = 0.0
+    vision_use_head: bool = True
+    num_patches: int = 256  # size of the learned position table; must be a perfect square
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_heads(self)
+        if not isinstance(self.patch_size, int):
+            raise ValueError(f"{type(self).__name__}: patch_size must be an int, got {self.patch_size!r}")
+        if math.isqrt(self.num_patches) ** 2 != self.num_patches:
+            raise ValueError(f"Siglip2VisionConfig: num_patches must be a perfect square, got {self.num_patches}")
+
+
+@dataclass
+class Siglip2Config(_Config):
+    model_type: ClassVar[str] = "siglip2"
+    sub_configs: ClassVar[dict] = {"text_config": Siglip2TextConfig, "vision_config": Siglip2VisionConfig}
+    text_config: Any = None
+    vision_config: Any = None
+    initializer_factor: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key, sub_cls in self.sub_configs.items():
+            sub = getattr(self, key)
+            if not isinstance(sub, sub_cls):
+                setattr(self, key, sub_cls() if sub is None else sub_cls.from_dict(sub))
+
+
+@dataclass
+class SiglipTextConfig(Siglip2TextConfig):
+    model_type: ClassVar[str] = "siglip_text_model"
+
+
+@dataclass
+class SiglipVisionConfig(_Config):
+    model_type: ClassVar[str] = "siglip_vision_model"
+    base_config_key: ClassVar[str] = "vision_config"
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    attention_dropout: float = 0.0
+    vision_use_head: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_heads(self)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class SiglipConfig(Siglip2Config):
+    model_type: ClassVar[str] = "siglip"
+    sub_configs: ClassVar[dict] = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}
+
+
+def _check_heads(cfg):
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ValueError(
+            f"{type(cfg).__name__}: hidden_size ({cfg.hidden_size}) must be divisible by num_attention_heads "
+            f"({cfg.num_attention_heads})"
+        )
+
+
+CONFIG_CLASSES = {c.model_type: c for c in (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
+                                            SiglipTextConfig, SiglipVisionConfig)}
+
+
+def config_from_any(cfg, cls):
+    """Accept our config, a transformers config, or a dict, and return an instance of `cls`."""
+    if isinstance(cfg, cls):
+        return cfg
+    if isinstance(cfg, _Config):
+        # a full config handed to a tower class: take the tower's part
+        key = getattr(cls, "base_config_key", None)
+        if key and hasattr(cfg, key):
+            return config_from_any(getattr(cfg, key), cls)
+        return cls.from_dict(cfg.to_dict())
+    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    key = getattr(cls, "base_config_key", None)
+    if key and key in d and d.get("model_type") != cls.model_type:
+        d = d[key]
+    return cls.from_dict(d)

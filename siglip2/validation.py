@@ -1,0 +1,99 @@
+"""Input checks at the model entry points: each error names the argument, what was expected and what came.
+
+Checks that need values (spatial_shapes ranges, token ids, mask counts) read the tensors once on the host; they are
+skipped while torch.compile traces, where a data-dependent branch would break the graph.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _tensor(name, t, ndim, *, integer=None, floating=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if integer and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    if floating and not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shapes, fixres=False):
+    if pixel_values is None:
+        raise ValueError("pixel_values is required")
+    if fixres:
+        _tensor("pixel_values", pixel_values, 4, floating=True)
+        want = (config.num_channels, config.image_size, config.image_size)
+        if tuple(pixel_values.shape[1:]) != want:
+            raise ValueError(f"pixel_values must have shape (B, {want[0]}, {want[1]}, {want[2]}) for this FixRes "
+                             f"checkpoint (image_size {config.image_size}), got {tuple(pixel_values.shape)}")
+        return
+    _tensor("pixel_values", pixel_values, 3, floating=True)
+    B, L, F = pixel_values.shape
+    want = config.num_channels * config.patch_size ** 2
+    if F != want:
+        raise ValueError(f"pixel_values last dimension must be num_channels * patch_size**2 = {want} "
+                         f"(pre-patchified NaFlex input), got {F} (shape {tuple(pixel_values.shape)})")
+    if spatial_shapes is None:
+        raise ValueError("spatial_shapes (B, 2) is required with NaFlex pixel_values")
+    _tensor("spatial_shapes", spatial_shapes, 2, integer=True)
+    if tuple(spatial_shapes.shape) != (B, 2):
+        raise ValueError(f"spatial_shapes must have shape ({B}, 2) to match pixel_values' batch, "
+                         f"got {tuple(spatial_shapes.shape)}")
+    if pixel_attention_mask is not None:
+        _tensor("pixel_attention_mask", pixel_attention_mask, 2)
+        if tuple(pixel_attention_mask.shape) != (B, L):
+            raise ValueError(f"pixel_attention_mask must have shape ({B}, {L}) like pixel_values' first two "
+                             f"dimensions, got {tuple(pixel_attention_mask.shape)}")
+    if _compiling():
+        return
+    h, w = spatial_shapes[:, 0].cpu(), spatial_shapes[:, 1].cpu()
+    bad = (h < 1) | (w < 1) | (h * w > L)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"spatial_shapes[{i}] = ({int(h[i])}, {int(w[i])}): each (h, w) needs h >= 1, w >= 1 and "
+                         f"h * w <= sequence length {L}")
+    if pixel_attention_mask is not None:
+        m = pixel_attention_mask.cpu()
+        if not ((m == 0) | (m == 1)).all():
+            raise ValueError("pixel_attention_mask must hold only 0/1 (or False/True) values")
+        count = m.bool().sum(1)
+        prefix = torch.arange(L)[None, :] < (h * w)[:, None]
+        wrong = (count != h * w) | (m.bool() != prefix).any(1)
+        if wrong.any():
+            i = int(wrong.nonzero()[0])
+            raise ValueError(f"pixel_attention_mask[{i}] must mark exactly the first h*w = {int(h[i] * w[i])} tokens "
+                             f"of spatial_shapes[{i}] as valid, got {int(count[i])} valid tokens")
+
+
+def check_text_inputs(config, input_ids, attention_mask, position_ids):
+    if input_ids is None:
+        raise ValueError("input_ids is required")
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.ndim not in (1, 2) and not (input_ids.ndim > 2):
+        raise ValueError(f"input_ids must have shape (B, L), got {tuple(input_ids.shape)}")
+    _tensor("input_ids", input_ids.reshape(-1, input_ids.shape[-1]), 2, integer=True)
+    L = input_ids.shape[-1]
+    if L > config.max_position_embeddings:
+        raise ValueError(f"input_ids has sequence length {L}, more than max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+    B = input_ids.reshape(-1, L).shape[0]
+    if attention_mask is not None:
+        _tensor("attention_mask", attention_mask, 2)
+        if tuple(attention_mask.shape) != (B, L):
+            raise ValueError(f"attention_mask must have shape ({B}, {L}) like input_ids, got {tuple(attention_mask.shape)}")
+    if position_ids is not None and position_ids.shape[-1] != L:
+        raise ValueError(f"position_ids must end in the sequence length {L}, got shape {tuple(position_ids.shape)}")
+    if _compiling() or input_ids.numel() == 0:
+        return
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= config.vocab_size:
+        raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{lo}, {hi}]")
+    if position_ids is not None and (int(position_ids.min()) < 0 or int(position_ids.max()) >= config.max_position_embeddings):
+        raise ValueError(f"position_ids must lie in [0, max_position_embeddings={config.max_position_embeddings})")
