@@ -31,8 +31,9 @@ def resolve_dir(name_or_path, *, revision=None, cache_dir=None, local_files_only
         return snapshot_download(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                                  allow_patterns=HUB_PATTERNS)
     except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
-            f"could not get {path!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            f"could not get {path!r} from the Hugging Face hub ({type(e).__name__}: {reason}). "
             f"It is neither a local directory nor in the hub cache (or the network is unreachable); "
             f"pass a local directory that holds config.json and model.safetensors"
         ) from e
@@ -138,7 +139,6 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
         model = cls(config, **model_kwargs)
     state = match_state_dict(model, read_state_dict(directory))
     model.load_state_dict(state, strict=True, assign=True)
-    model.init_buffers()
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()

@@ -1,0 +1,201 @@
+"""Drop-in parity with transformers on tiny random checkpoints (fp32, within 1e-5), for both impls.
+
+The reference impl must match transformers everywhere, padded rows included. The packed (triton) impl must match on
+every valid token and on every pooled/projected output; its padded rows are zeros by design. On CPU the packed impl
+runs the kernels through the Triton interpreter (conftest sets TRITON_INTERPRET=1) or their references.
+"""
+import pytest
+import torch
+import transformers
+
+import siglip2.fast as fast
+import siglip2.reference as ref
+from tiny import hf_siglip2, naflex_inputs, text_inputs, tiny_config_dict
+
+ATOL = 1e-5
+
+# (h, w) grids for a 4x4 position table (num_patches=16), sequence length 24: up- and down-sampling per axis,
+# a 1xN strip, an Nx1 strip, exactly the table, and a grid that fills the whole sequence.
+SHAPES = [(4, 5), (1, 7), (2, 2), (6, 4), (24, 1), (4, 4), (3, 8)]
+CONFIGS = {
+    "hd16": dict(),
+    "hd18-odd": dict(hidden=72, heads=4),           # head dim not a power of two (So400m has 72)
+    "hd20-table9": dict(hidden=60, heads=3, num_patches=9),
+}
+
+
+def _close(a, b, name, mask=None, atol=ATOL):
+    a, b = a.detach(), b.detach()
+    if mask is not None:
+        m = mask.bool()[..., None]
+        a, b = a * m, b * m
+    err = (a - b).abs().max().item()
+    assert err <= atol, f"{name}: max |diff| {err:.3e} > {atol}"
+
+
+def _run_both(hf, ours, shapes=SHAPES, L=24, text_pad=None, **flags):
+    pv, mask, ss = naflex_inputs(shapes, L)
+    ids, am = text_inputs(len(shapes), 12, pad_from=text_pad)
+    kw = dict(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss,
+              attention_mask=am if text_pad else None, **flags)
+    with torch.no_grad():
+        return hf(**kw), ours(**kw), mask
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_siglip2_model_matches_transformers(name, impl):
+    hf = hf_siglip2(**CONFIGS[name])
+    ours = (ref if impl == "reference" else fast).Siglip2Model(hf.config)
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    a, b, mask = _run_both(hf, ours.eval(), return_loss=True, text_pad=[12, 5, 1, 9, 12, 3, 7])
+    for k in ("loss", "logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        _close(a[k], b[k], k)
+    _close(a.text_model_output.last_hidden_state, b.text_model_output.last_hidden_state, "text last_hidden_state")
+    valid = None if impl == "reference" else mask
+    _close(a.vision_model_output.last_hidden_state, b.vision_model_output.last_hidden_state, "vision last", valid)
+    _close(a.vision_model_output.pooler_output, b.vision_model_output.pooler_output, "vision pooler")
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_vision_model_without_head(impl):
+    torch.manual_seed(0)
+    cfg = transformers.Siglip2VisionConfig(**tiny_config_dict(use_head=False)["vision_config"])
+    hf = transformers.Siglip2VisionModel(cfg).eval()
+    ours = (ref if impl == "reference" else fast).Siglip2VisionModel(cfg)
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    pv, mask, ss = naflex_inputs(SHAPES, 24)
+    with torch.no_grad():
+        a, b = hf(pv, mask, ss), ours.eval()(pv, mask, ss)
+    assert a.pooler_output is None and b.pooler_output is None
+    _close(a.last_hidden_state, b.last_hidden_state, "last", None if impl == "reference" else mask)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_hidden_states_and_attentions(impl):
+    hf = hf_siglip2()
+    hf.set_attn_implementation("eager")
+    ours = (ref if impl == "reference" else fast).Siglip2Model(hf.config)
+    ours.load_state_dict(hf.state_dict())
+    a, b, mask = _run_both(hf, ours.eval(), output_hidden_states=True, output_attentions=True)
+    for tower in ("vision_model_output", "text_model_output"):
+        ha, hb = a[tower].hidden_states, b[tower].hidden_states
+        assert len(ha) == len(hb) == 3
+        for i, (x, y) in enumerate(zip(ha, hb)):
+            _close(x, y, f"{tower} hidden_states[{i}]", mask if (impl == "triton" and tower[0] == "v") else None)
+    if impl == "reference":
+        for x, y in zip(a.vision_model_output.attentions, b.vision_model_output.attentions):
+            _close(x, y, "vision attentions")
+    else:
+        assert b.vision_model_output.attentions == ()  # kernels never materialize weights (as transformers' sdpa)
+
+
+def test_mask_none_means_every_token_is_valid():
+    hf = hf_siglip2()
+    for impl_mod in (ref, fast):
+        ours = impl_mod.Siglip2VisionModel(hf.config.vision_config)
+        ours.load_state_dict(hf.vision_model.state_dict())
+        pv, _, ss = naflex_inputs([(4, 5), (3, 3)], 24)
+        with torch.no_grad():
+            a = hf.vision_model(pixel_values=pv, spatial_shapes=ss)
+            b = ours.eval()(pv, None, ss)
+        _close(a.last_hidden_state, b.last_hidden_state, "last (no mask)")
+        _close(a.pooler_output, b.pooler_output, "pooler (no mask)")
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_image_classification_with_labels(impl):
+    torch.manual_seed(0)
+    cfg = transformers.Siglip2Config(**tiny_config_dict(), num_labels=3)
+    hf = transformers.Siglip2ForImageClassification(cfg).eval()
+    ours = (ref if impl == "reference" else fast).Siglip2ForImageClassification(cfg)
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    pv, mask, ss = naflex_inputs(SHAPES[:4], 24)
+    labels = torch.tensor([0, 2, 1, 2])
+    a = hf(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, labels=labels)
+    b = ours.eval()(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, labels=labels)
+    _close(a.logits, b.logits, "logits")
+    _close(a.loss, b.loss, "loss")
+    assert ours.config.problem_type == "single_label_classification"
+    b.loss.backward()
+    assert ours.classifier.weight.grad is not None
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_fixres_siglip_matches_transformers(impl):
+    torch.manual_seed(0)
+    d = tiny_config_dict()
+    d["vision_config"].pop("num_patches")
+    d["vision_config"]["image_size"] = 8  # 4x4 grid of 2x2 patches
+    cfg = transformers.SiglipConfig(**d)
+    hf = transformers.SiglipModel(cfg).eval()
+    ours = (ref if impl == "reference" else fast).SiglipModel(cfg)
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    pv = torch.randn(3, 3, 8, 8)
+    ids, _ = text_inputs(3, 10)
+    with torch.no_grad():
+        a = hf(input_ids=ids, pixel_values=pv, return_loss=True)
+        b = ours.eval()(input_ids=ids, pixel_values=pv, return_loss=True)
+    for k in ("loss", "logits_per_image", "image_embeds", "text_embeds"):
+        _close(a[k], b[k], k)
+    _close(a.vision_model_output.last_hidden_state, b.vision_model_output.last_hidden_state, "vision last")
+
+
+def test_get_features_return_pooled_unnormalized():
+    hf = hf_siglip2()
+    ours = fast.Siglip2Model(hf.config)
+    ours.load_state_dict(hf.state_dict())
+    pv, mask, ss = naflex_inputs(SHAPES[:3], 24)
+    ids, _ = text_inputs(3, 12)
+    with torch.no_grad():
+        img = ours.get_image_features(pv, mask, ss)
+        txt = ours.get_text_features(ids)
+        _close(img, hf.get_image_features(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss).pooler_output,
+               "image features")
+        _close(txt, hf.get_text_features(input_ids=ids).pooler_output, "text features")
+    assert not torch.allclose(img.norm(dim=-1), torch.ones(3))
+
+
+def test_outputs_by_attribute_key_index_and_tuple():
+    hf = hf_siglip2()
+    ours = ref.Siglip2Model(hf.config)
+    ours.load_state_dict(hf.state_dict())
+    pv, mask, ss = naflex_inputs(SHAPES[:2], 24)
+    ids, _ = text_inputs(2, 12)
+    out = ours(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss)
+    assert out.loss is None and out[0] is out.logits_per_image and out["text_embeds"] is out.text_embeds
+    assert len(out.to_tuple()) == 6
+    tup = ours(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True,
+               return_dict=False)
+    ref_tup = hf(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True,
+                 return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == len(ref_tup) == 7
+    assert isinstance(tup[5], tuple) and isinstance(tup[6], tuple)
+    _close(tup[0], ref_tup[0], "tuple loss")
+
+
+def test_backward_matches_transformers():
+    hf = hf_siglip2()
+    for impl_mod in (ref, fast):
+        ours = impl_mod.Siglip2Model(hf.config)
+        ours.load_state_dict(hf.state_dict())
+        pv, mask, ss = naflex_inputs(SHAPES[:4], 24)
+        ids, _ = text_inputs(4, 12)
+        kw = dict(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True)
+        hf.zero_grad()
+        hf(**kw).loss.backward()
+        ours(**kw).loss.backward()
+        theirs = dict(hf.named_parameters())
+        for n, p in ours.named_parameters():
+            _close(p.grad, theirs[n].grad, f"grad {n}", atol=1e-4)
+
+
+def test_set_impl_and_bound_classes():
+    hf = hf_siglip2()
+    m = fast.Siglip2Model(hf.config)
+    assert m.impl == "triton" and m.vision_model.impl == "triton"
+    assert isinstance(m, ref.Siglip2Model.__mro__[1])
+    m.set_impl("reference")
+    assert m.text_model.impl == "reference"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        m.set_impl("cuda")
