@@ -467,8 +467,8 @@ class Siglip2Model(Siglip2PreTrainedModel):
             raise ValueError("Siglip2Model.forward needs both input_ids and pixel_values "
                              "(use get_text_features / get_image_features for one tower)")
         flags = dict(output_attentions=out_attn, output_hidden_states=out_hidden, return_dict=True)
-        vision = self.vision_model(pixel_values, *self._vision_args(pixel_attention_mask, spatial_shapes), **flags)
         text = self.text_model(input_ids, attention_mask, position_ids, **flags)
+        vision = self.vision_model(pixel_values, *self._vision_args(pixel_attention_mask, spatial_shapes), **flags)
         image_embeds = vision.pooler_output / vision.pooler_output.norm(p=2, dim=-1, keepdim=True)
         text_embeds = text.pooler_output / text.pooler_output.norm(p=2, dim=-1, keepdim=True)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
