@@ -199,3 +199,34 @@ def test_set_impl_and_bound_classes():
     assert m.text_model.impl == "reference"
     with pytest.raises(ValueError, match="impl must be one of"):
         m.set_impl("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_fast_model_on_cuda_within_twice_transformers_error(dtype):
+    """siglip2.fast on CUDA vs transformers (sdpa) at the same precision, both against a float64 transformers run."""
+    import sys
+
+    sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "bench"))
+    from bench_model import naflex_batch
+
+    cfg = dict(hidden_size=288, intermediate_size=1076, num_hidden_layers=4, num_attention_heads=4, patch_size=16,
+               num_patches=256)  # head dim 72 like So400m
+    torch.manual_seed(0)
+    hf_cfg = transformers.Siglip2VisionConfig(**cfg)
+    oracle = transformers.Siglip2VisionModel(hf_cfg).cuda().double().eval()
+    hf = transformers.Siglip2VisionModel(hf_cfg).cuda().to(dtype).eval()
+    hf.load_state_dict(oracle.state_dict())
+    ours = fast.Siglip2VisionModel(hf_cfg).cuda().to(dtype).eval()
+    ours.load_state_dict(oracle.state_dict())
+    pv, mask, ss, _ = naflex_batch(24, 256, cfg, "cuda", torch.float64)
+    with torch.no_grad():
+        o = oracle(pv, mask, ss)
+        a = hf(pv.to(dtype), mask, ss)
+        b = ours(pv.to(dtype), mask, ss)
+    m = mask.bool()[..., None]
+    for name, x, y, z in (("pooler", o.pooler_output, a.pooler_output, b.pooler_output),
+                          ("last", o.last_hidden_state * m, a.last_hidden_state * m, b.last_hidden_state * m)):
+        err_ref = (y.double() - x).abs().max().item()
+        err = (z.double() - x).abs().max().item()
+        assert err <= 2 * err_ref + 1e-5, f"{name} {dtype}: fast error {err:.3e} > 2 x transformers error {err_ref:.3e}"
