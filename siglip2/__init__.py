@@ -9,5 +9,23 @@ from .loading import CheckpointError
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # lazy, so `import siglip2` stays light (no PIL/tokenizers/model import until used)
+    if name in ("zero_shot_classify", "embed"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("Siglip2ImageProcessor", "SiglipImageProcessor"):
+        from . import processing
+
+        return getattr(processing, name)
+    if name in ("Siglip2Tokenizer", "Siglip2Processor", "SiglipProcessor"):
+        from . import tokenization
+
+        return getattr(tokenization, name)
+    raise AttributeError(f"module 'siglip2' has no attribute {name!r}")
+
 __all__ = ["Siglip2Config", "Siglip2TextConfig", "Siglip2VisionConfig", "SiglipConfig", "SiglipTextConfig",
-           "SiglipVisionConfig", "CheckpointError"]
+           "SiglipVisionConfig", "CheckpointError", "zero_shot_classify", "embed", "Siglip2ImageProcessor",
+           "SiglipImageProcessor", "Siglip2Tokenizer", "Siglip2Processor", "SiglipProcessor"]

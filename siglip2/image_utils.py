@@ -1,12 +1,13 @@
-"""Image input handling shared by the processors: decoding, conversion to RGB uint8, NaFlex target sizes, and a
-PIL-exact resampler in torch.
+"""Image input handling shared by the processors: decoding, conversion to RGB uint8, NaFlex target sizes,
+and a PIL-exact resampler in torch.
 
 Every input (path, PIL image, numpy HWC/HW array, torch CHW/HW tensor) becomes an RGB uint8 image before
-resizing, because transformers' PIL processor resizes uint8 images with PIL. `resize_uint8` reproduces Pillow's
-8-bit two-pass resampling (`Resample.c`: double-precision filter weights rounded to 22-bit fixed point, horizontal
-pass first, each pass rounded and clipped to uint8) with integer tensor ops, so the torch path gives bit-identical
-pixels to `PIL.Image.resize` on any device.
+resizing, because transformers' PIL processor resizes uint8 images with PIL. `resize_uint8` reproduces
+Pillow's 8-bit two-pass resampling (`Resample.c`: double-precision filter weights rounded to 22-bit fixed
+point, each pass rounded and clipped to uint8, Pillow's pass order) with integer tensor ops, so the torch
+path gives bit-identical pixels to `PIL.Image.resize` on any device.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,12 @@ PIL_FILTERS = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
 
 
-def get_image_size_for_max_num_patches(height: int, width: int, patch_size: int, max_num_patches: int,
-                                       eps: float = 1e-5) -> tuple[int, int]:
+def get_image_size_for_max_num_patches(
+    height: int, width: int, patch_size: int, max_num_patches: int, eps: float = 1e-5
+) -> tuple[int, int]:
     """transformers' (and big_vision's) binary search over the scale: the largest (H', W'), both multiples of
     `patch_size` and at least one patch, with (H'/P)(W'/P) <= max_num_patches. The scale is capped at 100x."""
+
     def scaled(scale: float, size: int) -> int:
         return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
 
@@ -40,8 +43,9 @@ def get_image_size_for_max_num_patches(height: int, width: int, patch_size: int,
 # Decoding and conversion to RGB uint8
 # ----------------------------------------------------------------------------------------------
 
+
 def open_image(path, name: str = "image"):
-    """Decode a file with PIL (its decompression-bomb limit applies), EXIF-transposed, as transformers' load_image."""
+    """Decode a file with PIL (its decompression-bomb limit applies), EXIF-transposed, as load_image does."""
     import PIL.Image
     import PIL.ImageOps
 
@@ -70,7 +74,7 @@ def _check_shape(shape, name):
 
 
 def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
-    """Bring any numeric HWC array to uint8: uint16 (and integer data above 255) as 16-bit, floats in [0, 1]."""
+    """Any numeric HWC array -> uint8: uint16 (and integers above 255) as 16-bit, floats in [0, 1]."""
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.bool_:
@@ -83,8 +87,10 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
             return np.round(a.astype(np.float64) * 255).astype(np.uint8)
         if lo >= 0 and hi <= 255 and np.array_equal(a, np.round(a)):
             return a.astype(np.uint8)  # integral floats in [0, 255], as transformers reads them
-        raise ValueError(f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), "
-                         f"got [{lo:g}, {hi:g}]")
+        raise ValueError(
+            f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), "
+            f"got [{lo:g}, {hi:g}]"
+        )
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 65535:
@@ -156,16 +162,20 @@ def to_rgb_uint8(image, name: str = "image"):
         return tensor_to_rgb(image, name)
     if isinstance(image, np.ndarray):
         return array_to_rgb(image, name)
-    raise TypeError(f"{name}: expected a path, PIL image, numpy array (H, W[, C]) or torch tensor ([C, ]H, W), "
-                    f"got {type(image).__name__}")
+    raise TypeError(
+        f"{name}: expected a path, PIL image, numpy array (H, W[, C]) or torch tensor ([C, ]H, W), "
+        f"got {type(image).__name__}"
+    )
 
 
 def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """A torch CHW (or HW) tensor -> RGB uint8 CHW on the same device, with the same rules as `array_to_rgb`."""
+    """A torch CHW (or HW) tensor -> RGB uint8 CHW on the same device, with `array_to_rgb`'s rules."""
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
-        raise ValueError(f"{name}: expected a torch tensor of shape (C, H, W) or (H, W), got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name}: expected a torch tensor of shape (C, H, W) or (H, W), got {tuple(t.shape)}"
+        )
     _check_shape((t.shape[1], t.shape[2], t.shape[0]), name)
     if t.dtype != torch.uint8:
         if t.is_floating_point():
@@ -177,8 +187,10 @@ def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
             elif lo >= 0 and hi <= 255 and bool((t == t.round()).all()):
                 t = t.to(torch.uint8)
             else:
-                raise ValueError(f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), "
-                                 f"got [{lo:g}, {hi:g}]")
+                raise ValueError(
+                    f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), "
+                    f"got [{lo:g}, {hi:g}]"
+                )
         elif t.dtype == torch.bool:
             t = t.to(torch.uint8) * 255
         else:
@@ -186,7 +198,9 @@ def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
             lo, hi = t64.min().item(), t64.max().item()
             if lo < 0 or hi > 65535:
                 raise ValueError(f"{name}: integer image values must lie in [0, 65535], got [{lo}, {hi}]")
-            t = (((t64 * 255 + 32767) // 65535) if (t.dtype == torch.uint16 or hi > 255) else t64).to(torch.uint8)
+            t = (((t64 * 255 + 32767) // 65535) if (t.dtype == torch.uint16 or hi > 255) else t64).to(
+                torch.uint8
+            )
     c = t.shape[0]
     if c == 1:
         t = t.expand(3, -1, -1)
@@ -201,21 +215,31 @@ def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
 # Pillow-exact resampling in torch
 # ----------------------------------------------------------------------------------------------
 
+
 def _filter(kind: str, x: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
     if kind == "bilinear":
         return np.where(ax < 1.0, 1.0 - ax, 0.0)
     if kind == "bicubic":  # a = -0.5, as Pillow
         a = -0.5
-        return np.where(ax < 1.0, ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1,
-                        np.where(ax < 2.0, (((ax - 5) * ax + 8) * ax - 4) * a, 0.0))
+        return np.where(
+            ax < 1.0,
+            ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1,
+            np.where(ax < 2.0, (((ax - 5) * ax + 8) * ax - 4) * a, 0.0),
+        )
     if kind == "box":
         return np.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         px = x * np.pi
         sinc = np.where(x == 0, 1.0, np.sin(px) / px)
         if kind == "hamming":
-            return np.where(ax == 0, 1.0, np.where(ax >= 1.0, 0.0, sinc * (0.54 + 0.46 * np.cos(px))))
+            return np.where(
+                ax == 0,
+                1.0,
+                np.where(
+                    ax >= 1.0, 0.0, sinc * (float(np.float32(0.54)) + float(np.float32(0.46)) * np.cos(px))
+                ),
+            )
         if kind == "lanczos":
             px3 = x / 3 * np.pi
             sinc3 = np.where(x == 0, 1.0, np.sin(px3) / px3)
@@ -234,7 +258,9 @@ def pil_coefficients(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray
     support = _SUPPORT[kind] * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
     center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C (int) truncation; the value is >= -0.5
+    xmin = np.maximum(
+        (center - support + 0.5).astype(np.int64), 0
+    )  # C (int) truncation; the value is >= -0.5
     xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
     taps = np.arange(ksize)
     w = _filter(kind, (taps[None, :] + xmin[:, None] - center[:, None] + 0.5) * (1.0 / filterscale))
@@ -255,8 +281,12 @@ def _resample_axis(x: torch.Tensor, out_size: int, kind: str, dim: int) -> torch
     shape = [1] * x.ndim
     shape[dim] = out_size
     # int32 is exact: |sum| <= 255 * 2^22 * (1 + rounding) < 2^31
-    acc = torch.full([*x.shape[:dim], out_size, *x.shape[dim + 1:]], 1 << (_PRECISION_BITS - 1),
-                     dtype=torch.int32, device=dev)
+    acc = torch.full(
+        [*x.shape[:dim], out_size, *x.shape[dim + 1 :]],
+        1 << (_PRECISION_BITS - 1),
+        dtype=torch.int32,
+        device=dev,
+    )
     xi = x.to(torch.int32)
     for t in range(k.shape[1]):
         if not k[:, t].any():
@@ -272,11 +302,31 @@ def resize_uint8(x: torch.Tensor, size: tuple[int, int], resample: int | str = 2
         raise TypeError(f"resize_uint8: x must be uint8, got {x.dtype}")
     kind = PIL_FILTERS.get(resample, resample) if isinstance(resample, int) else str(resample).lower()
     if kind not in _SUPPORT:
-        raise ValueError(f"resample: expected one of {sorted(PIL_FILTERS)} (PIL codes) or {sorted(_SUPPORT)}, "
-                         f"got {resample!r} (nearest neighbour is not supported by the torch path)")
+        raise ValueError(
+            f"resample: expected one of {sorted(PIL_FILTERS)} (PIL codes) or {sorted(_SUPPORT)}, "
+            f"got {resample!r} (nearest neighbour is not supported by the torch path)"
+        )
     out_h, out_w = size
-    if x.shape[-1] != out_w:
+    in_h, in_w = x.shape[-2:]
+    if _vertical_first(in_h, in_w, out_h, out_w) and in_w != out_w:
+        x = _resample_axis(x, out_h, kind, x.ndim - 2) if in_h != out_h else x
+        return _resample_axis(x, out_w, kind, x.ndim - 1)
+    if in_w != out_w:
         x = _resample_axis(x, out_w, kind, x.ndim - 1)
-    if x.shape[-2] != out_h:
+    if in_h != out_h:
         x = _resample_axis(x, out_h, kind, x.ndim - 2)
     return x
+
+
+def _pillow_major() -> int:
+    import PIL
+
+    return int(PIL.__version__.split(".")[0])
+
+
+def _vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
+    """Pillow < 13 always runs the horizontal pass first; Pillow 13 (`ImagingResampleInner`, PR #9549)
+    runs the vertical pass first when the height loses more than twice as many pixels as the width."""
+    if _pillow_major() < 13:
+        return False
+    return (in_h - out_h) > 0 and (in_h - out_h) > (in_w - out_w) * 2

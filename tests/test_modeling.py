@@ -97,7 +97,7 @@ def test_mask_none_means_every_token_is_valid():
         ours.load_state_dict(hf.vision_model.state_dict())
         pv, _, ss = naflex_inputs([(4, 5), (3, 3)], 24)
         with torch.no_grad():
-            a = hf.vision_model(pixel_values=pv, spatial_shapes=ss)
+            a = hf.vision_model(pixel_values=pv, pixel_attention_mask=None, spatial_shapes=ss)
             b = ours.eval()(pv, None, ss)
         _close(a.last_hidden_state, b.last_hidden_state, "last (no mask)")
         _close(a.pooler_output, b.pooler_output, "pooler (no mask)")

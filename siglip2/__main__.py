@@ -1,0 +1,155 @@
+"""Command line: `python -m siglip2` (or the `siglip2` console script).
+
+  siglip2 classify IMAGE... --labels cat,dog [--model ID_OR_DIR] [--max-num-patches N] [--json]
+  siglip2 embed IMAGE_OR_TEXT... --out embeddings.safetensors [--model ID_OR_DIR]
+
+An argument to `embed` that names an existing file is an image; anything else is a text. Errors print one line
+on stderr and exit with status 1 (bad input) or 2 (no usable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .loading import CheckpointError
+from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE
+
+HINT = (
+    "point --model at a local checkpoint directory (config.json, model.safetensors, tokenizer.json, "
+    "preprocessor_config.json), e.g. --model ./siglip2-base-patch16-naflex"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="siglip2", description="SigLIP2 zero-shot classification and embeddings")
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"checkpoint directory or hub id (default {DEFAULT_MODEL})"
+    )
+    common.add_argument(
+        "--max-num-patches",
+        type=int,
+        default=None,
+        help="NaFlex patch budget per image (default: the checkpoint's preprocessor_config)",
+    )
+    common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    common.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    c = sub.add_parser("classify", parents=[common], help="zero-shot classify images")
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+    c.add_argument("--labels", required=True, help="comma-separated candidate labels")
+    c.add_argument(
+        "--template", default=DEFAULT_TEMPLATE, help=f"text template (default {DEFAULT_TEMPLATE!r})"
+    )
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e = sub.add_parser("embed", parents=[common], help="write image/text embeddings to a safetensors file")
+    e.add_argument("inputs", nargs="+", metavar="IMAGE_OR_TEXT")
+    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--raw", action="store_true", help="store pooled embeddings without L2 normalization")
+    return p
+
+
+def _load(args):
+    import torch
+
+    from .pipeline import load_model
+    from .tokenization import Siglip2Processor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model, directory = load_model(args.model, device=device, dtype=dtype)
+    return model, Siglip2Processor.from_pretrained(directory)
+
+
+def _classify(args) -> int:
+    from .pipeline import zero_shot_classify
+
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    if not labels:
+        raise ValueError("--labels: give at least one label, e.g. --labels cat,dog")
+    model, processor = _load(args)
+    results = zero_shot_classify(
+        list(args.images),
+        labels,
+        model=model,
+        template=args.template,
+        processor=processor,
+        max_num_patches=args.max_num_patches,
+    )
+    if args.json:
+        print(json.dumps([{"image": img, "scores": r} for img, r in zip(args.images, results)], indent=2))
+        return 0
+    width = max(len(label) for label in labels)
+    for img, r in zip(args.images, results):
+        print(img)
+        for item in r:
+            print(f"  {item['label']:<{width}}  {item['score']:.4f}")
+    return 0
+
+
+def _embed(args) -> int:
+    from safetensors.torch import save_file
+
+    from .pipeline import embed
+
+    images = [x for x in args.inputs if os.path.isfile(x)]
+    texts = [x for x in args.inputs if not os.path.isfile(x)]
+    model, processor = _load(args)
+    out = embed(
+        images,
+        texts,
+        model=model,
+        processor=processor,
+        max_num_patches=args.max_num_patches,
+        normalize=not args.raw,
+    )
+    meta = {
+        "images": json.dumps(images),
+        "texts": json.dumps(texts),
+        "model": str(args.model),
+        "normalized": str(not args.raw).lower(),
+    }
+    path = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(out, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items())
+    print(f"wrote {path}: {shapes}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _classify(args) if args.command == "classify" else _embed(args)
+    except CheckpointError as e:
+        print(
+            f"siglip2: cannot load model {args.model!r}: {_one_line(e)}. To run offline, {HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    except (OSError, ValueError, TypeError, _bomb_error()) as e:
+        print(f"siglip2: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _bomb_error():
+    import PIL.Image
+
+    return PIL.Image.DecompressionBombError
+
+
+if __name__ == "__main__":
+    sys.exit(main())

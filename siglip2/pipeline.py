@@ -1,0 +1,195 @@
+"""Zero-shot image classification, as transformers' pipeline does it for SigLIP: sigmoid scores, not softmax.
+
+Images are EXIF-transposed and converted to RGB, processed by the checkpoint's own image processor (its saved
+patch_size / max_num_patches, not the Processor's defaults), and the texts `template.format(label)` are padded
+to 64 tokens with truncation. Scores are sorted descending with a stable sort, so ties keep the label order.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .loading import CheckpointError, resolve_dir
+
+DEFAULT_MODEL = "google/siglip2-base-patch16-naflex"
+DEFAULT_TEMPLATE = "This is a photo of {}."
+
+
+def load_model(name_or_path, *, device=None, dtype=None, **hub_kwargs):
+    """Our fast model class for the checkpoint's model_type: Siglip2Model (NaFlex) or SiglipModel (FixRes)."""
+    from .tokenization import checkpoint_model_type
+
+    d = resolve_dir(name_or_path, **hub_kwargs)
+    model_type = checkpoint_model_type(d)
+    if model_type is None:
+        raise CheckpointError(f"no config.json in {d!r}")
+    from . import fast
+
+    if model_type == "siglip2":
+        cls = fast.Siglip2Model
+    elif model_type == "siglip":
+        cls = fast.SiglipModel
+    else:
+        raise CheckpointError(f"{d}: model_type {model_type!r} is not a SigLIP / SigLIP2 dual encoder")
+    model = cls.from_pretrained(d, device=device, dtype=dtype)
+    model.eval()
+    return model, d
+
+
+def load_images(images) -> tuple[list, bool]:
+    """Paths and PIL images are EXIF-transposed and converted to RGB (as transformers' load_image); arrays and
+    tensors pass through to the processor, which converts them. Returns (list, was_single)."""
+    import numpy as np
+    import PIL.Image
+    import PIL.ImageOps
+
+    from .image_utils import open_image, pil_to_rgb
+
+    single = not isinstance(images, (list, tuple)) and not (
+        isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4
+    )
+    items = [images] if single else list(images)
+    if not items:
+        raise ValueError("images: got an empty list")
+    out = []
+    for i, img in enumerate(items):
+        name = f"images[{i}]" if not single else "images"
+        if isinstance(img, (str, os.PathLike)):
+            img = open_image(img, name)
+        elif isinstance(img, PIL.Image.Image):
+            img = PIL.ImageOps.exif_transpose(img)
+        out.append(pil_to_rgb(img, name) if isinstance(img, PIL.Image.Image) else img)
+    return out, single
+
+
+def _prepare(model, processor):
+    if isinstance(model, (str, os.PathLike)):
+        model, directory = load_model(model)
+        if processor is None:
+            from .tokenization import Siglip2Processor
+
+            processor = Siglip2Processor.from_pretrained(directory)
+    if processor is None:
+        raise ValueError(
+            "processor: required when `model` is a model object "
+            "(use siglip2.tokenization.Siglip2Processor.from_pretrained(checkpoint_dir))"
+        )
+    for attr in ("config", "dtype", "device"):
+        if not hasattr(model, attr):
+            raise TypeError(
+                f"model: expected a SigLIP model (with .{attr}) or a checkpoint path, "
+                f"got {type(model).__name__}"
+            )
+    return model, processor
+
+
+def _image_inputs(processor, images, model, max_num_patches):
+    from .processing import Siglip2ImageProcessor
+
+    kw = (
+        {"max_num_patches": max_num_patches}
+        if max_num_patches and isinstance(processor.image_processor, Siglip2ImageProcessor)
+        else {}
+    )
+    inputs = processor.image_processor(images, **kw)
+    return {
+        k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else None) for k, v in inputs.items()
+    }
+
+
+def _text_inputs(processor, texts, model, tokenizer_kwargs):
+    kw = {"padding": True}
+    if "siglip" in str(getattr(model.config, "model_type", "")):
+        kw = {"padding": "max_length", "max_length": 64, "truncation": True}
+    kw.update(tokenizer_kwargs or {})
+    return {k: v.to(model.device) for k, v in processor.tokenizer(texts, **kw).items()}
+
+
+@torch.no_grad()
+def zero_shot_classify(
+    images,
+    candidate_labels,
+    model=DEFAULT_MODEL,
+    template: str = DEFAULT_TEMPLATE,
+    processor=None,
+    *,
+    max_num_patches: int | None = None,
+    batch_size: int = 32,
+    tokenizer_kwargs: dict | None = None,
+):
+    """Score each image against `candidate_labels`.
+
+    images: a path, PIL image, array or tensor, or a list of them. candidate_labels: a list of strings (or one
+    comma-separated string). model: a model object (then pass `processor`) or a checkpoint directory / hub id.
+    Returns, per image, a list of {"score", "label"} sorted by descending score (one list for one image).
+    """
+    if isinstance(candidate_labels, str):
+        candidate_labels = [s.strip() for s in candidate_labels.split(",") if s.strip()]
+    labels = list(candidate_labels)
+    if not labels or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"candidate_labels: expected a non-empty list of strings, got {candidate_labels!r}")
+    if "{}" not in template:
+        raise ValueError(f"template: must contain '{{}}' where the label goes, got {template!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    model, processor = _prepare(model, processor)
+    imgs, single = load_images(images)
+    text_inputs = _text_inputs(
+        processor, [template.format(label) for label in labels], model, tokenizer_kwargs
+    )
+    sigmoid = "siglip" in str(getattr(model.config, "model_type", ""))
+    results = []
+    for start in range(0, len(imgs), batch_size):
+        image_inputs = _image_inputs(processor, imgs[start : start + batch_size], model, max_num_patches)
+        logits = model(**text_inputs, **image_inputs).logits_per_image.float()  # [I, T]
+        probs = logits.sigmoid() if sigmoid else logits.softmax(-1)
+        for row in probs.cpu().tolist():
+            order = sorted(range(len(labels)), key=lambda j: -row[j])
+            results.append([{"score": row[j], "label": labels[j]} for j in order])
+    return results[0] if single else results
+
+
+def _pooled(out):
+    """get_*_features returns a tensor (4.x style) or an output with .pooler_output (5.x style)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+@torch.no_grad()
+def embed(
+    images=(),
+    texts=(),
+    model=DEFAULT_MODEL,
+    processor=None,
+    *,
+    max_num_patches: int | None = None,
+    batch_size: int = 32,
+    normalize: bool = True,
+) -> dict:
+    """L2-normalized (or raw pooled) embeddings {"image_embeds": (I, D), "text_embeds": (T, D)}, float32."""
+    model, processor = _prepare(model, processor)
+    out = {}
+    if images is not None and len(images):
+        imgs, _ = load_images(list(images))
+        chunks = [
+            _pooled(
+                model.get_image_features(
+                    **_image_inputs(processor, imgs[s : s + batch_size], model, max_num_patches)
+                )
+            )
+            for s in range(0, len(imgs), batch_size)
+        ]
+        out["image_embeds"] = torch.cat(chunks).float()
+    if texts is not None and len(texts):
+        texts = list(texts)
+        chunks = [
+            _pooled(
+                model.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], model, None))
+            )
+            for s in range(0, len(texts), batch_size)
+        ]
+        out["text_embeds"] = torch.cat(chunks).float()
+    if normalize:
+        out = {k: v / v.norm(p=2, dim=-1, keepdim=True) for k, v in out.items()}
+    return {k: v.cpu().contiguous() for k, v in out.items()}

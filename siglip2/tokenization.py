@@ -1,0 +1,328 @@
+"""Gemma tokenizer for SigLIP2 (`Siglip2Tokenizer`) and the image+text processors (`Siglip2Processor`,
+`SiglipProcessor`).
+
+The tokenizer is rebuilt from a checkpoint's tokenizer.json the way transformers 5 does it: the BPE vocabulary
+and merges (byte fallback, fused unknowns), normalizer Replace(" ", "▁"), pre-tokenizer Split(" "), and the
+post-processor from tokenizer_config's add_bos/eos_token flags or else from tokenizer.json. NaFlex checkpoints
+(model_type "siglip2") lowercase the text first because the model was trained on lowercased text; FixRes ones
+(model_type "siglip") do not. Padding side and model_input_names come from tokenizer_config.json; the
+published checkpoints pad right and return no attention_mask, so pads are attended, as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from .loading import CheckpointError, atomic_write_text, resolve_dir
+from .processing import BatchFeature, Siglip2ImageProcessor, image_processor_from_pretrained
+
+SPECIAL_KEYS = ("pad_token", "eos_token", "bos_token", "unk_token", "mask_token")
+DEFAULT_SPECIALS = {
+    "pad_token": "<pad>",
+    "eos_token": "<eos>",
+    "bos_token": "<bos>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
+
+
+def _read_json(path: str, required: bool = False) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        if required:
+            raise CheckpointError(f"no {os.path.basename(path)} in {os.path.dirname(path)!r}") from e
+        return {}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+
+
+def _token_str(v):
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def checkpoint_model_type(directory: str) -> str | None:
+    """model_type from config.json in `directory`, or None when there is no config.json."""
+    return _read_json(os.path.join(directory, "config.json")).get("model_type")
+
+
+class Siglip2Tokenizer:
+    """Wraps a `tokenizers.Tokenizer`; `__call__` follows transformers' padding/truncation arguments."""
+
+    def __init__(
+        self,
+        backend,
+        *,
+        lowercase: bool,
+        padding_side: str = "right",
+        model_input_names=("input_ids",),
+        specials: dict | None = None,
+        model_max_length=None,
+        config: dict | None = None,
+    ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        self.backend, self.lowercase, self.padding_side = backend, lowercase, padding_side
+        self.model_input_names = list(model_input_names)
+        self.specials = dict(DEFAULT_SPECIALS, **(specials or {}))
+        self.model_max_length = model_max_length
+        self.config = dict(config or {})
+        self.pad_token_id = self.backend.token_to_id(self.specials["pad_token"])
+        self.eos_token_id = self.backend.token_to_id(self.specials["eos_token"])
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path, *, model_type: str | None = None, lowercase: bool | None = None, **hub_kwargs
+    ) -> "Siglip2Tokenizer":
+        """Read tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, config.json) from a
+        directory or hub id. `lowercase` defaults to True for model_type "siglip2" (read from config.json)."""
+        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+        from tokenizers.models import BPE
+
+        d = resolve_dir(name_or_path, **hub_kwargs)
+        data = _read_json(os.path.join(d, "tokenizer.json"), required=True)
+        cfg = _read_json(os.path.join(d, "tokenizer_config.json"))
+        smap = _read_json(os.path.join(d, "special_tokens_map.json"))
+        specials = {k: _token_str(cfg.get(k, smap.get(k, DEFAULT_SPECIALS[k]))) for k in SPECIAL_KEYS}
+        if lowercase is None:
+            model_type = model_type or checkpoint_model_type(d)
+            lowercase = (
+                model_type == "siglip2" if model_type else cfg.get("tokenizer_class") == "Siglip2Tokenizer"
+            )
+        model = data.get("model", {})
+        if model.get("type") != "BPE":
+            raise CheckpointError(
+                f"{d}/tokenizer.json: expected a BPE (Gemma) model, got {model.get('type')!r}"
+            )
+        vocab = model["vocab"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+        tok = Tokenizer(
+            BPE(
+                vocab=vocab,
+                merges=merges,
+                fuse_unk=True,
+                unk_token=specials["unk_token"],
+                dropout=None,
+                byte_fallback=True,
+            )
+        )
+        tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        )
+        replace = normalizers.Replace(" ", "▁")
+        tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), replace]) if lowercase else replace
+        # added tokens: tokenizer_config's table (as transformers), then tokenizer.json's, then specials
+        added, seen = [], set()
+        entries = sorted(
+            ((int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()), key=lambda x: x[0]
+        )
+        entries += [(t.get("id"), t) for t in data.get("added_tokens", [])]
+        for _, t in entries:
+            if t["content"] in seen:
+                continue
+            seen.add(t["content"])
+            added.append(
+                AddedToken(
+                    t["content"],
+                    single_word=t.get("single_word", False),
+                    lstrip=t.get("lstrip", False),
+                    rstrip=t.get("rstrip", False),
+                    normalized=t.get("normalized", False),
+                    special=t.get("special", True),
+                )
+            )
+        added += [
+            AddedToken(s, special=True, normalized=False) for s in specials.values() if s and s not in seen
+        ]
+        tok.add_special_tokens([t for t in added if t.special])
+        tok.add_tokens([t for t in added if not t.special])
+        if "add_bos_token" in cfg or "add_eos_token" in cfg or not data.get("post_processor"):
+            bos, eos = specials["bos_token"], specials["eos_token"]
+            add_bos, add_eos = bool(cfg.get("add_bos_token", False)), bool(cfg.get("add_eos_token", False))
+            single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+            pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+            sp = ([(bos, tok.token_to_id(bos))] if add_bos else []) + (
+                [(eos, tok.token_to_id(eos))] if add_eos else []
+            )
+            tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=sp)
+        else:
+            tok.post_processor = Tokenizer.from_str(
+                json.dumps({**data, "model": {**model, "vocab": {}, "merges": []}, "added_tokens": []})
+            ).post_processor
+        mml = cfg.get("model_max_length")
+        return cls(
+            tok,
+            lowercase=lowercase,
+            padding_side=cfg.get("padding_side", "left"),
+            model_input_names=cfg.get("model_input_names", ["input_ids", "attention_mask"]),
+            specials=specials,
+            model_max_length=mml if isinstance(mml, int) and mml < 10**6 else None,
+            config=cfg,
+        )
+
+    def save_pretrained(self, save_directory) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (each atomically)."""
+        os.makedirs(save_directory, exist_ok=True)
+        cfg = dict(
+            self.config,
+            padding_side=self.padding_side,
+            model_input_names=self.model_input_names,
+            **self.specials,
+        )
+        cfg.setdefault("tokenizer_class", "Siglip2Tokenizer" if self.lowercase else "GemmaTokenizer")
+        atomic_write_text(os.path.join(save_directory, "tokenizer.json"), self.backend.to_str())
+        atomic_write_text(
+            os.path.join(save_directory, "tokenizer_config.json"), json.dumps(cfg, indent=2) + "\n"
+        )
+        atomic_write_text(
+            os.path.join(save_directory, "special_tokens_map.json"),
+            json.dumps(self.specials, indent=2) + "\n",
+        )
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __call__(
+        self,
+        text,
+        *,
+        padding=False,
+        truncation=None,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+        return_attention_mask: bool | None = None,
+        add_special_tokens: bool = True,
+    ) -> BatchFeature:
+        """text: a string or a list of strings. padding: False/"do_not_pad", True/"longest", "max_length"."""
+        single = isinstance(text, str)
+        texts = [text] if single else list(text) if isinstance(text, (list, tuple)) else None
+        if texts is None or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"text: expected a string or a list of strings, got {type(text).__name__}")
+        padding = {True: "longest", False: "do_not_pad", None: "do_not_pad"}.get(padding, padding)
+        if padding not in ("longest", "max_length", "do_not_pad"):
+            raise ValueError(
+                f"padding: expected True/False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}"
+            )
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors: expected 'pt', 'np' or None, got {return_tensors!r}")
+        if max_length is None and (padding == "max_length" or truncation):
+            max_length = self.model_max_length
+            if max_length is None:
+                raise ValueError(
+                    "max_length: needed with padding='max_length' or truncation=True "
+                    "(the tokenizer config sets no model_max_length); SigLIP2 uses 64"
+                )
+        be = self.backend
+        if truncation and truncation not in ("do_not_truncate",):
+            be.enable_truncation(max_length=max_length, strategy="longest_first", direction="right")
+        else:
+            be.no_truncation()
+        if padding == "do_not_pad":
+            be.no_padding()
+        else:
+            be.enable_padding(
+                direction=self.padding_side,
+                pad_id=self.pad_token_id,
+                pad_token=self.specials["pad_token"],
+                length=max_length if padding == "max_length" else None,
+            )
+        enc = be.encode_batch(texts, add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in enc]
+        want_mask = (
+            ("attention_mask" in self.model_input_names)
+            if return_attention_mask is None
+            else return_attention_mask
+        )
+        out = {"input_ids": ids}
+        if want_mask:
+            out["attention_mask"] = [e.attention_mask for e in enc]
+        if return_tensors is not None:
+            if len({len(x) for x in ids}) > 1:
+                raise ValueError(
+                    "text: sequences have different lengths; pass padding=True or 'max_length' "
+                    "to return tensors"
+                )
+            out = {
+                k: (
+                    torch.tensor(v, dtype=torch.int64)
+                    if return_tensors == "pt"
+                    else np.asarray(v, dtype=np.int64)
+                )
+                for k, v in out.items()
+            }
+        elif single:
+            out = {k: v[0] for k, v in out.items()}
+        return BatchFeature(out)
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, batch, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+
+class Siglip2Processor:
+    """Images + text -> the model's keys. Defaults as transformers' Siglip2Processor: text padded to 64 with
+    truncation; images at max_num_patches=256, patch_size=16 (overriding the image processor's saved ones)."""
+
+    text_defaults = {"padding": "max_length", "truncation": True, "max_length": 64}
+    image_defaults = {"max_num_patches": 256, "patch_size": 16}
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, backend: str = "pil", **hub_kwargs):
+        d = resolve_dir(name_or_path, **hub_kwargs)
+        ip = image_processor_from_pretrained(d, backend=backend)
+        tok = Siglip2Tokenizer.from_pretrained(d)
+        if cls is Siglip2Processor and not isinstance(ip, Siglip2ImageProcessor):
+            cls = SiglipProcessor
+        return cls(ip, tok)
+
+    def save_pretrained(self, save_directory) -> None:
+        self.image_processor.save_pretrained(save_directory)
+        self.tokenizer.save_pretrained(save_directory)
+
+    def __call__(
+        self, images=None, text=None, *, return_tensors: str = "pt", backend=None, device=None, **kwargs
+    ) -> BatchFeature:
+        if images is None and text is None:
+            raise ValueError("Siglip2Processor: pass images=..., text=... or both")
+        out = BatchFeature()
+        text_kw = {k: kwargs.pop(k, v) for k, v in self.text_defaults.items()}
+        for k in ("return_attention_mask", "add_special_tokens"):
+            if k in kwargs:
+                text_kw[k] = kwargs.pop(k)
+        image_kw = {k: kwargs.pop(k, v) for k, v in self.image_defaults.items()}
+        if kwargs:
+            raise TypeError(f"Siglip2Processor: unexpected keyword arguments {sorted(kwargs)}")
+        if text is not None:
+            out.update(self.tokenizer(text, return_tensors=return_tensors, **text_kw))
+        if images is not None:
+            if not isinstance(self.image_processor, Siglip2ImageProcessor):
+                image_kw = {}
+            out.update(
+                self.image_processor(
+                    images, return_tensors=return_tensors, backend=backend, device=device, **image_kw
+                )
+            )
+        return out
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+
+class SiglipProcessor(Siglip2Processor):
+    """FixRes processor: transformers' SiglipProcessor has no text padding defaults."""
+
+    text_defaults = {"padding": False, "truncation": None, "max_length": None}
+    image_defaults = {}
