@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+# bench/wheels/ is git-ignored: fill it here with `pip download --no-deps -d bench/wheels siglip-kernel==0.1.2`
+# and name it in the device run's `carry`.
 ls bench/wheels/*.whl >/dev/null 2>&1 && pip install -q --no-deps bench/wheels/*.whl
 pip install -q -e . --no-deps --no-build-isolation
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"

@@ -4,7 +4,6 @@ Nothing here imports Triton at module import time, so `import siglip2` works on 
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import subprocess
@@ -20,13 +19,20 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_OK = None
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    # a plain module global, not lru_cache: dynamo warns when tracing through lru_cache-wrapped functions
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_OK = True
+        except Exception:
+            _TRITON_OK = False
+    return _TRITON_OK
 
 
 def resolve_impl(impl: str, device: torch.device, op: str) -> str:
@@ -86,7 +92,9 @@ def aot_compile(fn, signature: dict, constexprs: dict, cc: int, num_warps: int =
     """Compile a @triton.jit kernel for `sm_<cc>` and report its resource usage.
 
     `signature` maps every argument name to a Triton type ("*bf16", "i32", "fp32", "constexpr").
-    Returns {"regs", "spill_stores"/"local" (bytes of local memory), "shared" (bytes), "ptx"}.
+    Returns {"regs", "stack", "local", "shared"} (bytes). Register spills show up as cuobjdump's STACK (LOCAL stays
+    0), so a no-spill check must require both to be 0. Kernels that call other @triton.jit helpers cannot be compiled
+    while TRITON_INTERPRET=1 is set (the helpers are InterpretedFunctions): compile those in a subprocess without it.
     """
     import triton
     from triton.backends.compiler import GPUTarget

@@ -67,6 +67,11 @@ def resize_pos_embed(pos_embed, h: int, w: int):
     """(G*G, D) learned grid -> (h*w, D), bilinear + antialias, align_corners=False, in fp32 (row-major y*w+x)."""
     g = math.isqrt(pos_embed.shape[0])
     grid = pos_embed.float().reshape(g, g, -1).permute(2, 0, 1)[None]  # (1, D, G, G)
+    if w == 1 and h != 1:
+        # torch's CPU antialias kernel (2.13) skips the vertical pass when the output width is 1 and returns row 0
+        # for every row; the resize is separable, so resize the transposed grid to (1, h) instead.
+        out = F.interpolate(grid.transpose(2, 3), size=(w, h), mode="bilinear", align_corners=False, antialias=True)
+        return out[0].reshape(pos_embed.shape[1], h * w).t()
     out = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return out[0].reshape(pos_embed.shape[1], h * w).t()
 

@@ -487,7 +487,7 @@ class Siglip2Model(Siglip2PreTrainedModel):
             eye = torch.eye(logits_per_text.size(0), device=logits_per_text.device)
             loglik = F.logsigmoid((2 * eye - 1) * logits_per_text)
             return -torch.sum(loglik, dim=-1).mean()
-        from .kernels.sigmoid_loss import sigmoid_loss
+        from .kernels.loss import sigmoid_loss
 
         return sigmoid_loss(image_embeds, text_embeds, self.logit_scale, self.logit_bias, impl=self.kernel_impl)
 

@@ -1,0 +1,148 @@
+"""Public attention ops: packed varlen attention (flash-attn's `flash_attn_varlen_func` layout) and SDPA-layout
+padded attention with a boolean key mask. Both validate, then dispatch with impl="auto"|"triton"|"reference".
+
+Semantics (shared with kernels/reference.py): non-causal, softmax in fp32, sequence i's queries see only
+sequence i's (unmasked) keys, and a query with no visible key returns zeros. The Triton path lives in
+attention_triton.py and is imported only when dispatched to, so this module imports without Triton.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+
+import torch
+
+from . import reference
+from ._utils import check_tensor, resolve_impl
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 128
+
+# cu_seqlens already checked: id -> (weakref, version counter, total, true max length). The model passes the
+# same cu_seqlens to every layer, so the host sync of the value checks happens once per batch, not per layer.
+_CHECKED: dict[int, tuple] = {}
+
+
+def _check_qkv(q, k, v, ndim, op):
+    check_tensor("q", q, ndim=ndim, dtypes=DTYPES, op=op)
+    check_tensor("k", k, ndim=ndim, dtypes=(q.dtype,), device=q.device, op=op)
+    check_tensor("v", v, ndim=ndim, dtypes=(q.dtype,), device=q.device, op=op)
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    hq, hk = (q.shape[1], k.shape[1])
+    if hq != hk:
+        raise ValueError(f"{op}: q and k must have the same number of heads, got {hq} (q) and {hk} (k)")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{op}: q and k must have the same head dim, got {q.shape[-1]} (q) and {k.shape[-1]} (k)")
+    if q.shape[-1] < 1:
+        raise ValueError(f"{op}: head dim must be >= 1, got {q.shape[-1]}")
+
+
+def _check_scale(softmax_scale, op):
+    if softmax_scale is None:
+        return
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or not math.isfinite(softmax_scale):
+        raise ValueError(f"{op}: softmax_scale must be None or a finite real number, got {softmax_scale!r}")
+
+
+def _check_int(name, value, op):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{op}: {name} must be a non-negative int, got {value!r}")
+
+
+def _cu_seqlens_max(name, cu, total, op) -> int:
+    """Check the values of cu_seqlens (one host sync, cached per tensor) and return the longest sequence."""
+    try:
+        version = cu._version
+    except RuntimeError:  # inference tensors carry no version counter: check every time
+        version = None
+    hit = _CHECKED.get(id(cu))
+    if version is not None and hit is not None and hit[0]() is cu and hit[1:3] == (version, total):
+        return hit[3]
+    vals = cu.tolist()
+    if vals[0] != 0:
+        raise ValueError(f"{op}: {name} must start at 0, got {vals[0]}")
+    if vals[-1] != total:
+        raise ValueError(f"{op}: {name} must end at the number of packed tokens ({total}), got {vals[-1]}")
+    lens = [b - a for a, b in zip(vals[:-1], vals[1:])]
+    if min(lens) < 0:
+        i = next(i for i, n in enumerate(lens) if n < 0)
+        raise ValueError(f"{op}: {name} must be non-decreasing, but entry {i + 1} ({vals[i + 1]}) < entry {i} ({vals[i]})")
+    longest = max(lens)
+    if version is not None:
+        if len(_CHECKED) > 64:
+            _CHECKED.clear()
+        _CHECKED[id(cu)] = (weakref.ref(cu), version, total, longest)
+    return longest
+
+
+def _check_triton_limits(head_dim, impl, op):
+    if impl == "triton" and head_dim > TRITON_MAX_HEAD_DIM:
+        raise ValueError(f"{op}: impl='triton' supports head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; "
+                         f"use impl='reference'")
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, *,
+                     impl="auto"):
+    """Non-causal attention over packed sequences.
+
+    q: (total_q, H, D); k, v: (total_k, H, D); fp16, bf16 or fp32.
+    cu_seqlens_q, cu_seqlens_k: int32 (B+1,) prefix sums (start at 0, end at total_*, non-decreasing).
+    max_seqlen_q, max_seqlen_k: ints >= the longest query / key sequence (they size the launch grid).
+    softmax_scale: defaults to D ** -0.5. Returns (total_q, H, D) in q's dtype; queries whose sequence has no
+    keys get zeros. Sequences may have different query and key lengths (e.g. one pooling probe per image).
+    """
+    op = "varlen_attention"
+    _check_qkv(q, k, v, 3, op)
+    for name, cu, t in (("cu_seqlens_q", cu_seqlens_q, q), ("cu_seqlens_k", cu_seqlens_k, k)):
+        check_tensor(name, cu, ndim=1, dtypes=(torch.int32,), device=q.device, op=op)
+        if cu.numel() < 2:
+            raise ValueError(f"{op}: {name} must hold B+1 >= 2 prefix sums, got {cu.numel()} entries")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k must have the same length (B+1), got "
+                         f"{cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}")
+    _check_int("max_seqlen_q", max_seqlen_q, op)
+    _check_int("max_seqlen_k", max_seqlen_k, op)
+    _check_scale(softmax_scale, op)
+    if not torch.compiler.is_compiling():  # value checks need a host sync; skipped inside compiled graphs
+        for name, cu, t, mx, mx_name in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q, "max_seqlen_q"),
+                                         ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k, "max_seqlen_k")):
+            longest = _cu_seqlens_max(name, cu, t.shape[0], op)
+            if mx < longest:
+                raise ValueError(f"{op}: {mx_name} must be >= the longest sequence in {name} ({longest}), got {mx}")
+    impl = resolve_impl(impl, q.device, op)
+    _check_triton_limits(q.shape[-1], impl, op)
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    if impl == "reference":
+        return reference.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+    from . import attention_triton
+
+    return attention_triton.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+
+
+def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None, *, impl="auto"):
+    """Non-causal attention in SDPA's layout with a per-key mask.
+
+    q: (B, H, Lq, D); k, v: (B, H, Lk, D); fp16, bf16 or fp32 (any strides with a unit-stride last dim avoid a copy).
+    key_padding_mask: None or bool (B, Lk), True = attend; any pattern (not only a prefix). Returns (B, H, Lq, D);
+    a query whose keys are all masked gets zeros. softmax_scale defaults to D ** -0.5.
+    """
+    op = "padded_attention"
+    _check_qkv(q, k, v, 4, op)
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"{op}: q and k must have the same batch size, got {q.shape[0]} (q) and {k.shape[0]} (k)")
+    if key_padding_mask is not None:
+        check_tensor("key_padding_mask", key_padding_mask, ndim=2, dtypes=(torch.bool,), device=q.device, op=op)
+        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
+            raise ValueError(f"{op}: key_padding_mask must have shape (B, Lk) = {(k.shape[0], k.shape[2])}, "
+                             f"got {tuple(key_padding_mask.shape)}")
+    _check_scale(softmax_scale, op)
+    impl = resolve_impl(impl, q.device, op)
+    _check_triton_limits(q.shape[-1], impl, op)
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    if impl == "reference":
+        return reference.padded_attention(q, k, v, key_padding_mask, scale)
+    from . import attention_triton
+
+    return attention_triton.padded_attention(q, k, v, key_padding_mask, scale)

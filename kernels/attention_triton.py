@@ -1,0 +1,559 @@
+"""Triton FlashAttention-2 for packed (varlen) and padded non-causal attention, forward and backward.
+
+One set of kernels serves both layouts through the IS_VARLEN constexpr (flash-linear-attention idiom):
+varlen reads (total, H, D) with int32 cu_seqlens; padded reads (B, H, L, D) strides plus an optional
+per-key bool mask (any pattern, not only a prefix). Softmax statistics are fp32 in base 2: the kernels
+fold log2(e) into the scale and use exp2, and the saved LSE is log2-sum-exp2 (internal, never returned).
+A query with no visible key has LSE = +inf, so the output and every gradient it touches are exactly 0.
+Head dims that are not a power of two are split into a power-of-two main tile plus a >=16-wide tail
+(72 = 64 + 16, 96 = 64 + 32, 40 = 32 + 16) instead of one padded power-of-two tile (see `head_dim_split`).
+Backward: delta = rowsum(dO * O), then a dK/dV kernel looping over query blocks and a dQ kernel looping
+over key blocks, both recomputing P from the LSE (no atomics, no O(L^2) memory).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import SMEM_LIMIT, interpreting
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    # the 3.9 interpreter multiplies raw bf16 bit patterns in tl.dot: compute in fp32 there
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN: tl.constexpr):
+    """(first query row, #queries, first key row, #keys) of sequence i_b, rows counted in the token dim."""
+    if IS_VARLEN:
+        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int64)
+        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int64)
+        T_q = (tl.load(cu_seqlens_q + i_b + 1) - bos_q).to(tl.int32)
+        T_k = (tl.load(cu_seqlens_k + i_b + 1) - bos_k).to(tl.int32)
+    else:
+        bos_q = tl.zeros([], dtype=tl.int64)
+        bos_k = tl.zeros([], dtype=tl.int64)
+        T_q = L_Q
+        T_k = L_K
+    return bos_q, T_q, bos_k, T_k
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh, s_lb, s_lh, s_mb,
+    L_Q, L_K, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
+    if i_m * BLOCK_M >= T_q:
+        return
+    i_b64 = i_b.to(tl.int64)
+    q += i_b64 * s_qb + bos_q * s_qt + i_h * s_qh
+    k += i_b64 * s_kb + bos_k * s_kt + i_h * s_kh
+    v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
+    o += i_b64 * s_ob + bos_q * s_ot + i_h * s_oh
+    lse += i_b64 * s_lb + i_h * s_lh + bos_q
+
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_m = o_m < T_q
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    # [BLOCK_M, BLOCK_D]
+    b_q = tl.load(q + o_m[:, None] * s_qt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if BLOCK_DT > 0:
+        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
+        m_dt = o_dt < HEAD_DIM
+        # [BLOCK_M, BLOCK_DT]
+        b_qt = tl.load(q + o_m[:, None] * s_qt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
+        b_acct = tl.zeros([BLOCK_M, BLOCK_DT], dtype=tl.float32)
+    b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
+        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < T_k
+        if HAS_MASK:
+            m_n = m_n & (tl.load(key_mask + i_b64 * s_mb + o_n, mask=m_n, other=0) != 0)
+        # [BLOCK_D, BLOCK_N]
+        b_kT = tl.load(k + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
+        # [BLOCK_M, BLOCK_N]
+        b_s = _dot(b_q, b_kT, DOT_FP32, PRECISION)
+        if BLOCK_DT > 0:
+            # [BLOCK_DT, BLOCK_N]
+            b_kTt = tl.load(k + o_n[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
+            b_s += _dot(b_qt, b_kTt, DOT_FP32, PRECISION)
+        b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
+        # [BLOCK_M]
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        if HAS_MASK:
+            # a row whose keys are all masked so far keeps an -inf max: pivot at 0 so exp2 gives 0, not NaN
+            b_m_new = tl.where(b_m_new == float("-inf"), 0., b_m_new)
+        b_alpha = tl.math.exp2(b_m - b_m_new)
+        # [BLOCK_M, BLOCK_N]
+        b_p = tl.math.exp2(b_s - b_m_new[:, None])
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_p = b_p.to(v.dtype.element_ty)
+        # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(v + o_n[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
+        b_acc = b_acc * b_alpha[:, None] + _dot(b_p, b_v, DOT_FP32, PRECISION)
+        if BLOCK_DT > 0:
+            # [BLOCK_N, BLOCK_DT]
+            b_vt = tl.load(v + o_n[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
+            b_acct = b_acct * b_alpha[:, None] + _dot(b_p, b_vt, DOT_FP32, PRECISION)
+        b_m = b_m_new
+
+    # a query with no visible key has l == 0: output exactly 0 and LSE = +inf (P = 0 in the backward)
+    b_has = b_l > 0
+    b_inv = tl.where(b_has, 1. / tl.where(b_has, b_l, 1.), 0.)
+    tl.store(lse + o_m, tl.where(b_has, b_m + tl.math.log2(tl.where(b_has, b_l, 1.)), float("inf")), mask=m_m)
+    # [BLOCK_M, BLOCK_D]
+    tl.store(o + o_m[:, None] * s_ot + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
+             mask=m_m[:, None] & m_d[None, :])
+    if BLOCK_DT > 0:
+        tl.store(o + o_m[:, None] * s_ot + o_dt[None, :], (b_acct * b_inv[:, None]).to(o.dtype.element_ty),
+                 mask=m_m[:, None] & m_dt[None, :])
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    o, do, delta, cu_seqlens_q,
+    s_ob, s_ot, s_oh, s_db, s_dt, s_dh, s_lb, s_lh, L_Q,
+    HEAD_DIM: tl.constexpr, BLOCK_DP: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos_q, T_q, _, _ = _seq_bounds(cu_seqlens_q, cu_seqlens_q, i_b, L_Q, L_Q, IS_VARLEN)
+    if i_m * BLOCK_M >= T_q:
+        return
+    i_b64 = i_b.to(tl.int64)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_DP)
+    m_md = (o_m < T_q)[:, None] & (o_d < HEAD_DIM)[None, :]
+    # [BLOCK_M, BLOCK_DP]
+    b_o = tl.load(o + i_b64 * s_ob + bos_q * s_ot + i_h * s_oh + o_m[:, None] * s_ot + o_d[None, :], mask=m_md, other=0.)
+    b_do = tl.load(do + i_b64 * s_db + bos_q * s_dt + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_md, other=0.)
+    # [BLOCK_M]
+    tl.store(delta + i_b64 * s_lb + i_h * s_lh + bos_q + o_m, tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1),
+             mask=o_m < T_q)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, key_mask,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
+    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_lb, s_lh, s_mb,
+    L_Q, L_K, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_n, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
+    if i_n * BLOCK_N >= T_k:
+        return
+    i_b64 = i_b.to(tl.int64)
+    q += i_b64 * s_qb + bos_q * s_qt + i_h * s_qh
+    do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
+    k += i_b64 * s_kb + bos_k * s_kt + i_h * s_kh
+    v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
+    dk += i_b64 * s_dkb + bos_k * s_dkt + i_h * s_dkh
+    dv += i_b64 * s_dvb + bos_k * s_dvt + i_h * s_dvh
+    lse += i_b64 * s_lb + i_h * s_lh + bos_q
+    delta += i_b64 * s_lb + i_h * s_lh + bos_q
+
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < T_k
+    m_kv = m_n
+    if HAS_MASK:
+        m_kv = m_n & (tl.load(key_mask + i_b64 * s_mb + o_n, mask=m_n, other=0) != 0)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    # [BLOCK_N, BLOCK_D]
+    b_k = tl.load(k + o_n[:, None] * s_kt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
+    b_v = tl.load(v + o_n[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if BLOCK_DT > 0:
+        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
+        m_dt = o_dt < HEAD_DIM
+        # [BLOCK_N, BLOCK_DT]
+        b_kt = tl.load(k + o_n[:, None] * s_kt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
+        b_vt = tl.load(v + o_n[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
+        b_dkt = tl.zeros([BLOCK_N, BLOCK_DT], dtype=tl.float32)
+        b_dvt = tl.zeros([BLOCK_N, BLOCK_DT], dtype=tl.float32)
+
+    for i_m in range(0, tl.cdiv(T_q, BLOCK_M)):
+        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_m = o_m < T_q
+        # [BLOCK_M, BLOCK_D]
+        b_q = tl.load(q + o_m[:, None] * s_qt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
+        b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
+        # rows past the sequence end read LSE = +inf, so their P is exactly 0
+        b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
+        b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
+        # [BLOCK_N, BLOCK_M]
+        b_sT = _dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION)
+        b_dpT = _dot(b_v, tl.trans(b_do), DOT_FP32, PRECISION)
+        if BLOCK_DT > 0:
+            # [BLOCK_M, BLOCK_DT]
+            b_qt = tl.load(q + o_m[:, None] * s_qt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
+            b_dot = tl.load(do + o_m[:, None] * s_dt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
+            b_sT += _dot(b_kt, tl.trans(b_qt), DOT_FP32, PRECISION)
+            b_dpT += _dot(b_vt, tl.trans(b_dot), DOT_FP32, PRECISION)
+        b_pT = tl.math.exp2(b_sT * qk_scale - b_lse[None, :])
+        if HAS_MASK:
+            b_pT = tl.where(m_kv[:, None], b_pT, 0.)
+        b_dsT = (b_pT * (b_dpT - b_delta[None, :])).to(q.dtype.element_ty)
+        b_pT = b_pT.to(do.dtype.element_ty)
+        # [BLOCK_N, BLOCK_D]
+        b_dv += _dot(b_pT, b_do, DOT_FP32, PRECISION)
+        b_dk += _dot(b_dsT, b_q, DOT_FP32, PRECISION)
+        if BLOCK_DT > 0:
+            # [BLOCK_N, BLOCK_DT]
+            b_dvt += _dot(b_pT, b_dot, DOT_FP32, PRECISION)
+            b_dkt += _dot(b_dsT, b_qt, DOT_FP32, PRECISION)
+
+    # [BLOCK_N, BLOCK_D]
+    tl.store(dk + o_n[:, None] * s_dkt + o_d[None, :], (b_dk * sm_scale).to(dk.dtype.element_ty),
+             mask=m_n[:, None] & m_d[None, :])
+    tl.store(dv + o_n[:, None] * s_dvt + o_d[None, :], b_dv.to(dv.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+    if BLOCK_DT > 0:
+        tl.store(dk + o_n[:, None] * s_dkt + o_dt[None, :], (b_dkt * sm_scale).to(dk.dtype.element_ty),
+                 mask=m_n[:, None] & m_dt[None, :])
+        tl.store(dv + o_n[:, None] * s_dvt + o_dt[None, :], b_dvt.to(dv.dtype.element_ty),
+                 mask=m_n[:, None] & m_dt[None, :])
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, key_mask,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh, s_dqb, s_dqt, s_dqh, s_lb, s_lh, s_mb,
+    L_Q, L_K, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
+    if i_m * BLOCK_M >= T_q:
+        return
+    i_b64 = i_b.to(tl.int64)
+    q += i_b64 * s_qb + bos_q * s_qt + i_h * s_qh
+    do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
+    dq += i_b64 * s_dqb + bos_q * s_dqt + i_h * s_dqh
+    k += i_b64 * s_kb + bos_k * s_kt + i_h * s_kh
+    v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
+    lse += i_b64 * s_lb + i_h * s_lh + bos_q
+    delta += i_b64 * s_lb + i_h * s_lh + bos_q
+
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_m = o_m < T_q
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    # [BLOCK_M, BLOCK_D]
+    b_q = tl.load(q + o_m[:, None] * s_qt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
+    b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if BLOCK_DT > 0:
+        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
+        m_dt = o_dt < HEAD_DIM
+        # [BLOCK_M, BLOCK_DT]
+        b_qt = tl.load(q + o_m[:, None] * s_qt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
+        b_dot = tl.load(do + o_m[:, None] * s_dt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
+        b_dqt = tl.zeros([BLOCK_M, BLOCK_DT], dtype=tl.float32)
+    # [BLOCK_M]
+    b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
+    b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
+
+    for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
+        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < T_k
+        if HAS_MASK:
+            m_n = m_n & (tl.load(key_mask + i_b64 * s_mb + o_n, mask=m_n, other=0) != 0)
+        # [BLOCK_D, BLOCK_N]
+        b_kT = tl.load(k + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
+        b_vT = tl.load(v + o_n[None, :] * s_vt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
+        # [BLOCK_M, BLOCK_N]
+        b_s = _dot(b_q, b_kT, DOT_FP32, PRECISION)
+        b_dp = _dot(b_do, b_vT, DOT_FP32, PRECISION)
+        if BLOCK_DT > 0:
+            # [BLOCK_DT, BLOCK_N]
+            b_kTt = tl.load(k + o_n[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
+            b_vTt = tl.load(v + o_n[None, :] * s_vt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
+            b_s += _dot(b_qt, b_kTt, DOT_FP32, PRECISION)
+            b_dp += _dot(b_dot, b_vTt, DOT_FP32, PRECISION)
+        # keys past the end (or masked) were read as 0, which is a finite score: zero their P explicitly
+        b_p = tl.where(m_n[None, :], tl.math.exp2(b_s * qk_scale - b_lse[:, None]), 0.)
+        b_ds = (b_p * (b_dp - b_delta[:, None])).to(k.dtype.element_ty)
+        # [BLOCK_M, BLOCK_D]
+        b_dq += _dot(b_ds, tl.trans(b_kT), DOT_FP32, PRECISION)
+        if BLOCK_DT > 0:
+            b_dqt += _dot(b_ds, tl.trans(b_kTt), DOT_FP32, PRECISION)
+
+    tl.store(dq + o_m[:, None] * s_dqt + o_d[None, :], (b_dq * sm_scale).to(dq.dtype.element_ty),
+             mask=m_m[:, None] & m_d[None, :])
+    if BLOCK_DT > 0:
+        tl.store(dq + o_m[:, None] * s_dqt + o_dt[None, :], (b_dqt * sm_scale).to(dq.dtype.element_ty),
+                 mask=m_m[:, None] & m_dt[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: block sizes, grids, allocation
+# ----------------------------------------------------------------------------------------------
+
+MAX_HEAD_DIM = 128
+NAN_FILL = os.environ.get("SIGLIP2_KERNELS_NAN_FILL", "0") == "1"  # tests: NaN-prefill every output buffer
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_DT): a power-of-two main tile plus a power-of-two tail tile (0 = none).
+
+    "split" (default) pads only past 64: 72 -> 64+16 (90% of the MMA work is useful, vs 56% in a 128 tile),
+    80 -> 64+16, 96 -> 64+32; the tail is >= 16 because fp16/bf16 tl.dot needs K >= 16. Head dims <= 64
+    round up to 32 or 64 (40 -> 64): they are not SigLIP2 sizes, and fewer tile classes keep the set of
+    compiled configs small. "pad" always uses one power-of-two tile (72 -> 128), for measuring the choice.
+    """
+    full = max(32, _next_pow2(head_dim))
+    if mode not in ("split", "pad"):
+        raise ValueError(f"head_dim_mode must be 'split' or 'pad', got {mode!r}")
+    if mode == "pad" or head_dim <= 64:
+        return full, 0
+    tail = max(16, _next_pow2(head_dim - 64))
+    return (full, 0) if 64 + tail >= full else (64, tail)
+
+
+# Block sizes: chosen so every config compiles for sm_80 and sm_90 with no register spills (ptxas STACK == 0,
+# checked by tests/test_attention.py::test_aot_compile); the throughput tuning is owed to a GPU run.
+def fwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
+    if elem_bytes == 4:  # fp32 tiles with IEEE (FMA) dots: small blocks, 8 warps to spread the registers
+        return dict(BLOCK_M=32, BLOCK_N=32 if d_tile <= 64 else 16, num_warps=4 if d_tile <= 64 else 8, num_stages=2)
+    if max_seqlen_q <= 16:  # one query per image (the pooling head): do not burn a 128-row tile on it
+        return dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3)
+    if d_tile <= 80:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128 if d_tile <= 96 else 64, BLOCK_N=32 if d_tile <= 96 else 64, num_warps=8, num_stages=3)
+
+
+def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
+    """dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed (num_warps);
+    dQ kernel: BLOCK_M2 queries held, BLOCK_N2 keys streamed (num_warps2)."""
+    if elem_bytes == 4:
+        return dict(BLOCK_M=16 if d_tile <= 96 else 32, BLOCK_N=16, BLOCK_M2=32, BLOCK_N2=16,
+                    num_warps=8 if d_tile <= 64 or d_tile > 96 else 4, num_warps2=4, num_stages=2)
+    if max_seqlen_q <= 16:
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_M2=16, BLOCK_N2=32, num_warps=8, num_warps2=8, num_stages=2)
+    if d_tile <= 64:
+        return dict(BLOCK_M=32, BLOCK_N=128, BLOCK_M2=128, BLOCK_N2=32, num_warps=8, num_warps2=8, num_stages=2)
+    if d_tile <= 96:
+        return dict(BLOCK_M=32 if d_tile <= 80 else 16, BLOCK_N=64, BLOCK_M2=64, BLOCK_N2=16, num_warps=8,
+                    num_warps2=8, num_stages=2)
+    return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_M2=32, BLOCK_N2=32, num_warps=8, num_warps2=4, num_stages=2)
+
+
+def launch_configs():
+    """Every (kernel, constexprs, num_warps, num_stages, dtype) the launchers can pick, for the AOT test."""
+    seen, out = set(), []
+    for dtype in (torch.bfloat16, torch.float32):
+        eb = torch.tensor([], dtype=dtype).element_size()
+        for d in range(1, MAX_HEAD_DIM + 1):
+            for mode in ("split", "pad"):
+                bd, bdt = head_dim_split(d, mode)
+                for lq in (1, 4096):
+                    f, b = fwd_config(bd + bdt, eb, lq), bwd_config(bd + bdt, eb, lq)
+                    common = dict(HEAD_DIM=bd + bdt, BLOCK_D=bd, BLOCK_DT=bdt)
+                    flags = dict(IS_VARLEN=True, HAS_MASK=False, DOT_FP32=False, PRECISION=_precision(dtype))
+                    cands = [
+                        ("fwd", dict(common, BLOCK_M=f["BLOCK_M"], BLOCK_N=f["BLOCK_N"], **flags), f),
+                        ("dkdv", dict(common, BLOCK_M=b["BLOCK_M"], BLOCK_N=b["BLOCK_N"], **flags), b),
+                        ("dq", dict(common, BLOCK_M=b["BLOCK_M2"], BLOCK_N=b["BLOCK_N2"], **flags),
+                         dict(b, num_warps=b["num_warps2"])),
+                        ("preprocess", dict(HEAD_DIM=bd + bdt, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=32,
+                                            IS_VARLEN=True), dict(num_warps=4, num_stages=1)),
+                    ]
+                    for name, cx, cfg in cands:
+                        key = (name, str(dtype), tuple(sorted(cx.items())), cfg["num_warps"], cfg["num_stages"])
+                        if key not in seen:
+                            seen.add(key)
+                            out.append(dict(kernel=name, constexprs=cx, num_warps=cfg["num_warps"],
+                                            num_stages=cfg["num_stages"], dtype=dtype))
+    return out
+
+
+KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel,
+           "preprocess": _attn_bwd_preprocess_kernel}
+
+
+def _precision(dtype) -> str:
+    # fp32 inputs get IEEE dots: TF32 would make the fp32 path ~1e-3 accurate, worse than the eager reference
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _empty_like(t, dtype=None, shape=None):
+    if shape is not None:
+        out = torch.empty(shape, dtype=dtype or t.dtype, device=t.device)
+    else:
+        out = torch.empty_like(t, dtype=dtype)
+    return out.fill_(float("nan")) if NAN_FILL else out
+
+
+def _layout(t, is_varlen):
+    """(batch, token, head) strides of a (total, H, D) or (B, H, L, D) tensor; its last dim must be unit-stride."""
+    return (0, t.stride(0), t.stride(1)) if is_varlen else (t.stride(0), t.stride(2), t.stride(1))
+
+
+def _unit_last(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _prep(q, cu_seqlens_q, key_mask, max_seqlen_q):
+    is_varlen = cu_seqlens_q is not None
+    if is_varlen:
+        B, (total_q, H, D) = cu_seqlens_q.numel() - 1, q.shape
+        lse_shape, s_lb, s_lh = (H, total_q), 0, total_q
+    else:
+        B, H, L, D = q.shape
+        lse_shape, s_lb, s_lh = (B, H, L), H * L, L
+    if B > 65535 or H > 65535:
+        raise ValueError(f"attention: batch ({B}) and heads ({H}) must each be <= 65535 (CUDA grid limit)")
+    dummy = torch.empty(0, dtype=torch.int32, device=q.device)
+    cu_q = cu_seqlens_q if is_varlen else dummy
+    key_mask = _unit_last(key_mask) if key_mask is not None else None
+    km = key_mask.view(torch.uint8) if key_mask is not None else dummy.view(torch.uint8)
+    s_mb = key_mask.stride(0) if key_mask is not None else 0
+    return is_varlen, B, H, D, lse_shape, (s_lb, s_lh), cu_q, km, s_mb, dummy
+
+
+def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale,
+                  *, head_dim_mode="split", config=None):
+    """Returns (o like q, lse fp32 base-2: (H, total_q) varlen / (B, H, Lq) padded)."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    is_varlen, B, H, D, lse_shape, s_l, cu_q, km, s_mb, _ = _prep(q, cu_seqlens_q, key_mask, max_seqlen_q)
+    cu_k = cu_seqlens_k if is_varlen else cu_q
+    o, lse = _empty_like(q), _empty_like(q, torch.float32, lse_shape)
+    bd, bdt = head_dim_split(D, head_dim_mode)
+    cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q)
+    grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), B, H)
+    if q.numel() == 0 or grid[0] == 0:
+        return o.zero_(), lse.fill_(float("inf"))
+    L_q, L_k = (0, 0) if is_varlen else (q.shape[2], k.shape[2])
+    _attn_fwd_kernel[grid](
+        q, k, v, o, lse, cu_q, cu_k, km, *_layout(q, is_varlen), *_layout(k, is_varlen), *_layout(v, is_varlen),
+        *_layout(o, is_varlen), *s_l, s_mb, L_q, L_k, scale * LOG2E,
+        HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None, DOT_FP32=interpreting(), PRECISION=_precision(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return o, lse
+
+
+def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale,
+                  *, head_dim_mode="split", config=None):
+    """Returns (dq, dk, dv) like (q, k, v)."""
+    do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
+    is_varlen, B, H, D, _, s_l, cu_q, km, s_mb, _ = _prep(q, cu_seqlens_q, key_mask, max_seqlen_q)
+    cu_k = cu_seqlens_k if is_varlen else cu_q
+    dq, dk, dv, delta = _empty_like(q), _empty_like(k), _empty_like(v), _empty_like(lse)
+    bd, bdt = head_dim_split(D, head_dim_mode)
+    cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q)
+    L_q, L_k = (0, 0) if is_varlen else (q.shape[2], k.shape[2])
+    lay_q, lay_k, lay_v, lay_do = (_layout(t, is_varlen) for t in (q, k, v, do))
+    flags = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None,
+                 DOT_FP32=interpreting(), PRECISION=_precision(q.dtype), num_stages=cfg["num_stages"])
+    if q.numel() and max_seqlen_q > 0:
+        _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen_q, 32), B, H)](
+            o, do, delta, cu_q, *_layout(o, is_varlen), *lay_do, *s_l, L_q,
+            HEAD_DIM=D, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=32, IS_VARLEN=is_varlen, num_warps=4, num_stages=1,
+        )
+        _attn_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"]), B, H)](
+            q, k, v, do, lse, delta, dq, cu_q, cu_k, km, *lay_q, *lay_k, *lay_v, *lay_do, *_layout(dq, is_varlen),
+            *s_l, s_mb, L_q, L_k, scale * LOG2E, scale, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"],
+            num_warps=cfg["num_warps2"], **flags,
+        )
+    else:
+        dq.zero_()
+    if k.numel() and max_seqlen_k > 0:
+        _attn_bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), B, H)](
+            q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, km, *lay_q, *lay_k, *lay_v, *lay_do,
+            *_layout(dk, is_varlen), *_layout(dv, is_varlen), *s_l, s_mb, L_q, L_k, scale * LOG2E, scale,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], **flags,
+        )
+    else:
+        dk.zero_(), dv.zero_()
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library ops + autograd (custom_op keeps torch.compile(fullgraph=True) tracing through the kernels)
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("siglip2::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor | None,
+                      cu_seqlens_k: torch.Tensor | None, key_mask: torch.Tensor | None, max_seqlen_q: int,
+                      max_seqlen_k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale):
+    shape = (q.shape[1], q.shape[0]) if cu_seqlens_q is not None else q.shape[:3]
+    return torch.empty_like(q), q.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("siglip2::attention_bwd", mutates_args=())
+def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                      lse: torch.Tensor, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+                      key_mask: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale)
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask)
+    ctx.args = (max_seqlen_q, max_seqlen_k, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask = ctx.saved_tensors
+    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
+    return _attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q, max_seqlen_k, scale)[0]
+
+
+def padded_attention(q, k, v, key_padding_mask, scale):
+    return _attention_fwd_op(q, k, v, None, None, key_padding_mask, q.shape[2], k.shape[2], scale)[0]

@@ -1,0 +1,400 @@
+"""Triton NaFlex patch embedding: linear patch projection + per-image antialiased bilinear position resize.
+
+Forward, one launch: out[b, t] = x[b, t] @ W^T + bias + pos_b[t], where pos_b = Wh_b . P . Ww_b^T is the
+(h_b, w_b) bilinear, antialiased, align_corners=False resize of the learned (G, G) grid P. The 1-D weights
+Wh/Ww are evaluated on the device from `spatial_shapes` (no host sync) and applied as a second, small tl.dot
+into the GEMM accumulator: for each source grid row i touched by the tile, A_i[m, j] = Wh[y_m, i] * Ww[x_m, j]
+and acc += A_i @ P[i*G:(i+1)*G]. Padding rows (t >= h*w) use (y, x) = (0, 0), as transformers does.
+Backward: dX, dW and dbias are plain torch matmuls; d pos_embed (the adjoint of every image's resize) is a
+Triton kernel that writes deterministic per-batch-chunk partials, reduced with one torch sum.
+The resize math is fp32 whatever the parameter dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import interpreting
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _axis_filter(o_out, n_out, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Per output index: (center, 1/support, normalizer) of torch's antialiased triangle filter, in fp32.
+
+    Downsampling (scale = G/n_out > 1) widens the triangle to `scale` source pixels; upsampling is plain
+    bilinear. The normalizer is the sum of the taps that fall inside [0, G), which gives edge clamping.
+    """
+    scale = G / n_out.to(tl.float32)
+    inv = 1.0 / tl.maximum(scale, 1.0)
+    center = scale * (o_out.to(tl.float32) + 0.5)  # [BLOCK_M]
+    o_g = tl.arange(0, BLOCK_G)
+    # [BLOCK_M, BLOCK_G]
+    b_taps = tl.maximum(1.0 - tl.abs((o_g[None, :].to(tl.float32) + 0.5 - center[:, None]) * inv), 0.0)
+    b_taps = tl.where(o_g[None, :] < G, b_taps, 0.0)
+    total = tl.sum(b_taps, axis=1)  # [BLOCK_M]
+    return center, inv, total
+
+
+@triton.jit
+def _tap(i, center, inv, total):
+    """Normalized weight of source index `i` (scalar or block) for each output index: a [BLOCK_M] vector."""
+    return tl.maximum(1.0 - tl.abs((i + 0.5 - center) * inv), 0.0) / total
+
+
+@triton.jit
+def _grid_coords(o_t, n_valid, w):
+    """Token index -> (y, x) on the h x w grid; padding tokens (t >= h*w) reuse position (0, 0)."""
+    valid = o_t < n_valid
+    return tl.where(valid, o_t // w, 0), tl.where(valid, o_t % w, 0)
+
+
+@triton.jit
+def _patch_embed_fwd_kernel(
+    x,  # pixel_values (B, L, K), any float dtype
+    weight,  # (D, K)
+    bias,  # (D,)
+    pos,  # (G*G, D) learned grid, row-major (i, j)
+    shapes,  # (B, 2) int (h, w)
+    cu_seqlens,  # (B+1,) int32, only read when PACKED
+    y,  # out: (B, L, D), or (total, D) when PACKED
+    L, K, D, total_rows,
+    G: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PACKED: tl.constexpr, UPCAST: tl.constexpr, MAIN_PREC: tl.constexpr, POS_PREC: tl.constexpr,
+):
+    i_n, i_m, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # h, w >= 1 is validated on the host; the clamp only keeps unvalidated (compiled) calls free of UB
+    h = tl.maximum(tl.load(shapes + i_b * 2).to(tl.int32), 1)
+    w = tl.maximum(tl.load(shapes + i_b * 2 + 1).to(tl.int32), 1)
+    n_valid = h * w
+    if PACKED:
+        if i_m * BLOCK_M >= n_valid:
+            return
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_m = o_m < L
+    m_n = o_n < D
+
+    # ---- GEMM: x[b, rows] @ W^T, K is not a multiple of BLOCK_K for P=14 (588), hence the k mask
+    p_x = x + i_b.to(tl.int64) * L * K + o_m[:, None] * K
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        # [BLOCK_M, BLOCK_K]; transformers casts pixels to the weight dtype before the linear
+        b_x = tl.load(p_x + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+        b_x = b_x.to(weight.dtype.element_ty)
+        # [BLOCK_K, BLOCK_N]
+        b_w = tl.load(weight + o_n[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        if UPCAST:  # the interpreter's bf16 tl.dot multiplies raw bit patterns
+            b_x = b_x.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        acc = tl.dot(b_x, b_w, acc, input_precision=MAIN_PREC)  # [BLOCK_M, BLOCK_N]
+
+    # ---- position rows: acc += sum_i A_i @ P_i over the source rows i the tile's filters touch
+    o_t = tl.minimum(o_m, L - 1)  # rows past L are not stored; keep them from widening the source range
+    b_y, b_xx = _grid_coords(o_t, n_valid, w)
+    c_h, inv_h, tot_h = _axis_filter(b_y, h, G, BLOCK_G)
+    c_w, inv_w, tot_w = _axis_filter(b_xx, w, G, BLOCK_G)
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < G
+    # [BLOCK_M, BLOCK_G]: the column weights are the same for every source row i
+    b_ww = tl.where(m_g[None, :], _tap(o_g[None, :].to(tl.float32), c_w[:, None], inv_w, tot_w[:, None]), 0.0)
+    # Conservative source-row range (one extra row each side: its taps are exactly zero anyway)
+    support_h = 1.0 / inv_h
+    i_lo = tl.maximum(tl.min(c_h - support_h + 0.5, axis=0).to(tl.int32) - 1, 0)
+    i_hi = tl.minimum(tl.max(c_h + support_h + 0.5, axis=0).to(tl.int32) + 1, G)
+    for i in range(i_lo, i_hi):
+        b_wh = _tap(i, c_h, inv_h, tot_h)  # [BLOCK_M]
+        b_a = b_wh[:, None] * b_ww  # [BLOCK_M, BLOCK_G]
+        # [BLOCK_G, BLOCK_N]
+        b_p = tl.load(pos + (i * G + o_g[:, None]) * D + o_n[None, :], mask=m_g[:, None] & m_n[None, :],
+                      other=0.0).to(tl.float32)
+        acc = tl.dot(b_a, b_p, acc, input_precision=POS_PREC)  # [BLOCK_M, BLOCK_N]
+
+    acc += tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    if PACKED:
+        row0 = tl.load(cu_seqlens + i_b)
+        o_r = row0.to(tl.int64) + o_m
+        m_r = (o_m < n_valid) & (o_r < total_rows)  # never write past the buffer, even for bad cu_seqlens
+    else:
+        o_r = i_b.to(tl.int64) * L + o_m
+        m_r = m_m
+    tl.store(y + o_r[:, None] * D + o_n[None, :], acc.to(y.dtype.element_ty),
+             mask=m_r[:, None] & m_n[None, :])
+
+
+@triton.jit
+def _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D,
+                        G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
+                        POS_PREC: tl.constexpr):
+    """acc[j, n] += sum_{t in [t0, t1)} Wh[y_t, i] Ww[x_t, j] dY[row0 + t, n]."""
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < G
+    for s in range(t0, t1, BLOCK_M):
+        o_t = s + tl.arange(0, BLOCK_M)
+        m_t = o_t < t1
+        b_y, b_x = _grid_coords(o_t, n_valid, w)
+        c_h, inv_h, tot_h = _axis_filter(b_y, h, G, BLOCK_G)
+        c_w, inv_w, tot_w = _axis_filter(b_x, w, G, BLOCK_G)
+        b_wh = tl.where(m_t, _tap(i, c_h, inv_h, tot_h), 0.0)  # [BLOCK_M]
+        # [BLOCK_M, BLOCK_G]
+        b_a = b_wh[:, None] * tl.where(m_g[None, :], _tap(o_g[None, :].to(tl.float32), c_w[:, None], inv_w,
+                                                          tot_w[:, None]), 0.0)
+        # [BLOCK_M, BLOCK_N]
+        b_dy = tl.load(dy + (row0 + o_t)[:, None] * D + o_n[None, :], mask=m_t[:, None] & m_n[None, :],
+                       other=0.0).to(tl.float32)
+        acc = tl.dot(tl.trans(b_a), b_dy, acc, input_precision=POS_PREC)  # [BLOCK_G, BLOCK_N]
+    return acc
+
+
+@triton.jit
+def _pos_adjoint_kernel(
+    dy,  # (B, L, D) or (total, D) when PACKED
+    shapes,  # (B, 2) int (h, w)
+    cu_seqlens,  # (B+1,) int32, only read when PACKED
+    dpos_part,  # out: (n_chunks, G*G, D) fp32, one partial per chunk of images
+    B, L, D, IMGS_PER_PROG,
+    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr, POS_PREC: tl.constexpr,
+):
+    # One program per (source grid row i, column tile, chunk of images): the output block [G, BLOCK_N] of
+    # row i stays in registers, and only tokens whose vertical filter reaches row i are read.
+    i, i_n, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < D
+    acc = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
+    b_end = tl.minimum((i_c + 1) * IMGS_PER_PROG, B)
+    for b in range(i_c * IMGS_PER_PROG, b_end):
+        h = tl.maximum(tl.load(shapes + b * 2).to(tl.int32), 1)
+        w = tl.maximum(tl.load(shapes + b * 2 + 1).to(tl.int32), 1)
+        n_valid = tl.minimum(h * w, L)
+        scale = G / h.to(tl.float32)
+        support = tl.maximum(scale, 1.0)
+        # output rows y whose filter reaches source row i: |i + 0.5 - scale (y + 0.5)| < support
+        y_lo = tl.maximum(((i + 0.5 - support) / scale - 0.5).to(tl.int32) - 1, 0)
+        y_hi = tl.minimum(((i + 0.5 + support) / scale - 0.5).to(tl.int32) + 2, h)
+        t0 = tl.minimum(y_lo * w, n_valid)
+        t1 = tl.minimum(y_hi * w, n_valid)
+        if PACKED:
+            row0 = tl.load(cu_seqlens + b).to(tl.int64)
+        else:
+            row0 = L.to(tl.int64) * b
+        acc = _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D,
+                                  G, BLOCK_G, BLOCK_M, POS_PREC)
+        if not PACKED:
+            if y_lo == 0:  # padding rows sit at (0, 0); they only reach the source rows near 0
+                acc = _pos_adjoint_tokens(acc, dy, i, n_valid, L, n_valid, h, w, row0, o_n, m_n, D,
+                                          G, BLOCK_G, BLOCK_M, POS_PREC)
+    o_g = tl.arange(0, BLOCK_G)
+    p_out = dpos_part + (i_c.to(tl.int64) * G * G + i * G + o_g[:, None]) * D + o_n[None, :]
+    tl.store(p_out, acc, mask=(o_g < G)[:, None] & m_n[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+# Forward configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), keyed by (weight dtype class, aligned).
+# "aligned": K and D multiples of 16 and 16-byte aligned pointers (NaFlex P=16: K = 768). Triton then
+# vectorizes the loads and pipelines them with cp.async; 16-bit: a 128x128 tile, 3 stages of 64-wide K slices
+# (96 KiB of shared memory on sm_90, 64 KiB on sm_80). Unaligned rows (P=14: K = 588) load element by element
+# with a 64-bit address each, and anything larger than 64x64 spills. fp32 models get exact fp32 dots ("ieee",
+# FMA, no tensor cores), whose operand fragments need 16-wide K slices to stay spill-free.
+# Every entry compiles for sm_80/sm_90 without spills (tests/test_patch_embed.py, test_aot_compile_*).
+FWD_CONFIGS = {
+    ("16bit", True): (128, 128, 64, 8, 3),
+    ("16bit", False): (64, 64, 32, 4, 3),
+    ("fp32", True): (64, 64, 16, 4, 2),
+    ("fp32", False): (32, 64, 16, 4, 2),
+}
+FWD_INTERPRET_CONFIG = (32, 32, 32, 4, 1)  # small blocks keep the CPU interpreter fast
+# Adjoint configs: (BLOCK_M, BLOCK_N, num_warps, num_stages).
+ADJ_CONFIG = (64, 64, 4, 2)
+ADJ_INTERPRET_CONFIG = (32, 32, 4, 1)
+# Images per program in the adjoint: bounds the partial buffer to ~ADJ_MAX_CHUNKS x G*G x D fp32.
+ADJ_MAX_CHUNKS = 32
+
+
+def block_g(G: int) -> int:
+    """tl.dot needs K >= 16 and power-of-two blocks: a 4x4 table is zero-padded to 16 columns."""
+    return max(16, triton.next_power_of_2(G))
+
+
+def _aligned(K, D, *tensors) -> bool:
+    return K % 16 == 0 and D % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def fwd_config(dtype: torch.dtype, aligned: bool):
+    if interpreting():
+        return FWD_INTERPRET_CONFIG
+    return FWD_CONFIGS[("fp32" if dtype == torch.float32 else "16bit", aligned)]
+
+
+def precisions(dtype: torch.dtype):
+    """(main GEMM, position dot) input precision for parameters of `dtype`.
+
+    fp32 models get exact fp32 dots, like torch without TF32. The position operands are fp32 (weights in
+    [0, 1], table values); tf32 rounding (2^-11) is below bf16's output rounding (2^-9) but not below fp16's,
+    so fp16 uses the 3-pass tf32 split.
+    """
+    if dtype == torch.float32:
+        return "ieee", "ieee"
+    return "tf32", ("tf32" if dtype == torch.bfloat16 else "tf32x3")
+
+
+def adjoint_precision(dtype: torch.dtype) -> str:
+    """The adjoint accumulates dY (in `dtype`) times the fp32 weights over the whole batch in fp32; eager
+    torch rounds each image's d pos_embed to `dtype` before summing, so tf32 is ample for 16-bit gradients."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _debug_empty(shape, dtype, device):
+    # SIGLIP2_DEBUG_NAN=1 (tests) fills outputs with NaN so that an element the kernel misses fails loudly.
+    import os
+
+    if os.environ.get("SIGLIP2_DEBUG_NAN", "0") not in ("", "0"):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None):
+    B, L, K = pixel_values.shape
+    D = weight.shape[0]
+    G = math.isqrt(pos_embed.shape[0])
+    x = pixel_values.contiguous()
+    packed = cu_seqlens is not None
+    total = int(cu_seqlens[-1]) if packed else B * L  # packed: one host sync for the output size
+    out = _debug_empty((total, D) if packed else (B, L, D), weight.dtype, x.device)
+    if B == 0 or total == 0:
+        return out
+    weight, bias, pos_embed = weight.contiguous(), bias.contiguous(), pos_embed.contiguous()
+    aligned = _aligned(K, D, x, weight, bias, pos_embed, out)
+    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = fwd_config(weight.dtype, aligned)
+    main_prec, pos_prec = precisions(weight.dtype)
+    grid = (triton.cdiv(D, BLOCK_N), triton.cdiv(L, BLOCK_M), B)
+    _patch_embed_fwd_kernel[grid](
+        x, weight, bias, pos_embed, spatial_shapes.contiguous(),
+        cu_seqlens if packed else spatial_shapes, out,
+        L, K, D, total,
+        G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        PACKED=packed, UPCAST=interpreting(), MAIN_PREC=main_prec, POS_PREC=pos_prec,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype=torch.float32):
+    """d pos_embed (G*G, D): each image's resize adjoint applied to its rows of `grad_out`, summed over B."""
+    D = grad_out.shape[-1]
+    B = spatial_shapes.shape[0]
+    packed = cu_seqlens is not None
+    if B == 0:
+        return torch.zeros(G * G, D, dtype=out_dtype, device=grad_out.device)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = ADJ_INTERPRET_CONFIG if interpreting() else ADJ_CONFIG
+    imgs = triton.cdiv(B, ADJ_MAX_CHUNKS)
+    n_chunks = triton.cdiv(B, imgs)
+    part = _debug_empty((n_chunks, G * G, D), torch.float32, grad_out.device)
+    pos_prec = adjoint_precision(grad_out.dtype)
+    _pos_adjoint_kernel[(G, triton.cdiv(D, BLOCK_N), n_chunks)](
+        grad_out.contiguous(), spatial_shapes.contiguous(), cu_seqlens if packed else spatial_shapes, part,
+        B, L, D, imgs,
+        G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PACKED=packed, POS_PREC=pos_prec,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return part.sum(0).to(out_dtype)
+
+
+def _unpack_rows(grad_out, spatial_shapes, cu_seqlens, L):
+    """(total, D) packed rows -> (B, L, D) with zeros at padding, by a device-side gather (no host sync)."""
+    B = spatial_shapes.shape[0]
+    n_valid = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).to(torch.int64)
+    o_t = torch.arange(L, device=grad_out.device)
+    idx = torch.where(o_t[None, :] < n_valid[:, None], cu_seqlens[:-1, None].to(torch.int64) + o_t[None, :],
+                      grad_out.shape[0])  # the extra zero row
+    padded = torch.cat([grad_out, grad_out.new_zeros(1, grad_out.shape[1])])
+    return padded[idx.reshape(-1)].reshape(B, L, -1)
+
+
+def patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs):
+    """needs: which of (pixel_values, weight, bias, pos_embed) want a gradient."""
+    B, L, K = pixel_values.shape
+    G = math.isqrt(pos_embed.shape[0])
+    grad_out = grad_out.contiguous()
+    dy = grad_out if cu_seqlens is None else _unpack_rows(grad_out, spatial_shapes, cu_seqlens, L)
+    dy2 = dy.reshape(B * L, -1)
+    dx = dw = db = dpos = None
+    if needs[0]:
+        dx = (dy2 @ weight).reshape(B, L, K).to(pixel_values.dtype)
+    if needs[1]:
+        dw = dy2.t() @ pixel_values.reshape(B * L, K).to(weight.dtype)
+    if needs[2]:
+        db = dy2.sum(0, dtype=torch.float32).to(weight.dtype)
+    if needs[3]:
+        dpos = pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens, pos_embed.dtype)
+    return dx, dw, db, dpos
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration (autograd + fake impls, so torch.compile(fullgraph=True) traces through)
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("siglip2::naflex_patch_embed", mutates_args=())
+def naflex_patch_embed_op(pixel_values: torch.Tensor, spatial_shapes: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor, pos_embed: torch.Tensor,
+                          cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    return patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
+
+
+@naflex_patch_embed_op.register_fake
+def _(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None):
+    B, L, _ = pixel_values.shape
+    D = weight.shape[0]
+    if cu_seqlens is None:
+        return weight.new_empty(B, L, D)
+    total = torch.library.get_ctx().new_dynamic_size()  # sum of h*w is data-dependent
+    return weight.new_empty(total, D)
+
+
+@torch.library.custom_op("siglip2::naflex_patch_embed_backward", mutates_args=())
+def naflex_patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.Tensor,
+                                   spatial_shapes: torch.Tensor, weight: torch.Tensor, pos_embed: torch.Tensor,
+                                   cu_seqlens: torch.Tensor | None, needs: list[bool]) -> list[torch.Tensor]:
+    grads = patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs)
+    # custom ops cannot return None: give empty tensors for the gradients nobody asked for
+    return [g if g is not None else pixel_values.new_empty(0) for g in grads]
+
+
+@naflex_patch_embed_backward_op.register_fake
+def _(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs):
+    like = (pixel_values, weight, weight.new_empty(weight.shape[0]), pos_embed)
+    return [torch.empty_like(t) if n else pixel_values.new_empty(0) for t, n in zip(like, needs)]
+
+
+def _setup_context(ctx, inputs, output):
+    pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens = inputs
+    ctx.save_for_backward(pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens)
+
+
+def _backward(ctx, grad_out):
+    pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:1]) + list(ctx.needs_input_grad[2:5])
+    grads = naflex_patch_embed_backward_op(grad_out, pixel_values, spatial_shapes, weight, pos_embed,
+                                           cu_seqlens, needs)
+    dx, dw, db, dpos = (g if n else None for g, n in zip(grads, needs))
+    return dx, None, dw, db, dpos, None
+
+
+torch.library.register_autograd("siglip2::naflex_patch_embed", _backward, setup_context=_setup_context)
+
+
+def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None):
+    """Triton entry point (inputs already validated by kernels.patch_embed)."""
+    return naflex_patch_embed_op(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)

@@ -1,0 +1,103 @@
+"""Ring-distributed SigLIP loss: text blocks travel around the group with batch_isend_irecv.
+
+Step k on rank r holds the text block of rank s = r - k (mod W), sent on to r + 1 while this step computes
+(overlap). Only step 0 (the local block) has positives. The fp32 text-gradient accumulator of each block
+travels one step behind its text block and, after W steps, arrives back at its owner. Each step reuses
+the single-GPU block op (`sigmoid_loss_triton.sigmoid_loss_block`) or its materialized reference on CPU.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def reference_block(image, text, logit_scale, logit_bias, positives: bool, norm: float, compute_grads: bool):
+    """Materialized equivalent of `sigmoid_loss_triton.sigmoid_loss_block` (same outputs and conventions)."""
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_(compute_grads) for x in (image, text, logit_scale, logit_bias)]
+        logits = xs[1] @ xs[0].t() * xs[2].exp() + xs[3]  # (M, N) in the input dtype, like transformers
+        labels = -torch.ones_like(logits)
+        if positives:
+            labels = labels + 2 * torch.eye(*logits.shape, device=logits.device, dtype=logits.dtype)
+        loss = -F.logsigmoid(labels * logits).sum() / norm
+        if not compute_grads:
+            e = torch.empty(0, device=image.device)
+            return loss.detach().float(), e, e, e, e
+        grads = torch.autograd.grad(loss, xs)
+    return (loss.detach().float(), *grads)
+
+
+def _p2p(send: torch.Tensor, recv: torch.Tensor, nxt: int, prv: int, group):
+    ops = [dist.P2POp(dist.isend, send, nxt, group), dist.P2POp(dist.irecv, recv, prv, group)]
+    return dist.batch_isend_irecv(ops)
+
+
+def _wait(works):
+    for w in works:
+        w.wait()
+
+
+def _ring_forward(image, text, logit_scale, logit_bias, group, block, compute_grads):
+    W, r = dist.get_world_size(group), dist.get_rank(group)
+    nxt, prv = dist.get_global_rank(group, (r + 1) % W), dist.get_global_rank(group, (r - 1) % W)
+    norm = float(W * text.shape[0])
+    text_cur = text.detach().contiguous()
+    loss = torch.zeros((), dtype=torch.float32, device=text.device)
+    d_image = torch.zeros(image.shape, dtype=torch.float32, device=image.device) if compute_grads else None
+    d_scale = d_bias = None
+    acc_works, acc_recv = [], None
+    for k in range(W):
+        if k < W - 1:
+            text_next = torch.empty_like(text_cur)
+            text_works = _p2p(text_cur, text_next, nxt, prv, group)  # overlaps this step's compute
+        b_loss, b_di, b_dt, b_ds, b_db = block(image, text_cur, logit_scale, logit_bias, k == 0, norm,
+                                               compute_grads)
+        loss += b_loss
+        if compute_grads:
+            d_image += b_di
+            d_scale = b_ds if d_scale is None else d_scale + b_ds
+            d_bias = b_db if d_bias is None else d_bias + b_db
+            _wait(acc_works)  # the accumulator of text_cur, sent by rank r-1 after its step k-1
+            acc = b_dt.float() if k == 0 else acc_recv + b_dt.float()
+            if W == 1:
+                acc_recv = acc
+            else:
+                acc_recv = torch.empty_like(acc)
+                # after step W-1, rank r-1 holds rank r's block: the last exchange returns each rank its dT
+                acc_works = _p2p(acc, acc_recv, nxt, prv, group)
+        if k < W - 1:
+            _wait(text_works)
+            text_cur = text_next
+    _wait(acc_works)
+    dist.all_reduce(loss, group=group)
+    if not compute_grads:
+        return loss, None
+    return loss, (d_image.to(image.dtype), acc_recv.to(text.dtype), d_scale, d_bias)
+
+
+class _RingSigmoidLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image, text, logit_scale, logit_bias, group, block):
+        loss, grads = _ring_forward(image, text, logit_scale, logit_bias, group, block, True)
+        ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        d_image, d_text, d_scale, d_bias = ctx.saved_tensors
+        return grad_loss * d_image, grad_loss * d_text, grad_loss * d_scale, grad_loss * d_bias, None, None
+
+
+def ring_sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, group, impl: str):
+    """Global-batch loss (0-d fp32) on every rank; gradient convention in `DistributedSigmoidLoss`."""
+    if impl == "triton":
+        from .sigmoid_loss_triton import sigmoid_loss_block as block
+    else:
+        block = reference_block
+    inputs = (image_embeds, text_embeds, logit_scale, logit_bias)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        loss = _RingSigmoidLoss.apply(*inputs, group, block)
+    else:
+        loss = _ring_forward(*inputs, group, block, False)[0]
+    return loss

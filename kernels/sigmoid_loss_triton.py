@@ -1,0 +1,256 @@
+"""Triton sigmoid (SigLIP) contrastive loss with its gradients computed in the forward pass.
+
+loss = sum_ij softplus(-z_ij * l_ij) / norm, l = (T @ I^T) * exp(scale) + bias, z = +1 on the positive
+diagonal (row == col) and -1 elsewhere; g = dloss/dl = -z * sigmoid(-z * l).
+One fused GEMM + epilogue kernel per (text block, image block) tile computes S = T_blk @ I_blk^T in fp32,
+the stable softplus / sigmoid from one exp, per-tile partial sums (loss, sum g*S, sum g) and the gradient
+tile G = g * exp(scale) / norm, written in the input dtype into a bounded buffer of `chunk` text rows
+(never n x n: at most G_BUFFER_BYTES). Two tensor-core GEMMs then give dT[chunk] = G @ I and
+dI += G^T @ T[chunk] (Liger's FLCE pattern: the loss is terminal, so backward only scales by grad_output).
+That is 3 GEMMs of 2*n^2*d and 3 passes over the n x chunk tile buffer, no atomics, deterministic.
+A fully fused dT/dI accumulator does not fit registers at d = 768/1152 (a 64 x 768 fp32 tile is 192
+registers per thread at 8 warps), and atomics into fp32 dT/dI would move ~100 GB at n = 65536.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import interpreting
+
+# Upper bound of the G tile buffer (chunk x n elements in the input dtype). 512 MiB keeps the loss under
+# ~1.5 GB at n = 65536, d = 768 while the gradient GEMMs keep K >= 1024.
+G_BUFFER_BYTES = 512 * 2**20
+# Test hook: fill every buffer the kernel must write with NaN first, so an unwritten element fails loudly.
+DEBUG_NAN_FILL = os.environ.get("SIGLIP2_DEBUG_NAN_FILL", "0") not in ("", "0")
+
+# Launch configurations, keyed by element size: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# 16-bit: 128 x 64 x 64 tiles with 8 warps, no stack use on sm_80/sm_90 (128 x 128 and 64 x 128 spill there).
+# fp32 runs the dot in IEEE fp32 (no tf32, to match eager fp32), so smaller tiles keep registers in check.
+CONFIGS = {
+    2: (128, 64, 64, 8, 3),
+    4: (64, 64, 32, 4, 3),
+}
+# The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there.
+INTERPRET_CONFIG = (128, 128, 128, 4, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _epilogue(b_s, o_m, o_n, M, N, diag0, b_scale, b_bias, g, s_g, g_mul,
+              HAS_POS: tl.constexpr, STORE_G: tl.constexpr):
+    """Loss / gradient of a [BLOCK_M, BLOCK_H] tile of raw dots S; returns (sum loss, sum g*S, sum g)."""
+    b_logit = b_s * b_scale + b_bias  # [BLOCK_M, BLOCK_H]
+    # Everything is written in terms of l, so the positive-pair mask enters only as two exact corrections:
+    # -logsigmoid(z*l) = softplus(l) - [pos]*l and g = sigmoid(l) - [pos], where relu(l) - l is exact.
+    # One exp serves softplus and sigmoid: e = exp(-|l|) <= 1 never overflows and w = 1 + e is in [1, 2];
+    # log1p(e) = log(w) + (e - (w - 1)) / w recovers the bits 1 + e rounds away (big |l|) and reuses 1/w.
+    b_e = tl.exp(-tl.abs(b_logit))
+    b_w = 1. + b_e
+    b_r = tl.fdiv(tl.full(b_w.shape, 1., tl.float32), b_w)  # div.full (2 ulp): no IEEE slow path, w in [1, 2]
+    b_relu = tl.maximum(b_logit, 0.)  # [BLOCK_M, BLOCK_H]
+    b_g = tl.where(b_logit >= 0, b_r, b_e * b_r)  # sigmoid(l)  [BLOCK_M, BLOCK_H]
+    if HAS_POS:
+        b_pos = ((o_m[:, None] + diag0) == o_n[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_H]
+        b_relu -= b_pos * b_logit
+        b_g -= b_pos
+    b_loss = b_relu + (tl.log(b_w) + (b_e - (b_w - 1.)) * b_r)  # [BLOCK_M, BLOCK_H]
+    m_mn = (o_m < M)[:, None] & (o_n < N)[None, :]
+    b_loss = tl.where(m_mn, b_loss, 0.)
+    b_g = tl.where(m_mn, b_g, 0.)
+    if STORE_G:
+        p_g = g + (o_m[:, None] * s_g + o_n[None, :])
+        tl.store(p_g, (b_g * (b_scale * g_mul)).to(g.dtype.element_ty), mask=m_mn)  # [BLOCK_M, BLOCK_H]
+    return tl.sum(b_loss), tl.sum(b_g * b_s), tl.sum(b_g)
+
+
+@triton.jit
+def _sigmoid_loss_fwd_kernel(
+    t, i, g, part, scale, bias,
+    M, N, D, diag0, s_t, s_i, s_g, s_p, g_mul,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, HAS_POS: tl.constexpr, STORE_G: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """t: (M, D) text rows, i: (N, D) image rows; text row r is positive with image row r + diag0.
+
+    Writes G[r, c] = g * exp(scale) * g_mul (if STORE_G) and, per program, part[0/1/2] = sums of
+    softplus(-z*l), g*S and g over its tile.
+    """
+    # The tile is two [BLOCK_M, BLOCK_N // 2] halves with their own accumulators: the epilogue then runs on
+    # half the elements at a time, which keeps it out of local memory on sm_90 (full width spills).
+    BLOCK_H: tl.constexpr = BLOCK_N // 2
+    i_m, i_n = tl.program_id(0), tl.program_id(1)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_n0 = i_n * BLOCK_N + tl.arange(0, BLOCK_H)
+    o_n1 = o_n0 + BLOCK_H
+    o_k = tl.arange(0, BLOCK_K)
+    # Out-of-range rows wrap onto valid ones (the triton matmul-tutorial trick): loads need only a K mask,
+    # and those rows are masked out of the epilogue. 2-D row masks and int64 pointer tiles cost registers.
+    p_t = t + ((o_m % M)[:, None] * s_t + o_k[None, :])
+    p_i0 = i + ((o_n0 % N)[None, :] * s_i + o_k[:, None])
+    p_i1 = i + ((o_n1 % N)[None, :] * s_i + o_k[:, None])
+
+    b_s0 = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    b_s1 = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        if EVEN_K:
+            b_t = tl.load(p_t)  # [BLOCK_M, BLOCK_K]
+            b_i0 = tl.load(p_i0)  # [BLOCK_K, BLOCK_H]
+            b_i1 = tl.load(p_i1)  # [BLOCK_K, BLOCK_H]
+        else:
+            m_k = (k0 + o_k) < D
+            b_t = tl.load(p_t, mask=m_k[None, :], other=0.)  # [BLOCK_M, BLOCK_K]
+            b_i0 = tl.load(p_i0, mask=m_k[:, None], other=0.)  # [BLOCK_K, BLOCK_H]
+            b_i1 = tl.load(p_i1, mask=m_k[:, None], other=0.)  # [BLOCK_K, BLOCK_H]
+        if DOT_FP32:
+            # the interpreter multiplies raw bf16 bit patterns in tl.dot: compute in fp32 there
+            b_t = b_t.to(tl.float32)
+            b_s0 += tl.dot(b_t, b_i0.to(tl.float32), input_precision="ieee")  # [BLOCK_M, BLOCK_H]
+            b_s1 += tl.dot(b_t, b_i1.to(tl.float32), input_precision="ieee")  # [BLOCK_M, BLOCK_H]
+        else:
+            b_s0 += tl.dot(b_t, b_i0, input_precision=PRECISION)  # [BLOCK_M, BLOCK_H]
+            b_s1 += tl.dot(b_t, b_i1, input_precision=PRECISION)  # [BLOCK_M, BLOCK_H]
+        p_t += BLOCK_K
+        p_i0 += BLOCK_K
+        p_i1 += BLOCK_K
+
+    b_scale = tl.exp(tl.load(scale).to(tl.float32))
+    b_bias = tl.load(bias).to(tl.float32)
+    l0, gs0, g0 = _epilogue(b_s0, o_m, o_n0, M, N, diag0, b_scale, b_bias, g, s_g, g_mul, HAS_POS, STORE_G)
+    l1, gs1, g1 = _epilogue(b_s1, o_m, o_n1, M, N, diag0, b_scale, b_bias, g, s_g, g_mul, HAS_POS, STORE_G)
+    i_p = i_m * tl.num_programs(1) + i_n
+    tl.store(part + i_p, l0 + l1)
+    tl.store(part + s_p + i_p, gs0 + gs1)
+    tl.store(part + 2 * s_p + i_p, g0 + g1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------
+
+def launch_config(dtype: torch.dtype) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher uses for `dtype`."""
+    if interpreting():
+        return INTERPRET_CONFIG
+    return CONFIGS[torch.empty((), dtype=dtype).element_size()]
+
+
+def chunk_rows(M: int, N: int, dtype: torch.dtype) -> int:
+    """Text rows per G buffer: as many as G_BUFFER_BYTES allows, a multiple of BLOCK_M, at least one block."""
+    block_m = launch_config(dtype)[0]
+    rows = G_BUFFER_BYTES // (max(N, 1) * torch.empty((), dtype=dtype).element_size())
+    return min(M, max(block_m, rows // block_m * block_m))
+
+
+def _empty(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device) if DEBUG_NAN_FILL else \
+        torch.empty(shape, dtype=dtype, device=device)
+
+
+def sigmoid_loss_block(image, text, logit_scale, logit_bias, positives: bool, norm: float,
+                       compute_grads: bool):
+    """Loss and gradients of one (text block x image block) pair, all divided by `norm`.
+
+    image: (N, D), text: (M, D) (same dtype, fp16/bf16/fp32); logit_scale, logit_bias: 1-element tensors.
+    With `positives`, text row r and image row r are the positive pair (M == N). Returns fp32 0-d loss,
+    then (d_image (N, D), d_text (M, D), d_scale, d_bias) in the inputs' dtypes/shapes, or empty
+    tensors when not `compute_grads`. No host sync: scale and bias are read on the device.
+    """
+    image, text = image.contiguous(), text.contiguous()
+    M, D = text.shape
+    N = image.shape[0]
+    if max(M, N) * max(D, 1) >= 2**31:
+        raise ValueError(f"sigmoid_loss: n * d must stay below 2**31 elements, got n={max(M, N)}, d={D}")
+    device, dtype = text.device, text.dtype
+    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = launch_config(dtype)
+    chunk = chunk_rows(M, N, dtype)
+    n_chunks = triton.cdiv(M, chunk)
+    grid_n = triton.cdiv(N, BLOCK_N)
+    # chunk is a multiple of BLOCK_M (or all of M), so the chunks' row blocks tile M exactly once
+    part = _empty((3, triton.cdiv(M, BLOCK_M) * grid_n), torch.float32, device)
+    g = _empty((chunk, N), dtype, device) if compute_grads else part
+    d_text = _empty((M, D), dtype, device) if compute_grads else None
+    d_image = None
+    if compute_grads and n_chunks > 1:
+        d_image = torch.zeros((N, D), dtype=torch.float32, device=device)
+    scale = logit_scale.detach().reshape(1)
+    bias = logit_bias.detach().reshape(1)
+    dot_fp32 = interpreting() and dtype != torch.float32
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+
+    for c in range(n_chunks):
+        r0, rows = c * chunk, min(chunk, M - c * chunk)
+        grid = (triton.cdiv(rows, BLOCK_M), grid_n)
+        _sigmoid_loss_fwd_kernel[grid](
+            text[r0:], image, g, part[:, r0 // BLOCK_M * grid_n:], scale, bias,
+            rows, N, D, r0, text.stride(0), image.stride(0), g.stride(0), part.stride(0), 1.0 / norm,
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, EVEN_K=D % BLOCK_K == 0,
+            HAS_POS=positives, STORE_G=compute_grads, DOT_FP32=dot_fp32, PRECISION=precision,
+            num_warps=num_warps, num_stages=num_stages,
+        )
+        if compute_grads:
+            b_g = g[:rows]
+            torch.mm(b_g, image, out=d_text[r0:r0 + rows])  # [rows, D]
+            if n_chunks == 1:
+                d_image = torch.mm(b_g.t(), text)  # [N, D]
+            else:
+                d_image += torch.mm(b_g.t(), text[r0:r0 + rows])  # fp32 accumulation across chunks
+
+    sums = part.double().sum(dim=1) / norm  # [3]: loss, sum g*S, sum g (fp64 only for these 3 scalars)
+    loss = sums[0].float()
+    if not compute_grads:
+        return (loss, *(torch.empty(0, device=device) for _ in range(4)))
+    d_scale = (sums[1] * scale.double().exp()).to(logit_scale.dtype).reshape(logit_scale.shape)
+    d_bias = sums[2].to(logit_bias.dtype).reshape(logit_bias.shape)
+    return loss, d_image.to(dtype), d_text, d_scale, d_bias
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library op + autograd (backward only scales the saved gradients by grad_output)
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("siglip2::sigmoid_loss_block", mutates_args=())
+def sigmoid_loss_block_op(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+    positives: bool, norm: float, compute_grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return sigmoid_loss_block(image, text, logit_scale, logit_bias, positives, norm, compute_grads)
+
+
+@sigmoid_loss_block_op.register_fake
+def _(image, text, logit_scale, logit_bias, positives, norm, compute_grads):
+    loss = image.new_empty((), dtype=torch.float32)
+    if not compute_grads:
+        return (loss, *(image.new_empty(0, dtype=torch.float32) for _ in range(4)))
+    return (loss, torch.empty_like(image), torch.empty_like(text),
+            torch.empty_like(logit_scale), torch.empty_like(logit_bias))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+
+
+def _backward(ctx, grad_loss, *unused):
+    d_image, d_text, d_scale, d_bias = ctx.saved_tensors
+    if d_image.numel() == 0 and d_text.numel() == 0:
+        raise RuntimeError("sigmoid_loss: backward through a call made with compute_grads=False")
+    return grad_loss * d_image, grad_loss * d_text, grad_loss * d_scale, grad_loss * d_bias, None, None, None
+
+
+torch.library.register_autograd("siglip2::sigmoid_loss_block", _backward, setup_context=_setup_context)
+
+
+def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias):
+    """Single-process loss (0-d fp32) = transformers' Siglip2Model loss; gradients made in the forward."""
+    need_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (image_embeds, text_embeds, logit_scale, logit_bias))
+    loss = sigmoid_loss_block_op(image_embeds, text_embeds, logit_scale, logit_bias,
+                                 True, float(text_embeds.shape[0]), need_grad)[0]
+    return loss

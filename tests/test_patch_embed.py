@@ -1,0 +1,456 @@
+"""Tests for `naflex_patch_embed` (fused NaFlex patch embedding + antialiased position resize).
+
+Run: `python -m pytest tests/test_patch_embed.py --durations=10` (about a minute on 2 CPU cores: Triton runs
+through its interpreter; GPU-marked tests are skipped without CUDA).
+Oracle: a float64 re-implementation built directly on `F.interpolate(..., antialias=True)` (the package
+reference resizes in fp32 by design, so it cannot be the oracle). The kernel's error against the oracle may be
+at most 2x the error of the eager computation at the same precision (`_baseline`: reference.py's numerics).
+"""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from siglip2.kernels.patch_embed import naflex_patch_embed
+from tests.numerics import assert_close_to_oracle
+
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+NAMES = ("pixel_values", "weight", "bias", "pos_embed")
+
+
+@pytest.fixture(autouse=True)
+def _nan_outputs(monkeypatch):
+    # the launchers allocate outputs with NaN, so an element a kernel forgets to write fails the test
+    monkeypatch.setenv("SIGLIP2_DEBUG_NAN", "1")
+
+
+def _shapes(G):
+    """Every image differs: a 1xN strip, an Nx1 strip, larger than G in one axis and smaller in the other
+    (both ways), exactly G x G, and 1 x 1."""
+    return [(1, 2 * G + 1), (G + 3, 1), (G + 5, max(G // 2 - 1, 1)), (max(G // 2 - 1, 1), G + 7), (G, G), (1, 1)]
+
+
+def _make_inputs(G, shapes, L=None, K=12, D=40, dtype=torch.float32, device=DEV, pad=5):
+    B = len(shapes)
+    L = L or max(h * w for h, w in shapes) + pad
+    pixel_values = torch.randn(B, L, K, device=device, dtype=dtype)
+    weight = (torch.randn(D, K, device=device) / math.sqrt(K)).to(dtype)
+    bias = torch.randn(D, device=device, dtype=dtype)
+    pos_embed = torch.randn(G * G, D, device=device, dtype=dtype)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
+    return pixel_values, spatial_shapes, weight, bias, pos_embed
+
+
+def _cu(spatial_shapes):
+    n = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).to(torch.int32)
+    return torch.cat([n.new_zeros(1), n.cumsum(0, dtype=torch.int32)])
+
+
+def _resize(p, h, w):
+    """(G*G, D) -> (h*w, D) with F.interpolate(antialias=True) on the CPU in p's dtype.
+
+    torch's CPU antialias kernel returns the wrong result when the output width is 1 and the height changes
+    (see test_torch_cpu_interpolate_width1_bug), so that case resizes the transposed grid to (1, h) instead.
+    """
+    G = math.isqrt(p.shape[0])
+    grid = p.cpu().reshape(G, G, -1).permute(2, 0, 1)[None]  # (1, D, G, G)
+    if w == 1 and h != 1:
+        r = F.interpolate(grid.transpose(2, 3).contiguous(), size=(w, h), mode="bilinear", align_corners=False,
+                          antialias=True).transpose(2, 3)
+    else:
+        r = F.interpolate(grid.contiguous(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return r[0].reshape(p.shape[1], h * w).t().to(p.device)
+
+
+def oracle(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, dtype=torch.float64):
+    """dtype=float64: the oracle. Otherwise the eager baseline at `dtype`: linear in dtype, resize in fp32, cast,
+    add (reference.naflex_patch_embed's numerics, without the CPU width-1 interpolate bug)."""
+    x, w, b = (t.to(dtype) for t in (pixel_values, weight, bias))
+    p = pos_embed.to(dtype)
+    B, L, _ = x.shape
+    out = []
+    for i, (h, wd) in enumerate(spatial_shapes.tolist()):
+        r = _resize(p if dtype == torch.float64 else p.float(), h, wd).to(dtype)
+        rows = torch.cat([r, r[:1].expand(L - h * wd, -1)])
+        y = F.linear(x[i], w, b) + rows
+        out.append(y[: h * wd] if cu_seqlens is not None else y)
+    return torch.cat(out) if cu_seqlens is not None else torch.stack(out)
+
+
+def _baseline(*args, cu_seqlens=None):
+    return oracle(*args, cu_seqlens=cu_seqlens, dtype=args[2].dtype)
+
+
+def _run(fn, inputs, grad, cu_seqlens=None, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (inputs[0], inputs[2], inputs[3], inputs[4])]
+    out = fn(leaves[0], inputs[1], leaves[1], leaves[2], leaves[3], cu_seqlens=cu_seqlens, **kw)
+    out.backward(grad.to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _check_all(inputs, cu_seqlens=None, impl="triton"):
+    """Forward and all four gradients of `impl` against the float64 oracle, 2x the eager reference's error."""
+    with torch.no_grad():
+        n_out = oracle(*inputs, cu_seqlens=cu_seqlens).shape
+    grad = torch.randn(n_out, device=inputs[0].device, dtype=torch.float64)
+    ref64, g64 = _run(oracle, [t.double() if t.is_floating_point() else t for t in inputs], grad, cu_seqlens)
+    base, gbase = _run(_baseline, inputs, grad, cu_seqlens)
+    out, gout = _run(naflex_patch_embed, inputs, grad, cu_seqlens, impl=impl)
+    atol = 1e-5 if inputs[2].dtype == torch.float32 else 1e-3
+    assert out.dtype == inputs[2].dtype
+    assert_close_to_oracle("out", out, ref64, base, atol=atol)
+    for name, a, o, bl in zip(NAMES, gout, g64, gbase):
+        assert a.dtype == bl.dtype, name
+        assert_close_to_oracle(f"d{name}", a, o, bl, atol=atol * 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The resize itself
+# ----------------------------------------------------------------------------------------------
+
+def _axis_weights(n_in, n_out):
+    """upstream-spec §3.1 separable weights, float64."""
+    scale = n_in / n_out
+    support = scale if scale >= 1 else 1.0
+    inv = 1 / scale if scale >= 1 else 1.0
+    W = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        c = scale * (i + 0.5)
+        lo, hi = max(int(c - support + 0.5), 0), min(int(c + support + 0.5), n_in)
+        for j in range(lo, hi):
+            W[i, j] = max(0.0, 1 - abs((j - c + 0.5) * inv))
+        W[i] /= W[i].sum()
+    return W
+
+
+@pytest.mark.parametrize("G", [4, 16])
+def test_separable_weights_equal_interpolate(G):
+    P = torch.randn(G, G, 3, dtype=torch.float64)
+    for h, w in _shapes(G) + [(2 * G, 3 * G), (G - 1, G + 1)]:
+        ref = _resize(P.reshape(G * G, 3), h, w).reshape(h, w, 3)
+        sep = torch.einsum("yi,ijd,xj->yxd", _axis_weights(G, h), P, _axis_weights(G, w))
+        torch.testing.assert_close(sep, ref, rtol=0, atol=1e-12)
+
+
+def test_torch_cpu_interpolate_width1_bug():
+    """Documents a torch CPU bug (torch 2.13): NCHW-contiguous antialiased bilinear with output width 1 and a
+    changed height skips the vertical pass. transformers' Siglip2VisionEmbeddings hits it on CPU for N x 1 grids (very
+    tall images); kernels/reference.py works around it and the kernels compute the correct resize."""
+    P = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    nchw = F.interpolate(P, size=(7, 1), mode="bilinear", align_corners=False, antialias=True)
+    sep = torch.einsum("yi,cij,xj->cyx", _axis_weights(16, 7), P[0], _axis_weights(16, 1))[None]
+    if torch.allclose(nchw, sep):
+        pytest.xfail("torch fixed the CPU width-1 antialias bug: kernels/reference.py can drop its workaround")
+    assert torch.allclose(nchw, nchw[:, :, :1].expand_as(nchw))  # every row equals the first
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward + backward against the oracle (interpreter on CPU)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("G", [4, 16])
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_forward_backward(G, dtype, impl):
+    _check_all(_make_inputs(G, _shapes(G), dtype=dtype), impl=impl)
+
+
+def test_odd_sizes_non_pow2_grid():
+    # G = 5 (not a power of two), K = 37 and D = 70 (no block multiple), fp32 pixels with fp16 weights
+    inputs = list(_make_inputs(5, [(3, 11), (7, 2), (5, 5)], K=37, D=70, dtype=torch.float16, pad=40))
+    inputs[0] = inputs[0].float()
+    _check_all(inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_packed(dtype):
+    inputs = _make_inputs(16, _shapes(16), dtype=dtype)
+    cu = _cu(inputs[1])
+    padded = naflex_patch_embed(*inputs, impl="triton")
+    packed = naflex_patch_embed(*inputs, cu_seqlens=cu, impl="triton")
+    n = (inputs[1][:, 0] * inputs[1][:, 1]).tolist()
+    valid = torch.cat([padded[i, :k] for i, k in enumerate(n)])
+    assert packed.shape == (sum(n), inputs[2].shape[0])
+    assert torch.equal(packed, valid)
+    _check_all(inputs, cu_seqlens=cu)
+
+
+def test_no_grad_path_and_partial_grads():
+    inputs = _make_inputs(4, [(3, 5), (2, 2)])
+    with torch.no_grad():
+        out = naflex_patch_embed(*inputs, impl="triton")
+    assert not out.requires_grad
+    pos = inputs[4].clone().requires_grad_()
+    out = naflex_patch_embed(inputs[0], inputs[1], inputs[2], inputs[3], pos, impl="triton")
+    out.sum().backward()
+    assert pos.grad is not None and torch.isfinite(pos.grad).all()
+
+
+def test_spatial_shapes_int32_on_cpu():
+    inputs = list(_make_inputs(4, [(3, 5), (6, 1)]))
+    expect = naflex_patch_embed(*inputs, impl="triton")
+    inputs[1] = inputs[1].to(torch.int32).cpu()
+    torch.testing.assert_close(naflex_patch_embed(*inputs, impl="triton"), expect, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with transformers' Siglip2VisionEmbeddings
+# ----------------------------------------------------------------------------------------------
+
+def test_matches_transformers_siglip2_vision_embeddings():
+    from transformers import Siglip2VisionConfig
+    from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
+
+    cfg = Siglip2VisionConfig(hidden_size=48, num_channels=3, patch_size=2, num_patches=16)
+    emb = Siglip2VisionEmbeddings(cfg).to(DEV).eval()
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.normal_()
+    shapes = [(1, 9), (7, 2), (4, 4), (3, 3), (1, 1)]
+    pixel_values = torch.randn(len(shapes), 20, 12, device=DEV)
+    spatial_shapes = torch.tensor(shapes, device=DEV)
+    with torch.no_grad():
+        expect = emb(pixel_values, spatial_shapes)
+        got = naflex_patch_embed(pixel_values, spatial_shapes, emb.patch_embedding.weight, emb.patch_embedding.bias,
+                                 emb.position_embedding.weight, impl="triton")
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: every error names the argument
+# ----------------------------------------------------------------------------------------------
+
+def _bad(**override):
+    x, s, w, b, p = _make_inputs(4, [(2, 3), (3, 3)], L=10)
+    args = dict(pixel_values=x, spatial_shapes=s, weight=w, bias=b, pos_embed=p, cu_seqlens=None, impl="triton")
+    args.update(override)
+    return args
+
+
+def _call(args):
+    args = dict(args)
+    pos = [args.pop(k) for k in ("pixel_values", "spatial_shapes", "weight", "bias", "pos_embed")]
+    return naflex_patch_embed(*pos, **args)
+
+
+@pytest.mark.parametrize("override, exc, match", [
+    (dict(pixel_values=torch.randn(2, 10)), ValueError, "pixel_values must have 3 dimensions"),
+    (dict(pixel_values=torch.randint(0, 3, (2, 10, 12))), TypeError, "pixel_values must have dtype"),
+    (dict(weight=torch.randn(40, 13)), ValueError, r"weight must have shape \(D, 12\)"),
+    (dict(bias=torch.randn(41)), ValueError, r"bias must have shape \(40,\)"),
+    (dict(bias=torch.randn(40, dtype=torch.float16)), TypeError, "bias must have dtype"),
+    (dict(pos_embed=torch.randn(15, 40)), ValueError, "pos_embed must have a perfect-square"),
+    (dict(pos_embed=torch.randn(16, 41)), ValueError, r"pos_embed must have shape \(G\*G, 40\)"),
+    (dict(spatial_shapes=torch.tensor([[2, 3]])), ValueError, r"spatial_shapes must have shape \(2, 2\)"),
+    (dict(spatial_shapes=torch.tensor([[2.0, 3.0], [3.0, 3.0]])), TypeError, "spatial_shapes must have dtype"),
+    (dict(spatial_shapes=torch.tensor([[0, 3], [3, 3]])), ValueError, r"spatial_shapes\[0\] = \(0, 3\)"),
+    (dict(spatial_shapes=torch.tensor([[2, 3], [3, -1]])), ValueError, r"spatial_shapes\[1\] = \(3, -1\)"),
+    (dict(spatial_shapes=torch.tensor([[2, 3], [4, 3]])), ValueError, "more than pixel_values' L = 10"),
+    (dict(cu_seqlens=torch.tensor([0, 6, 15], dtype=torch.int64)), TypeError, "cu_seqlens must have dtype"),
+    (dict(cu_seqlens=torch.tensor([0, 6], dtype=torch.int32)), ValueError, r"cu_seqlens must have shape \(3,\)"),
+    (dict(cu_seqlens=torch.tensor([0, 6, 14], dtype=torch.int32)), ValueError, "prefix sums of h\\*w"),
+    (dict(impl="cuda"), ValueError, "impl must be one of"),
+])
+def test_validation(override, exc, match):
+    with pytest.raises(exc, match=match):
+        _call(_bad(**override))
+
+
+def test_explicit_triton_never_falls_back(monkeypatch):
+    if HAS_CUDA:
+        pytest.skip("CPU-only check")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="impl='triton' needs CUDA"):
+        _call(_bad())
+    args = _bad(impl="triton")
+    for k in ("pixel_values", "weight", "bias", "pos_embed"):
+        args[k] = args[k].double()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(TypeError, match="float16/bfloat16/float32"):
+        _call(args)
+
+
+def test_api_module_imports_without_triton():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch; from siglip2.kernels.patch_embed import naflex_patch_embed\n"
+            "x = torch.randn(1, 4, 3); s = torch.tensor([[2, 2]])\n"
+            "print(naflex_patch_embed(x, s, torch.randn(5, 3), torch.randn(5), torch.randn(4, 5)).shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "torch.Size([1, 4, 5])" in r.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile through the custom op
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_torch_compile_fullgraph(packed):
+    # Uses impl='triton' (the interpreter on CPU) through siglip2::naflex_patch_embed; aot_eager checks the fake
+    # impls and the registered autograd without needing a C++ toolchain for inductor.
+    torch._dynamo.reset()
+    inputs = _make_inputs(4, [(3, 5), (2, 7), (1, 1)])
+    cu = _cu(inputs[1]) if packed else None
+
+    def f(x, s, w, b, p):
+        return naflex_patch_embed(x, s, w, b, p, cu_seqlens=cu, impl="triton")
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in (inputs[0], inputs[2], inputs[3], inputs[4])]
+    out = compiled(leaves[0], inputs[1], *leaves[1:])
+    out.square().sum().backward()
+    leaves2 = [t.clone().requires_grad_() for t in (inputs[0], inputs[2], inputs[3], inputs[4])]
+    out2 = f(leaves2[0], inputs[1], *leaves2[1:])
+    out2.square().sum().backward()
+    torch.testing.assert_close(out, out2)
+    for a, b in zip(leaves, leaves2):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ahead-of-time compile of every launcher config for sm_80 / sm_90
+# ----------------------------------------------------------------------------------------------
+
+def _aot_cases():
+    """(name, kernel, signature, constexprs, num_warps, num_stages, aligned) for every config a launcher can pick.
+
+    aligned=True compiles with Triton's divisibility-by-16 specialization of the pointers and of K and D, as a
+    launch with such arguments gets; aligned=False compiles without any (the worst case). The *_INTERPRET_CONFIG
+    entries are left out: the launchers pick them only under TRITON_INTERPRET, never for a GPU."""
+    from siglip2.kernels import patch_embed_triton as pt
+
+    ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    fwd = [(key, al, cfg) for (key, al), cfg in pt.FWD_CONFIGS.items()]
+    for key, aligned, (bm, bn, bk, nw, ns) in fwd:
+        for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
+            main_prec, pos_prec = pt.precisions(dtype)
+            for packed in (False, True):
+                t = "*" + ty[dtype]
+                sig = dict(x=t, weight=t, bias=t, pos=t, shapes="*i64", cu_seqlens="*i32", y=t, L="i32", K="i32",
+                           D="i32", total_rows="i32")
+                consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed, UPCAST=False,
+                              MAIN_PREC=main_prec, POS_PREC=pos_prec)
+                yield (f"fwd-{ty[dtype]}-{bm}x{bn}x{bk}-{'aligned' if aligned else 'unaligned'}-"
+                       f"{'packed' if packed else 'padded'}", pt._patch_embed_fwd_kernel, sig, consts, nw, ns, aligned)
+    for bm, bn, nw, ns in (pt.ADJ_CONFIG,):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for packed, aligned in ((False, True), (False, False), (True, True)):
+                sig = dict(dy="*" + ty[dtype], shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32", B="i32",
+                           L="i32", D="i32", IMGS_PER_PROG="i32")
+                consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
+                              POS_PREC=pt.adjoint_precision(dtype))
+                yield (f"adj-{ty[dtype]}-{bm}x{bn}-{'aligned' if aligned else 'unaligned'}-"
+                       f"{'packed' if packed else 'padded'}", pt._pos_adjoint_kernel, sig, consts, nw, ns, aligned)
+
+
+def _aot_compile(fn, signature, constexprs, cc, num_warps, num_stages, aligned):
+    """kernels._utils.aot_compile plus the divisibility attributes a real launch gets (aot_compile takes none)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from siglip2.kernels._utils import _jit_function, cubin_resource_usage
+
+    fn = _jit_function(fn)
+    names = fn.arg_names
+    div16 = [n for n, t in signature.items() if t.startswith("*")] + [n for n in ("K", "D") if n in signature]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16} if aligned else {}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    usage = cubin_resource_usage(k.asm["cubin"])
+    usage["shared"] = max(usage.get("shared", 0), int(k.metadata.shared))
+    return usage
+
+
+def _aot_report(cc):
+    """Compile every case for sm_<cc>; print the ones that spill or exceed shared memory as JSON.
+
+    Register spills show up as a stack frame (cuobjdump STACK), not as LOCAL, so both must be 0."""
+    import json
+
+    from siglip2.kernels._utils import SMEM_LIMIT
+
+    bad = []
+    for name, fn, sig, consts, nw, ns, aligned in _aot_cases():
+        sig.update({k: "constexpr" for k in consts})
+        usage = _aot_compile(fn, sig, consts, cc, nw, ns, aligned)
+        if usage["local"] != 0 or usage["stack"] != 0 or usage["shared"] > SMEM_LIMIT[cc]:
+            bad.append([name, usage])
+    print("AOT" + json.dumps(bad))
+
+
+@pytest.mark.parametrize("cc", [80, 90])
+def test_aot_compile_all_configs(cc):
+    # In a subprocess without TRITON_INTERPRET: under the interpreter the kernels' @triton.jit helpers are
+    # InterpretedFunctions, which triton.compile cannot reference.
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = f"import tests.test_patch_embed as t; t._aot_report({cc})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"},
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-4000:]
+    bad = json.loads(r.stdout.split("AOT", 1)[1])
+    assert not bad, bad
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU tests at real sizes
+# ----------------------------------------------------------------------------------------------
+
+def _real_shapes(B, L, G=16):
+    g = torch.Generator().manual_seed(B * L)
+    shapes = []
+    for _ in range(B):
+        h = int(torch.randint(1, min(L, 4 * G) + 1, (1,), generator=g))
+        w = int(torch.randint(1, max(L // h, 1) + 1, (1,), generator=g))
+        shapes.append((h, min(w, L // h)))
+    shapes[0] = (L // (2 * G) if L >= 2 * G else 1, min(2 * G, L))
+    return shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("K, D", [(588, 1152), (768, 768)])
+def test_gpu_real_sizes(dtype, K, D):
+    inputs = _make_inputs(16, _real_shapes(8, 1024), L=1024, K=K, D=D, dtype=dtype, device="cuda")
+    _check_all(inputs)
+    _check_all(inputs, cu_seqlens=_cu(inputs[1]))
+
+
+@pytest.mark.gpu
+def test_gpu_large_batch_bf16():
+    inputs = _make_inputs(16, _real_shapes(64, 4096), L=4096, K=768, D=768, dtype=torch.bfloat16, device="cuda")
+    _check_all(inputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shapes", [[(1, 37), (13, 21), (16, 16), (1, 1)], [(7, 1), (40, 1)]], ids=["grids", "Nx1"])
+def test_gpu_matches_transformers_fp32(shapes):
+    # transformers on CUDA resizes with the CUDA F.interpolate kernel; the "Nx1" case shows whether that kernel
+    # shares the CPU width-1 bug (if only "Nx1" fails, it does, and the kernel is the correct one).
+    from transformers import Siglip2VisionConfig
+    from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
+
+    cfg = Siglip2VisionConfig(hidden_size=768, num_channels=3, patch_size=16, num_patches=256)
+    emb = Siglip2VisionEmbeddings(cfg).cuda().eval()
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.normal_()
+    pixel_values = torch.randn(len(shapes), 300, 768, device="cuda")
+    spatial_shapes = torch.tensor(shapes, device="cuda")
+    with torch.no_grad():
+        expect = emb(pixel_values, spatial_shapes)
+        got = naflex_patch_embed(pixel_values, spatial_shapes, emb.patch_embedding.weight, emb.patch_embedding.bias,
+                                 emb.position_embedding.weight, impl="triton")
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)

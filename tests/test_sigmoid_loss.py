@@ -1,0 +1,377 @@
+"""Tests for the fused sigmoid (SigLIP) loss: `pytest tests/test_sigmoid_loss.py` (~1-2 min on 2 CPU cores).
+
+Triton runs through the CPU interpreter (fp32, fp16) and is checked, like the reference, against the
+float64 materialized loss: value and all four gradients within 2x the eager error at the same precision.
+Also: finiteness at extreme scale/bias, validation errors, torch.compile(fullgraph), the AOT sm_80/sm_90
+build of every launcher config, transformers parity, and the gloo ring with 2 and 4 processes.
+"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from numerics import assert_close_to_oracle
+from siglip2.kernels import reference
+from siglip2.kernels.loss import DistributedSigmoidLoss, sigmoid_loss
+
+# (n, d) cover every n in {1, 7, 37, 130, 1000} and every d in {8, 64, 768}
+SHAPES = [(1, 8), (7, 64), (37, 768), (130, 8), (130, 64), (1000, 64), (1000, 768)]
+# (log scale, bias): transformers' init, a typical trained value, the B/16 NaFlex checkpoint, and extremes
+SCALE_BIAS = [(0.0, 0.0), (2.3, -1.5), (4.7476, -16.777), (10.0, 0.0), (-1.0, 3.0)]
+
+
+def _make(n, d, scale, bias, dtype, seed=0, param_shape=(1,), scale_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    txt = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    # correlate the pairs so the positives matter (as in a trained model)
+    txt = F.normalize(txt + 2 * img, dim=-1)
+    s = torch.full(param_shape, scale, dtype=torch.float64)
+    b = torch.full(param_shape, bias, dtype=torch.float64)
+    lo = [x.to(dt) for x, dt in zip([img, txt, s, b], [dtype, dtype, scale_dtype, scale_dtype])]
+    return [x.double() for x in lo], lo  # the oracle sees exactly the rounded inputs
+
+
+def _loss_and_grads(fn, xs):
+    xs = [x.clone().requires_grad_() for x in xs]
+    loss = fn(*xs)
+    return loss.detach(), [gr.detach() for gr in torch.autograd.grad(loss, xs)]
+
+
+def _check(impl, n, d, scale, bias, dtype, **kw):
+    hi, lo = _make(n, d, scale, bias, dtype, **kw)
+    oracle, g_oracle = _loss_and_grads(reference.sigmoid_loss, hi)
+    base, g_base = _loss_and_grads(reference.sigmoid_loss, lo)
+    out, g_out = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl=impl), lo)
+    assert out.shape == () and out.dtype == base.dtype
+    for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
+                             [out] + g_out, [oracle] + g_oracle, [base] + g_base):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        # floor: 2 ulps of the result's magnitude (the eager result can be luckily within half an ulp)
+        floor = 2e-6 if dtype == torch.float32 else 1e-4
+        atol = 2 * torch.finfo(a.dtype).eps * o.abs().max().item() + floor
+        assert_close_to_oracle(f"{impl}-{name}", a, o, b, atol=atol)
+
+
+@pytest.fixture
+def nan_fill(monkeypatch):
+    pytest.importorskip("triton")
+    from siglip2.kernels import sigmoid_loss_triton
+
+    monkeypatch.setattr(sigmoid_loss_triton, "DEBUG_NAN_FILL", True)
+    return sigmoid_loss_triton
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
+def test_triton_matches_oracle(nan_fill, n, d, dtype):
+    # the interpreter is slow at n = 1000: one pair at d = 768, two (one extreme) at d = 64
+    picks = {(1000, 768): [1], (1000, 64): [2, 3]}.get((n, d), range(len(SCALE_BIAS)))
+    for i in picks:
+        _check("triton", n, d, *SCALE_BIAS[i], dtype, seed=i)
+
+
+@pytest.mark.parametrize("scale,bias", SCALE_BIAS)
+@pytest.mark.parametrize("n,d", [(7, 64), (130, 768)])
+def test_reference_matches_oracle(n, d, scale, bias):
+    _check("reference", n, d, scale, bias, torch.float32)
+
+
+def test_multi_chunk_and_param_shapes(nan_fill, monkeypatch):
+    # a G buffer of one 64-row block forces 5 chunks and the fp32 dI accumulation across them
+    monkeypatch.setattr(nan_fill, "G_BUFFER_BYTES", 64 * 300 * 4)
+    _check("triton", 300, 64, 2.3, -1.5, torch.float32, param_shape=())
+    _check("triton", 300, 40, 4.7476, -16.777, torch.float16, param_shape=(), scale_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("bias", [20.0, -20.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_finite_at_extremes(nan_fill, dtype, bias):
+    _, lo = _make(37, 64, 10.0, bias, dtype)
+    lo[0] = torch.cat([lo[1][:5], lo[0][5:]])  # some identical pairs: logit = exp(10) + bias
+    out, grads = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl="triton"), lo)
+    assert torch.isfinite(out) and all(torch.isfinite(gr).all() for gr in grads)
+    if dtype == torch.float32:
+        _check("triton", 37, 64, 10.0, bias, dtype)
+
+
+def test_no_grad_path_skips_gradients(nan_fill):
+    _, lo = _make(37, 64, 2.3, -1.5, torch.float32)
+    with torch.no_grad():
+        out = sigmoid_loss(*lo, impl="triton")
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, reference.sigmoid_loss(*lo), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+def _ok():
+    return _make(5, 8, 1.0, 0.0, torch.float32)[1]
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("img_1d", ValueError, "image_embeds must have 2 dimensions"),
+    ("txt_rows", ValueError, "same \\(n, d\\) shape"),
+    ("txt_dtype", TypeError, "text_embeds must have dtype"),
+    ("int_dtype", TypeError, "image_embeds must have dtype"),
+    ("scale_shape", ValueError, "logit_scale must be a scalar"),
+    ("bias_2d", ValueError, "logit_bias must be a scalar"),
+    ("scale_device", ValueError, "logit_scale must be on cpu"),
+    ("not_tensor", TypeError, "logit_bias must be a torch.Tensor"),
+    ("empty", ValueError, "non-empty"),
+    ("impl", ValueError, "impl must be one of"),
+])
+def test_validation(case, exc, match):
+    img, txt, s, b = _ok()
+    kw = {}
+    if case == "img_1d":
+        img = img[0]
+    elif case == "txt_rows":
+        txt = txt[:4]
+    elif case == "txt_dtype":
+        txt = txt.double()
+    elif case == "int_dtype":
+        img, txt = img.long(), txt.long()
+    elif case == "scale_shape":
+        s = torch.zeros(2)
+    elif case == "bias_2d":
+        b = torch.zeros(1, 1)
+    elif case == "scale_device":
+        s = torch.zeros(1, device="meta")
+    elif case == "not_tensor":
+        b = 0.0
+    elif case == "empty":
+        img, txt = img[:0], txt[:0]
+    elif case == "impl":
+        kw["impl"] = "cuda"
+    with pytest.raises(exc, match=match):
+        sigmoid_loss(img, txt, s, b, **kw)
+
+
+def test_explicit_triton_never_falls_back(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="impl='triton' needs CUDA"):
+        sigmoid_loss(*_ok(), impl="triton")
+
+
+def test_api_module_imports_without_triton():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import siglip2.kernels.loss as m, torch\n"
+            "x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)\n"
+            "print(float(m.sigmoid_loss(x, x, torch.zeros(()), torch.zeros(()))))")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile, AOT, transformers parity
+# ----------------------------------------------------------------------------------------------
+
+def test_torch_compile_fullgraph(nan_fill):
+    # The Triton path is the siglip2::sigmoid_loss_block custom op, opaque to dynamo, so the interpreter
+    # runs inside the compiled graph. aot_eager keeps the test free of a C++ toolchain.
+    _, lo = _make(37, 64, 2.3, -1.5, torch.float32)
+
+    def f(img, txt, s, b):
+        return sigmoid_loss(img * 1.0, txt, s, b, impl="triton") * 2
+
+    eager, g_eager = _loss_and_grads(f, lo)
+    compiled, g_comp = _loss_and_grads(torch.compile(f, fullgraph=True, backend="aot_eager"), lo)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def _aot_cases():
+    from siglip2.kernels import sigmoid_loss_triton as K
+
+    ty = {2: ["bf16", "fp16"], 4: ["fp32"]}
+    for size, (bm, bn, bk, nw, ns) in K.CONFIGS.items():
+        for t in ty[size]:
+            for even_k, has_pos, store_g in [(True, True, True), (False, True, True), (True, False, True),
+                                             (True, True, False)]:
+                if t == "fp16" and not (has_pos and store_g and even_k):
+                    continue  # fp16 compiles exactly like bf16; one variant proves the dtype
+                sig = dict(t="*" + t, i="*" + t, g="*" + t, part="*fp32", scale="*fp32", bias="*fp32",
+                           M="i32", N="i32", D="i32", diag0="i32", s_t="i32", s_i="i32", s_g="i32", s_p="i32",
+                           g_mul="fp32")
+                consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=even_k, HAS_POS=has_pos,
+                              STORE_G=store_g, DOT_FP32=False, PRECISION="ieee" if size == 4 else "tf32")
+                name = f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}"
+                yield name, K._sigmoid_loss_fwd_kernel, sig, consts, nw, ns
+
+
+def _aot_usage(cc):
+    from siglip2.kernels._utils import SMEM_LIMIT, aot_compile
+
+    failures = []
+    for name, fn, sig, consts, nw, ns in _aot_cases():
+        sig.update({k: "constexpr" for k in consts})
+        usage = aot_compile(fn, sig, consts, cc, num_warps=nw, num_stages=ns)
+        # STACK > 0 is ptxas spilling registers to local memory even when LOCAL reads 0
+        if usage["local"] != 0 or usage["stack"] != 0 or usage["shared"] > SMEM_LIMIT[cc]:
+            failures.append((name, usage))
+    return failures
+
+
+@pytest.mark.parametrize("cc", [80, 90])
+def test_aot_compile_all_configs(cc):
+    # In a fresh process without TRITON_INTERPRET: under the interpreter the @triton.jit helper
+    # (_epilogue) is an InterpretedFunction that the compiler cannot inline.
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, __file__, "--aot", str(cc)], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    failures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not failures, failures
+
+
+def test_transformers_parity():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Siglip2Config(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                           num_patches=16, patch_size=2),
+    )
+    model = transformers.Siglip2Model(cfg).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-1.7)
+    B, L, N = 6, 16, 12
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(
+        input_ids=torch.randint(0, 99, (B, L), generator=g),
+        pixel_values=torch.randn(B, N, 3 * 2 * 2, generator=g),
+        pixel_attention_mask=torch.ones(B, N, dtype=torch.long),
+        spatial_shapes=torch.tensor([[3, 4]] * B),
+    )
+    out = model(**inputs, return_loss=True)
+    for impl in ("reference", "auto"):
+        ours = sigmoid_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias, impl=impl)
+        torch.testing.assert_close(ours, out.loss, rtol=1e-6, atol=1e-6)
+        assert ours.shape == out.loss.shape and ours.dtype == out.loss.dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.distributed ring (gloo, CPU)
+# ----------------------------------------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dist_worker(rank, world, port, impl, n_local, d, results):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        _, lo = _make(world * n_local, d, 2.3, -1.5, torch.float32, seed=world)
+        img, txt = (x[rank * n_local:(rank + 1) * n_local].clone().requires_grad_() for x in lo[:2])
+        s, b = (x.clone().requires_grad_() for x in lo[2:])
+        loss = DistributedSigmoidLoss(impl=impl)(img, txt, s, b)
+        loss.backward()
+        with torch.no_grad():
+            no_grad_loss = DistributedSigmoidLoss(impl=impl)(img, txt, s, b)
+        ds, db = s.grad.clone(), b.grad.clone()
+        dist.all_reduce(ds)  # each rank holds its share of the scalar gradients
+        dist.all_reduce(db)
+        results[rank] = (loss.detach(), no_grad_loss, img.grad, txt.grad, ds, db)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world,impl", [(2, "reference"), (4, "reference"), (2, "triton")])
+def test_distributed_ring_matches_single_process(world, impl):
+    import torch.multiprocessing as mp
+
+    if impl == "triton":
+        pytest.importorskip("triton")
+    n_local, d = 5, 24
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_dist_worker, args=(world, _free_port(), impl, n_local, d, results), nprocs=world)
+        results = dict(results)
+    _, lo = _make(world * n_local, d, 2.3, -1.5, torch.float32, seed=world)
+    loss, (d_img, d_txt, d_s, d_b) = _loss_and_grads(reference.sigmoid_loss, lo)
+    tol = dict(rtol=1e-6, atol=1e-6)
+    for r in range(world):
+        r_loss, r_nograd, r_img, r_txt, r_s, r_b = results[r]
+        rows = slice(r * n_local, (r + 1) * n_local)
+        torch.testing.assert_close(r_loss, loss, **tol)
+        torch.testing.assert_close(r_nograd, loss, **tol)
+        torch.testing.assert_close(r_img, d_img[rows], **tol)
+        torch.testing.assert_close(r_txt, d_txt[rows], **tol)
+        torch.testing.assert_close(r_s, d_s, **tol)
+        torch.testing.assert_close(r_b, d_b, **tol)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU (real sizes)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("n,d", [(4096, 768), (5000, 1152), (1000, 72)])
+def test_gpu_matches_oracle(n, d, dtype):
+    hi, lo = _make(n, d, 4.7476, -16.777, dtype, scale_dtype=dtype)
+    hi, lo = [x.cuda() for x in hi], [x.cuda() for x in lo]
+    oracle, g_oracle = _loss_and_grads(reference.sigmoid_loss, hi)
+    base, g_base = _loss_and_grads(reference.sigmoid_loss, lo)
+    out, g_out = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl="triton"), lo)
+    for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
+                             [out] + g_out, [oracle] + g_oracle, [base] + g_base):
+        assert_close_to_oracle(name, a, o, b, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_multi_chunk_and_graph_capture(monkeypatch):
+    from siglip2.kernels import sigmoid_loss_triton as K
+
+    monkeypatch.setattr(K, "G_BUFFER_BYTES", 1024 * 3000 * 2)  # 3 chunks
+    hi, lo = _make(3000, 768, 2.3, -1.5, torch.bfloat16)
+    lo = [x.cuda() for x in lo]
+    ref_loss, ref_grads = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl="triton"), lo)
+    xs = [x.clone().requires_grad_() for x in lo]
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # warm up (compiles the kernel) off the capture
+        sigmoid_loss(*xs, impl="triton").backward()
+    torch.cuda.synchronize()
+    for x in xs:
+        x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = sigmoid_loss(*xs, impl="triton")
+        loss.backward()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(loss, ref_loss)
+    for x, r in zip(xs, ref_grads):
+        torch.testing.assert_close(x.grad, r)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if sys.argv[1:2] == ["--aot"]:
+        print(json.dumps(_aot_usage(int(sys.argv[2]))))
