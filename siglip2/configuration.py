@@ -132,8 +132,9 @@ class Siglip2TextConfig(_Config):
 
 
 @dataclass
-class Siglip2VisionConfig(_Config):
-    model_type: ClassVar[str] = "siglip2_vision_model"
+class _VisionConfig(_Config):
+    """Fields shared by the NaFlex and FixRes vision configs."""
+
     base_config_key: ClassVar[str] = "vision_config"
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -145,13 +146,21 @@ class Siglip2VisionConfig(_Config):
     layer_norm_eps: float = 1e-6
     attention_dropout: float = 0.0
     vision_use_head: bool = True
-    num_patches: int = 256  # size of the learned position table; must be a perfect square
 
     def __post_init__(self):
         super().__post_init__()
         _check_heads(self)
         if not isinstance(self.patch_size, int):
             raise ValueError(f"{type(self).__name__}: patch_size must be an int, got {self.patch_size!r}")
+
+
+@dataclass
+class Siglip2VisionConfig(_VisionConfig):
+    model_type: ClassVar[str] = "siglip2_vision_model"
+    num_patches: int = 256  # size of the learned position table; must be a perfect square
+
+    def __post_init__(self):
+        super().__post_init__()
         if math.isqrt(self.num_patches) ** 2 != self.num_patches:
             raise ValueError(f"Siglip2VisionConfig: num_patches must be a perfect square, got {self.num_patches}")
 
@@ -178,26 +187,15 @@ class SiglipTextConfig(Siglip2TextConfig):
 
 
 @dataclass
-class SiglipVisionConfig(_Config):
+class SiglipVisionConfig(_VisionConfig):
     model_type: ClassVar[str] = "siglip_vision_model"
-    base_config_key: ClassVar[str] = "vision_config"
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    num_channels: int = 3
     image_size: int = 224
-    patch_size: int = 16
-    hidden_act: str = "gelu_pytorch_tanh"
-    layer_norm_eps: float = 1e-6
-    attention_dropout: float = 0.0
-    vision_use_head: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        _check_heads(self)
         if self.image_size % self.patch_size:
-            raise ValueError(f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of patch_size "
+                             f"{self.patch_size}")
 
     @property
     def num_patches(self) -> int:
