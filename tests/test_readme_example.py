@@ -1,0 +1,23 @@
+"""The README's quick example runs as written (on a tiny local checkpoint with 4-pixel patches instead of the hub
+id, on CPU)."""
+import torch
+from PIL import Image
+
+from test_pipeline_cli import checkpoint  # noqa: F401  (module fixture: a tiny local checkpoint + tokenizer)
+
+
+def test_readme_quick_example(checkpoint, tmp_path):  # noqa: F811
+    from siglip2 import Siglip2Processor, zero_shot_classify
+    from siglip2.fast import Siglip2Model
+
+    ckpt = checkpoint[0]
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "cat.jpg")
+    model = Siglip2Model.from_pretrained(ckpt, dtype=torch.float32, device="cpu")
+    processor = Siglip2Processor.from_pretrained(ckpt)
+    inputs = processor(images=[Image.open(tmp_path / "cat.jpg")], text=["a photo of a cat", "a photo of a dog"],
+                       max_num_patches=16, patch_size=4, return_tensors="pt")  # the tiny model's patch.to("cpu")
+    out = model(**inputs)
+    probs = torch.sigmoid(out.logits_per_image)
+    assert probs.shape == (1, 2) and torch.isfinite(probs).all()
+    res = zero_shot_classify([str(tmp_path / "cat.jpg")], ["cat", "dog"], model=ckpt)
+    assert [r["label"] for r in res[0]] in (["cat", "dog"], ["dog", "cat"])
