@@ -92,6 +92,9 @@ def run(args) -> list[dict]:
         case_rows = []
         for name, fn in provs.items():
             row = dict(op=OP, case=case, provider=name, mode="fwd+bwd")
+            if name == "triton" and device != "cuda" and not os.environ.get("TRITON_INTERPRET"):
+                case_rows.append({**row, "ms": None, "note": "skipped: Triton on CPU needs TRITON_INTERPRET=1"})
+                continue
             if name == "triton" and device != "cuda" and n > 128:
                 case_rows.append({**row, "ms": None, "note": "interpreter too slow on CPU beyond n=128"})
                 continue

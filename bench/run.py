@@ -26,7 +26,8 @@ import common  # noqa: E402
 
 OPS = {"attention": "bench_attention", "patch_embed": "bench_patch_embed", "loss": "bench_sigmoid_loss",
        "preprocess": "bench_preprocess", "model": "bench_model"}
-COLUMNS = ["case", "provider", "mode", "ms", "tflops", "gbps", "pct_peak", "peak_mem_mb", "speedup", "note"]
+COLUMNS = ["case", "provider", "mode", "ms", "tflops", "gbps", "images_per_s", "pct_peak", "peak_mem_mb", "speedup",
+           "baseline", "note"]
 
 
 def _fmt(v):
