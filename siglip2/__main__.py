@@ -90,13 +90,24 @@ def _classify(args) -> int:
     return 0
 
 
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+
+
 def _embed(args) -> int:
     from safetensors.torch import save_file
 
     from .pipeline import embed
 
-    images = [x for x in args.inputs if os.path.isfile(x)]
-    texts = [x for x in args.inputs if not os.path.isfile(x)]
+    images, texts = [], []
+    for x in args.inputs:
+        if os.path.isfile(x):
+            images.append(x)
+        elif os.path.splitext(x)[1].lower() in IMAGE_EXTENSIONS or os.sep in x:
+            # looks like a path, not a sentence: a typo must not be embedded as text
+            raise FileNotFoundError(f"{x!r} looks like an image path but no such file exists "
+                                    f"(to embed it as text, drop the extension or the path separator)")
+        else:
+            texts.append(x)
     model, processor = _load(args)
     out = embed(
         images,

@@ -127,7 +127,8 @@ def array_to_rgb(a: np.ndarray, name: str = "image") -> np.ndarray:
 
 def pil_to_rgb(img, name: str = "image"):
     """A PIL image of any mode -> RGB PIL image (transparency composited onto white, as transformers'
-    `convert_to_rgb`; 16-bit and float modes scaled to 8 bits instead of clipped)."""
+    `convert_to_rgb`; 16-bit modes scaled to 8 bits instead of clipped; float mode "F" rounded from its 0-255
+    scale, or read as [0, 1] intensities when no value exceeds 1)."""
     import PIL.Image
 
     if img.width == 0 or img.height == 0:
@@ -135,7 +136,11 @@ def pil_to_rgb(img, name: str = "image"):
     if img.mode == "RGB":
         return img
     if img.mode.startswith(("I", "F")):
-        return PIL.Image.fromarray(array_to_rgb(np.asarray(img), name))
+        a = np.asarray(img)
+        if img.mode == "F" and np.isfinite(a).all() and a.max(initial=0) > 1 and a.min(initial=0) >= 0 \
+                and a.max(initial=0) <= 255:
+            a = np.round(a)  # PIL's float mode is on the 0-255 scale; values <= 1 are read as [0, 1] intensities
+        return PIL.Image.fromarray(array_to_rgb(a, name))
     has_alpha = "A" in img.getbands() or img.info.get("transparency") is not None
     try:
         if has_alpha:

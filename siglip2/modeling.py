@@ -78,7 +78,6 @@ class Siglip2PreTrainedModel(nn.Module):
         loading.save_pretrained(self, save_directory, max_shard_size=max_shard_size)
 
     def _flags(self, output_attentions, output_hidden_states, return_dict, kwargs):
-        kwargs.pop("interpolate_pos_encoding", None) if not kwargs.get("interpolate_pos_encoding") else None
         if kwargs:
             raise TypeError(f"{type(self).__name__}.forward got unexpected keyword arguments: {sorted(kwargs)}")
         c = self.config
@@ -241,22 +240,24 @@ class Siglip2Model(Siglip2PreTrainedModel):
 
     def get_image_features(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, **kwargs):
         """Pooled image embeddings (B, D), not normalized."""
-        return self.vision_model(pixel_values, *self._vision_args(pixel_attention_mask, spatial_shapes),
-                                 return_dict=True, **kwargs).pooler_output
-
-    def _vision_args(self, pixel_attention_mask, spatial_shapes):
-        return (pixel_attention_mask, spatial_shapes)
+        return self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True,
+                                 **kwargs).pooler_output
 
     def forward(self, input_ids=None, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None,
                 attention_mask=None, position_ids=None, return_loss=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
-        out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
+        flags = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
+        return self._dual_forward(input_ids, pixel_values, (pixel_attention_mask, spatial_shapes), attention_mask,
+                                  position_ids, return_loss, *flags)
+
+    def _dual_forward(self, input_ids, pixel_values, vision_args, attention_mask, position_ids, return_loss,
+                      out_attn, out_hidden, return_dict):
         if input_ids is None or pixel_values is None:
-            raise ValueError("Siglip2Model.forward needs both input_ids and pixel_values "
+            raise ValueError(f"{type(self).__name__}.forward needs both input_ids and pixel_values "
                              "(use get_text_features / get_image_features for one tower)")
         flags = dict(output_attentions=out_attn, output_hidden_states=out_hidden, return_dict=True)
         text = self.text_model(input_ids, attention_mask, position_ids, **flags)
-        vision = self.vision_model(pixel_values, *self._vision_args(pixel_attention_mask, spatial_shapes), **flags)
+        vision = self.vision_model(pixel_values, *vision_args, **flags)
         image_embeds = vision.pooler_output / vision.pooler_output.norm(p=2, dim=-1, keepdim=True)
         text_embeds = text.pooler_output / text.pooler_output.norm(p=2, dim=-1, keepdim=True)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
@@ -288,10 +289,19 @@ class SiglipModel(Siglip2Model):
     config_class = SiglipConfig
     vision_class, text_class = SiglipVisionModel, SiglipTextModel
 
-    def _vision_args(self, pixel_attention_mask, spatial_shapes):
-        if pixel_attention_mask is not None or spatial_shapes is not None:
-            raise ValueError("SiglipModel (FixRes) takes no pixel_attention_mask or spatial_shapes")
-        return ()
+    def get_image_features(self, pixel_values, interpolate_pos_encoding=False, **kwargs):
+        """Pooled image embeddings (B, D), not normalized."""
+        return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True,
+                                 **kwargs).pooler_output
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
+                output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=False, return_dict=None,
+                **kwargs):
+        """transformers' SiglipModel.forward argument order; pixel_values (B, 3, H, W) at the checkpoint's size."""
+        if interpolate_pos_encoding:
+            raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
+        flags = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
+        return self._dual_forward(input_ids, pixel_values, (), attention_mask, position_ids, return_loss, *flags)
 
 
 class Siglip2ForImageClassification(Siglip2PreTrainedModel):
@@ -308,6 +318,18 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel):
         self._finish_init()
         if c.num_labels > 0 and not any(p.is_meta for p in self.parameters()):
             nn.init.normal_(self.classifier.weight, std=c.vision_config.hidden_size ** -0.5 * c.initializer_factor)
+
+    fresh_on_load = ("classifier.",)  # fine-tuning from a Siglip2Model checkpoint: the head starts fresh
+    ignore_on_load = ("text_model.", "logit_scale", "logit_bias")  # ... whose text tower is not used
+
+    def init_fresh(self, device):
+        """Materialize and initialize the classifier after loading a checkpoint that has none (transformers' init)."""
+        self.classifier.to_empty(device=device)
+        if isinstance(self.classifier, nn.Linear):
+            with torch.no_grad():
+                nn.init.normal_(self.classifier.weight, std=self.config.vision_config.hidden_size ** -0.5
+                                * self.config.initializer_factor)
+                nn.init.zeros_(self.classifier.bias)
 
     def forward(self, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):

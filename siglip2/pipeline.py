@@ -168,8 +168,12 @@ def embed(
     normalize: bool = True,
 ) -> dict:
     """L2-normalized (or raw pooled) embeddings {"image_embeds": (I, D), "text_embeds": (T, D)}, float32."""
+    if isinstance(texts, str):
+        texts = [texts]
     model, processor = _prepare(model, processor)
     out = {}
+    if images is not None and not isinstance(images, (list, tuple)):
+        images = [images]  # one path, PIL image, array or tensor
     if images is not None and len(images):
         imgs, _ = load_images(list(images))
         chunks = [

@@ -33,7 +33,9 @@ class BatchFeature(dict):
             raise AttributeError(key) from e
 
     def to(self, device=None, dtype=None):
-        """Move tensors to `device`; cast floating tensors to `dtype`."""
+        """Move tensors to `device`; cast floating tensors to `dtype`. `.to(torch.bfloat16)` casts only."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
         out = BatchFeature()
         for k, v in self.items():
             if isinstance(v, torch.Tensor):

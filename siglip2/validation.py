@@ -76,8 +76,8 @@ def check_text_inputs(config, input_ids, attention_mask, position_ids):
         raise ValueError("input_ids is required")
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.ndim not in (1, 2) and not (input_ids.ndim > 2):
-        raise ValueError(f"input_ids must have shape (B, L), got {tuple(input_ids.shape)}")
+    if input_ids.ndim not in (1, 2):  # (L,) is one sequence, as transformers' view(-1, L) reads it
+        raise ValueError(f"input_ids must have shape (B, L) or (L,), got {tuple(input_ids.shape)}")
     _tensor("input_ids", input_ids.reshape(-1, input_ids.shape[-1]), 2, integer=True)
     L = input_ids.shape[-1]
     if L > config.max_position_embeddings:

@@ -78,11 +78,6 @@ def test_standalone_tower_with_or_without_prefix(tmp_path, prefixed):
     _assert_same_tensors(ours.state_dict(), hf.state_dict())
 
 
-def test_classification_from_full_model_checkpoint_reports_missing_classifier(hf_dir):
-    with pytest.raises(CheckpointError, match="missing keys.*classifier"):
-        ref.Siglip2ForImageClassification.from_pretrained(hf_dir)
-
-
 def test_wrong_shape_and_unexpected_keys_reported(tmp_path, hf_dir):
     from safetensors.torch import load_file, save_file
 
@@ -142,3 +137,48 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         m.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+
+
+def test_resave_sharded_crash_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    """Re-saving a sharded checkpoint that crashes halfway leaves the previous one loadable and unmixed."""
+    import safetensors.torch
+
+    cfg = transformers.Siglip2Config(**tiny_config_dict())
+    a = ref.Siglip2Model(cfg)
+    a.save_pretrained(tmp_path, max_shard_size="100KB")
+    b = ref.Siglip2Model(cfg)
+    real, calls = safetensors.torch.save_file, []
+
+    def crash_on_third(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        b.save_pretrained(tmp_path, max_shard_size="100KB")
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    _assert_same_tensors(ref.Siglip2Model.from_pretrained(tmp_path).state_dict(), a.state_dict())
+    b.save_pretrained(tmp_path, max_shard_size=10**9)  # sharded -> single file: the old shards go away
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    _assert_same_tensors(ref.Siglip2Model.from_pretrained(tmp_path).state_dict(), b.state_dict())
+
+
+def test_bad_max_shard_size():
+    m = ref.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict()))
+    with pytest.raises(ValueError, match="max_shard_size must be"):
+        m.save_pretrained("/tmp/never-written", max_shard_size="lots")
+
+
+def test_classifier_fine_tuning_from_dual_encoder_checkpoint(hf_dir):
+    with pytest.warns(UserWarning, match="classifier.weight, classifier.bias not in the checkpoint"):
+        m = ref.Siglip2ForImageClassification.from_pretrained(hf_dir, num_labels=3)
+    assert m.classifier.weight.shape == (3, 64) and torch.isfinite(m.classifier.weight).all()
+    theirs = transformers.Siglip2Model.from_pretrained(hf_dir)
+    _assert_same_tensors(m.vision_model.state_dict(), theirs.vision_model.state_dict())
+
+
+def test_unknown_from_pretrained_keyword(hf_dir):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_lables'"):
+        ref.Siglip2ForImageClassification.from_pretrained(hf_dir, num_lables=3)

@@ -269,3 +269,19 @@ def test_pipeline_on_cuda(checkpoint, images):
     model, _ = load_model(d, device="cuda")
     ours = zero_shot_classify(images, LABELS, model=model, processor=Siglip2Processor.from_pretrained(d))
     _assert_results_close(ours, _hf_pipeline_scores(checkpoint, images), atol=1e-3)
+
+
+def test_embed_single_text_and_image_are_not_split(checkpoint, images):
+    from siglip2.pipeline import embed
+
+    out = embed(images=images[0], texts="a cat", model=checkpoint[0])
+    assert out["text_embeds"].shape[0] == 1 and out["image_embeds"].shape[0] == 1
+
+
+def test_cli_embed_missing_image_path_is_an_error(checkpoint, tmp_path, capsys):
+    from siglip2.__main__ import main
+
+    rc = main(["embed", str(tmp_path / "typo.pngg.png"), "a cat", "--model", checkpoint[0],
+               "--out", str(tmp_path / "e.safetensors")])
+    assert rc == 1 and "looks like an image path" in capsys.readouterr().err
+    assert not (tmp_path / "e.safetensors").exists()

@@ -14,8 +14,9 @@ def test_readme_quick_example(checkpoint, tmp_path):  # noqa: F811
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "cat.jpg")
     model = Siglip2Model.from_pretrained(ckpt, dtype=torch.float32, device="cpu")
     processor = Siglip2Processor.from_pretrained(ckpt)
+    # patch_size=4: the tiny checkpoint's patch (the processor's default, 16, is the released checkpoints')
     inputs = processor(images=[Image.open(tmp_path / "cat.jpg")], text=["a photo of a cat", "a photo of a dog"],
-                       max_num_patches=16, patch_size=4, return_tensors="pt")  # the tiny model's patch.to("cpu")
+                       max_num_patches=16, patch_size=4, return_tensors="pt").to("cpu")
     out = model(**inputs)
     probs = torch.sigmoid(out.logits_per_image)
     assert probs.shape == (1, 2) and torch.isfinite(probs).all()

@@ -115,3 +115,7 @@ def test_fixres_wrong_resolution():
     m = ref.SiglipVisionModel(transformers.SiglipVisionConfig(**d["vision_config"]))
     with pytest.raises(ValueError, match=r"shape \(B, 3, 8, 8\).*image_size 8.*got \(1, 3, 10, 10\)"):
         m(torch.randn(1, 3, 10, 10))
+
+
+def test_input_ids_with_three_dims(model):
+    _raises(model, ValueError, r"input_ids must have shape \(B, L\) or \(L,\)", input_ids=torch.ones(2, 1, 12, dtype=torch.long))
