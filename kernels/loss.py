@@ -34,11 +34,9 @@ def _validate(image_embeds, text_embeds, logit_scale, logit_bias) -> None:
 
 
 def loss_dtype(text_embeds, logit_scale, logit_bias) -> torch.dtype:
-    """The dtype transformers' loss has: that of text @ image^T * logit_scale.exp() + logit_bias.
-
-    A (1,)-shaped scale or bias takes part in type promotion; a 0-d one does not (same float category).
-    """
-    dtype = text_embeds.dtype
+    """The dtype transformers' loss has: its float32 label matrix promotes half-precision logits, so the loss is
+    fp32 unless something is fp64. A (1,)-shaped scale or bias takes part in type promotion; a 0-d one does not."""
+    dtype = torch.promote_types(text_embeds.dtype, torch.float32)
     for t in (logit_scale, logit_bias):
         if t.ndim > 0:
             dtype = torch.promote_types(dtype, t.dtype)

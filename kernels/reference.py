@@ -2,7 +2,7 @@
 
 Each function has the signature of the public op (minus `impl`) and runs on any device with autograd.
 Numerics follow transformers' SigLIP2: attention softmax in fp32, the position-table resize in fp32,
-the sigmoid loss in the embeddings' dtype. These favour clarity over speed (Python loops over sequences).
+the sigmoid loss in fp32 (transformers' fp32 label matrix promotes half-precision logits). These favour clarity over speed (Python loops over sequences).
 Never imports Triton.
 """
 from __future__ import annotations
@@ -110,5 +110,6 @@ def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias):
     """
     n = text_embeds.shape[0]
     logits = text_embeds @ image_embeds.t() * logit_scale.exp() + logit_bias  # (n, n)
-    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+    # float32 labels as transformers builds them: half-precision logits are promoted, the loss is fp32
+    labels = 2 * torch.eye(n, device=logits.device, dtype=torch.promote_types(logits.dtype, torch.float32)) - 1
     return -F.logsigmoid(labels * logits).sum() / n

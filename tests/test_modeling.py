@@ -253,3 +253,19 @@ def test_fast_model_on_cuda_within_twice_transformers_error(dtype):
         err_ref = (y.double() - x).abs().max().item()
         err = (z.double() - x).abs().max().item()
         assert err <= 2 * err_ref + 1e-5, f"{name} {dtype}: fast error {err:.3e} > 2 x transformers error {err_ref:.3e}"
+
+
+def test_half_precision_loss_dtype_matches_transformers():
+    """transformers' fp32 label matrix promotes bf16 logits: the loss is fp32 in both impls too."""
+    hf = hf_siglip2().to(torch.bfloat16)
+    pv, mask, ss = naflex_inputs(SHAPES[:3], 24)
+    ids, _ = text_inputs(3, 12)
+    kw = dict(input_ids=ids, pixel_values=pv.bfloat16(), pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True)
+    with torch.no_grad():
+        want = hf(**kw).loss
+        for mod in (ref, fast):
+            ours = mod.Siglip2Model(hf.config).to(torch.bfloat16)
+            ours.load_state_dict(hf.state_dict())
+            got = ours.eval()(**kw).loss
+            assert got.dtype == want.dtype == torch.float32
+            assert abs(got.item() - want.item()) < 5e-2 * abs(want.item())
