@@ -348,7 +348,8 @@ def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
 # checked by tests/test_attention.py::test_aot_compile); the throughput tuning is owed to a GPU run.
 def fwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
     if elem_bytes == 4:  # fp32 tiles with IEEE (FMA) dots: small blocks, 8 warps to spread the registers
-        return dict(BLOCK_M=32, BLOCK_N=32 if d_tile <= 64 else 16, num_warps=4 if d_tile <= 64 else 8, num_stages=2)
+        # (32 x 32, 4 warps spills at d 64; 32 x 16, 8 warps spills at d 80/96 under triton 3.6's ptxas 12.8)
+        return dict(BLOCK_M=32, BLOCK_N=32 if d_tile <= 96 else 16, num_warps=4 if d_tile <= 32 else 8, num_stages=2)
     if max_seqlen_q <= 16:  # one query per image (the pooling head): do not burn a 128-row tile on it
         return dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3)
     if d_tile <= 80:
@@ -360,10 +361,16 @@ def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
     """dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed (num_warps);
     dQ kernel: BLOCK_M2 queries held, BLOCK_N2 keys streamed (num_warps2)."""
     if elem_bytes == 4:
-        return dict(BLOCK_M=16 if d_tile <= 96 else 32, BLOCK_N=16, BLOCK_M2=32, BLOCK_N2=16,
-                    num_warps=8 if d_tile <= 64 or d_tile > 96 else 4, num_warps2=4, num_stages=2)
+        # dK/dV: 4 warps from d 33 to 96 (8 spill at d 64). dQ: 32 x 16 with 4 warps spills at d 80 and 96 under
+        # triton 3.6, so d 80 takes 8 warps and d 96 a 16 x 32 tile (32 x 16 with 8 warps still spills there)
+        return dict(BLOCK_M=16 if d_tile <= 96 else 32, BLOCK_N=16, BLOCK_M2=16 if d_tile == 96 else 32,
+                    BLOCK_N2=32 if d_tile == 96 else 16, num_warps=8 if d_tile <= 32 or d_tile > 96 else 4,
+                    num_warps2=8 if d_tile == 80 else 4, num_stages=2)
     if max_seqlen_q <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_M2=16, BLOCK_N2=32, num_warps=8, num_warps2=8, num_stages=2)
+        # dQ past d 80: 16 x 32 with 8 warps spills in padded+mask mode on sm_90 under triton 3.6; 16 x 16, 4 warps
+        wide = d_tile > 80
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_M2=16, BLOCK_N2=16 if wide else 32, num_warps=8,
+                    num_warps2=4 if wide else 8, num_stages=2)
     if d_tile <= 64:
         return dict(BLOCK_M=32, BLOCK_N=128, BLOCK_M2=128, BLOCK_N2=32, num_warps=8, num_warps2=8, num_stages=2)
     if d_tile <= 96:
@@ -373,7 +380,10 @@ def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
 
 
 def launch_configs():
-    """Every (kernel, constexprs, num_warps, num_stages, dtype) the launchers can pick, for the AOT test."""
+    """Every (kernel, constexprs, num_warps, num_stages, dtype) the launchers can pick, for the AOT test.
+
+    HEAD_DIM is given as the tile width (BLOCK_D + BLOCK_DT); the launcher passes the true head dim, which only
+    changes the masks: the AOT test also compiles each entry with a masked HEAD_DIM."""
     seen, out = set(), []
     for dtype in (torch.bfloat16, torch.float32):
         eb = torch.tensor([], dtype=dtype).element_size()

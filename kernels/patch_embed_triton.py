@@ -186,7 +186,9 @@ def _pos_adjoint_kernel(
         if PACKED:
             row0 = tl.load(cu_seqlens + b).to(tl.int64)
         else:
-            row0 = L.to(tl.int64) * b
+            # b * L < B * L fits int32; neither L.to() (a launch with L == 1 makes L a constexpr int) nor b.to()
+            # (an int in the interpreter)
+            row0 = (b * L).to(tl.int64)
         acc = _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D,
                                   G, BLOCK_G, BLOCK_M, POS_PREC)
         if not PACKED:
@@ -216,8 +218,9 @@ FWD_CONFIGS = {
     ("fp32", False): (32, 64, 16, 4, 2),
 }
 FWD_INTERPRET_CONFIG = (32, 32, 32, 4, 1)  # small blocks keep the CPU interpreter fast
-# Adjoint configs: (BLOCK_M, BLOCK_N, num_warps, num_stages).
-ADJ_CONFIG = (64, 64, 4, 2)
+# Adjoint configs: (BLOCK_M, BLOCK_N, num_warps, num_stages). 32 tokens per step: with 64, triton 3.6's ptxas
+# (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few loop-invariant values.
+ADJ_CONFIG = (32, 64, 4, 2)
 ADJ_INTERPRET_CONFIG = (32, 32, 4, 1)
 # Images per program in the adjoint: bounds the partial buffer to ~ADJ_MAX_CHUNKS x G*G x D fp32.
 ADJ_MAX_CHUNKS = 32

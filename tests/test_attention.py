@@ -298,63 +298,54 @@ def _signature(fn, constexprs, dtype):
     from siglip2.kernels._utils import _jit_function
 
     ptr = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
-    sig = {}
-    for n in _jit_function(fn).arg_names:
-        sig[n] = ("constexpr" if n in constexprs else "*fp32" if n in ("lse", "delta") else
-                  "*i32" if n.startswith("cu_seqlens") else "*u8" if n == "key_mask" else
-                  "fp32" if n in ("qk_scale", "sm_scale") else "i32" if n[:2] in ("s_", "L_") else ptr)
-    return sig
+    return {n: ("*fp32" if n in ("lse", "delta") else "*i32" if n.startswith("cu_seqlens") else
+                "*u8" if n == "key_mask" else "fp32" if n in ("qk_scale", "sm_scale") else
+                "i32" if n[:2] in ("s_", "L_") else ptr)
+            for n in _jit_function(fn).arg_names if n not in constexprs}
 
 
 def _aot_cases():
+    """Every launcher config, each compiled twice: HEAD_DIM = tile width with every pointer and integer argument
+    divisible by 16 (a D = 64/80/96/128 launch), and HEAD_DIM = tile width - 1 with none (masked odd tail,
+    scalar loads: the least specialized launch); the (64, 16) class also at D = 72 (SigLIP2 so400m) with
+    aligned pointers. Padded mode with a key mask only changes the prologue and one load per block: compiled
+    for the largest tiles. The trivial preprocess kernel compiles once per tile."""
     from siglip2.kernels import attention_triton as T
 
-    cases = T.launch_configs()
-    # padded mode with a key mask only changes the prologue and one load per block: compile it for the largest tiles
-    for c in [c for c in cases if c["constexprs"].get("BLOCK_D", 0) + c["constexprs"].get("BLOCK_DT", 0) >= 80]:
-        if "HAS_MASK" in c["constexprs"]:
-            cases.append(dict(c, constexprs=dict(c["constexprs"], IS_VARLEN=False, HAS_MASK=True)))
-    return cases
-
-
-def _aot_failures(cc):
-    """Compile every launcher config for sm_<cc>; return the ones that spill or exceed shared memory."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from siglip2.kernels import attention_triton as T
-    from siglip2.kernels._utils import SMEM_LIMIT, aot_compile
-
-    def build(c):
-        fn = T.KERNELS[c["kernel"]]
-        u = aot_compile(fn, _signature(fn, c["constexprs"], c["dtype"]), c["constexprs"], cc, c["num_warps"],
-                        c["num_stages"])
-        return c, u
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(build, _aot_cases()))
-    # ptxas puts register spills in the stack frame (cuobjdump STACK), so STACK must be 0 as well as LOCAL
-    return [(c["kernel"], str(c["dtype"]), c["constexprs"], c["num_warps"], c["num_stages"], u) for c, u in results
-            if u["local"] or u["stack"] or u["shared"] > SMEM_LIMIT[cc]]
+    out = []
+    for c in T.launch_configs():
+        fn, cx = T.KERNELS[c["kernel"]], c["constexprs"]
+        full = cx["HEAD_DIM"]
+        variants = [(full, True)]
+        if c["kernel"] != "preprocess":
+            variants.append((full - 1, False))
+            if (cx["BLOCK_D"], cx["BLOCK_DT"]) == (64, 16):
+                variants.append((72, "pointers"))
+            if full >= 80:
+                variants.append((full, "masked"))
+        for D, how in variants:
+            x = dict(cx, HEAD_DIM=D)
+            if how == "masked":
+                x.update(IS_VARLEN=False, HAS_MASK=True)
+            sig = _signature(fn, x, c["dtype"])
+            aligned = (True if how == "pointers" else
+                       [n for n, t in sig.items() if t.startswith("*") or t == "i32"] if how is True else False)
+            tiles = "-".join(f"{k}{v}" for k, v in cx.items() if k.startswith("BLOCK"))
+            name = (f"{c['kernel']}-{str(c['dtype'])[6:]}-D{D}-{tiles}-w{c['num_warps']}s{c['num_stages']}"
+                    f"-{how if isinstance(how, str) else 'aligned' if how else 'unaligned'}")
+            out.append(dict(name=name, fn=fn, signature=sig, constexprs=x, num_warps=c["num_warps"],
+                            num_stages=c["num_stages"], aligned=aligned))
+    return out
 
 
 def test_aot_compile():
-    """Every config the launchers can pick compiles for sm_80 and sm_90 with no spills and fits shared memory.
+    """Every config the launchers can pick compiles for sm_80 and sm_90 with no spills and fits shared memory
+    (compiled in subprocesses without TRITON_INTERPRET, see kernels._utils.aot_run)."""
+    pytest.importorskip("triton")
+    from siglip2.kernels._utils import aot_offenders
 
-    Runs in subprocesses without TRITON_INTERPRET: under the interpreter the helper @triton.jit functions the
-    kernels call are interpreter objects that triton.compile cannot hash."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    here = os.path.dirname(os.path.abspath(__file__))
-    procs = {cc: subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import test_attention as t; "
-                               f"print('AOT', repr(t._aot_failures({cc})))"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cc in (80, 90)}
-    for cc, p in procs.items():
-        out, err = p.communicate()
-        assert p.returncode == 0, f"sm_{cc} AOT compile crashed:\n{err[-3000:]}"
-        report = [line for line in out.splitlines() if line.startswith("AOT ")][-1][4:]
-        assert report == "[]", f"configs that spill or exceed shared memory on sm_{cc}: {report}"
+    bad = aot_offenders(_aot_cases(), ccs=(80, 90))
+    assert not bad, "configs that fail, spill or exceed shared memory:\n" + "\n".join(map(str, bad))
 
 
 # ----------------------------------------------------------------------------------------------

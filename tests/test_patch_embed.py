@@ -319,16 +319,24 @@ def test_torch_compile_fullgraph(packed):
 # ----------------------------------------------------------------------------------------------
 
 def _aot_cases():
-    """(name, kernel, signature, constexprs, num_warps, num_stages, aligned) for every config a launcher can pick.
+    """Every config a launcher can pick, for each dtype and layout, as kernels._utils.aot_run cases.
 
-    aligned=True compiles with Triton's divisibility-by-16 specialization of the pointers and of K and D, as a
-    launch with such arguments gets; aligned=False compiles without any (the worst case). The *_INTERPRET_CONFIG
-    entries are left out: the launchers pick them only under TRITON_INTERPRET, never for a GPU."""
+    aligned: Triton's divisibility-by-16 specialization of the pointers and of K and D, as a launch with such
+    arguments gets (the launcher picks the aligned forward config exactly then); unaligned: none (the worst
+    case). The *_INTERPRET_CONFIG entries are left out: the launchers pick them only under TRITON_INTERPRET."""
     from siglip2.kernels import patch_embed_triton as pt
 
     ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    fwd = [(key, al, cfg) for (key, al), cfg in pt.FWD_CONFIGS.items()]
-    for key, aligned, (bm, bn, bk, nw, ns) in fwd:
+    cases = []
+
+    def add(name, fn, sig, consts, cfg, aligned):
+        nw, ns, maxnreg = cfg
+        div16 = [n for n, t in sig.items() if t.startswith("*")] + [n for n in ("K", "D") if n in sig]
+        cases.append(dict(name=f"{name}-{'aligned' if aligned else 'unaligned'}", fn=fn, signature=sig,
+                          constexprs=consts, num_warps=nw, num_stages=ns, maxnreg=maxnreg,
+                          aligned=div16 if aligned else False))
+
+    for (key, aligned), (bm, bn, bk, nw, ns) in pt.FWD_CONFIGS.items():
         for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
             main_prec, pos_prec = pt.precisions(dtype)
             for packed in (False, True):
@@ -337,71 +345,33 @@ def _aot_cases():
                            D="i32", total_rows="i32")
                 consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed, UPCAST=False,
                               MAIN_PREC=main_prec, POS_PREC=pos_prec)
-                yield (f"fwd-{ty[dtype]}-{bm}x{bn}x{bk}-{'aligned' if aligned else 'unaligned'}-"
-                       f"{'packed' if packed else 'padded'}", pt._patch_embed_fwd_kernel, sig, consts, nw, ns, aligned)
-    for bm, bn, nw, ns in (pt.ADJ_CONFIG,):
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            for packed, aligned in ((False, True), (False, False), (True, True)):
+                add(f"fwd-{ty[dtype]}-{bm}x{bn}x{bk}-{'packed' if packed else 'padded'}", pt._patch_embed_fwd_kernel,
+                    sig, consts, (nw, ns, None), aligned)
+    bm, bn, nw, ns = pt.ADJ_CONFIG
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for packed in (False, True):
+            for aligned in (True, False):  # the adjoint has no alignment switch: any launch can be either
                 sig = dict(dy="*" + ty[dtype], shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32", B="i32",
                            L="i32", D="i32", IMGS_PER_PROG="i32")
                 consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
                               POS_PREC=pt.adjoint_precision(dtype))
-                yield (f"adj-{ty[dtype]}-{bm}x{bn}-{'aligned' if aligned else 'unaligned'}-"
-                       f"{'packed' if packed else 'padded'}", pt._pos_adjoint_kernel, sig, consts, nw, ns, aligned)
-
-
-def _aot_compile(fn, signature, constexprs, cc, num_warps, num_stages, aligned):
-    """kernels._utils.aot_compile plus the divisibility attributes a real launch gets (aot_compile takes none)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from siglip2.kernels._utils import _jit_function, cubin_resource_usage
-
-    fn = _jit_function(fn)
-    names = fn.arg_names
-    div16 = [n for n, t in signature.items() if t.startswith("*")] + [n for n in ("K", "D") if n in signature]
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16} if aligned else {}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
-    usage = cubin_resource_usage(k.asm["cubin"])
-    usage["shared"] = max(usage.get("shared", 0), int(k.metadata.shared))
-    return usage
-
-
-def _aot_report(cc):
-    """Compile every case for sm_<cc>; print the ones that spill or exceed shared memory as JSON.
-
-    Register spills show up as a stack frame (cuobjdump STACK), not as LOCAL, so both must be 0."""
-    import json
-
-    from siglip2.kernels._utils import SMEM_LIMIT
-
-    bad = []
-    for name, fn, sig, consts, nw, ns, aligned in _aot_cases():
-        sig.update({k: "constexpr" for k in consts})
-        usage = _aot_compile(fn, sig, consts, cc, nw, ns, aligned)
-        if usage["local"] != 0 or usage["stack"] != 0 or usage["shared"] > SMEM_LIMIT[cc]:
-            bad.append([name, usage])
-    print("AOT" + json.dumps(bad))
+                add(f"adj-{ty[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}", pt._pos_adjoint_kernel, sig,
+                    consts, (nw, ns, None), aligned)
+    # a launch passes an int argument equal to 1 as a constexpr (so no .to() on it): one image of one patch
+    add("adj-bf16-L1-B1-padded", pt._pos_adjoint_kernel, dict(sig, dy="*bf16"),
+        dict(consts, POS_PREC="tf32", PACKED=False, L=1, B=1, IMGS_PER_PROG=1), (nw, ns, None), True)
+    return cases
 
 
 @pytest.mark.parametrize("cc", [80, 90])
 def test_aot_compile_all_configs(cc):
-    # In a subprocess without TRITON_INTERPRET: under the interpreter the kernels' @triton.jit helpers are
-    # InterpretedFunctions, which triton.compile cannot reference.
-    import json
-    import subprocess
-    import sys
-
+    """Every config compiles for sm_<cc> with no spills (STACK == LOCAL == 0) and fits shared memory
+    (in subprocesses without TRITON_INTERPRET, see kernels._utils.aot_run)."""
     pytest.importorskip("triton")
-    code = f"import tests.test_patch_embed as t; t._aot_report({cc})"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"},
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert r.returncode == 0, r.stderr[-4000:]
-    bad = json.loads(r.stdout.split("AOT", 1)[1])
-    assert not bad, bad
+    from siglip2.kernels._utils import aot_offenders
+
+    bad = aot_offenders(_aot_cases(), ccs=(cc,))
+    assert not bad, "\n".join(map(str, bad))
 
 
 # ----------------------------------------------------------------------------------------------
