@@ -35,18 +35,21 @@ def triton_available() -> bool:
     return _TRITON_OK
 
 
-def resolve_impl(impl: str, device: torch.device, op: str) -> str:
+def resolve_impl(impl: str, device: torch.device, op: str, unsupported: str | None = None) -> str:
     """Map `impl` to "triton" or "reference" for tensors on `device`.
 
-    "auto" picks Triton on CUDA, or on CPU under `TRITON_INTERPRET=1`, else the reference.
+    "auto" picks Triton on CUDA, or on CPU under `TRITON_INTERPRET=1`, else the reference; it also picks the
+    reference when `unsupported` names something the kernel cannot do (e.g. "float64 inputs").
     An explicit "triton" never falls back: it raises when it cannot run.
     """
     if impl not in IMPLS:
         raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
     runnable = device.type == "cuda" or (device.type == "cpu" and interpreting())
     if impl == "auto":
-        return "triton" if runnable and triton_available() else "reference"
+        return "triton" if runnable and triton_available() and unsupported is None else "reference"
     if impl == "triton":
+        if unsupported is not None:
+            raise ValueError(f"{op}: impl='triton' does not support {unsupported}; use impl='reference' or 'auto'")
         if not triton_available():
             raise RuntimeError(f"{op}: impl='triton' needs the `triton` package, which is not importable")
         if not runnable:

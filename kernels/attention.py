@@ -16,7 +16,7 @@ import torch
 from . import reference
 from ._utils import check_tensor, resolve_impl
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # float64: reference only
 TRITON_MAX_HEAD_DIM = 128
 
 # cu_seqlens already checked: id -> (weakref, version counter, total, true max length). The model passes the
@@ -77,10 +77,13 @@ def _cu_seqlens_max(name, cu, total, op) -> int:
     return longest
 
 
-def _check_triton_limits(head_dim, impl, op):
-    if impl == "triton" and head_dim > TRITON_MAX_HEAD_DIM:
-        raise ValueError(f"{op}: impl='triton' supports head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; "
-                         f"use impl='reference'")
+def _unsupported(q):
+    """What the Triton kernels cannot do for these inputs (auto then uses the reference), or None."""
+    if q.dtype == torch.float64:
+        return "float64 inputs"
+    if q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        return f"head dims above {TRITON_MAX_HEAD_DIM} (got {q.shape[-1]})"
+    return None
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, *,
@@ -111,8 +114,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
             longest = _cu_seqlens_max(name, cu, t.shape[0], op)
             if mx < longest:
                 raise ValueError(f"{op}: {mx_name} must be >= the longest sequence in {name} ({longest}), got {mx}")
-    impl = resolve_impl(impl, q.device, op)
-    _check_triton_limits(q.shape[-1], impl, op)
+    impl = resolve_impl(impl, q.device, op, _unsupported(q))
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     if impl == "reference":
         return reference.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
@@ -138,8 +140,7 @@ def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None, *, impl
             raise ValueError(f"{op}: key_padding_mask must have shape (B, Lk) = {(k.shape[0], k.shape[2])}, "
                              f"got {tuple(key_padding_mask.shape)}")
     _check_scale(softmax_scale, op)
-    impl = resolve_impl(impl, q.device, op)
-    _check_triton_limits(q.shape[-1], impl, op)
+    impl = resolve_impl(impl, q.device, op, _unsupported(q))
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     if impl == "reference":
         return reference.padded_attention(q, k, v, key_padding_mask, scale)

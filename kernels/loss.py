@@ -12,7 +12,7 @@ from . import reference
 from ._utils import check_tensor, resolve_impl
 
 _OP = "sigmoid_loss"
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # float64: reference only
 
 
 def _validate(image_embeds, text_embeds, logit_scale, logit_bias) -> None:
@@ -55,7 +55,8 @@ def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, impl: st
     Differentiable in all four inputs; with Triton the gradients are computed in the forward pass.
     """
     _validate(image_embeds, text_embeds, logit_scale, logit_bias)
-    impl = resolve_impl(impl, image_embeds.device, _OP)
+    impl = resolve_impl(impl, image_embeds.device, _OP,
+                        "float64 inputs" if image_embeds.dtype == torch.float64 else None)
     if group is not None:
         from .sigmoid_loss_dist import ring_sigmoid_loss
 

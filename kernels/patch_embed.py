@@ -97,10 +97,8 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     spatial_shapes = spatial_shapes.to(dev, non_blocking=True)
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(dev, non_blocking=True)
-    if resolve_impl(impl, dev, _OP) == "reference" or weight.dtype == torch.float64:
-        if impl == "triton":
-            raise TypeError(f"{_OP}: impl='triton' supports float16/bfloat16/float32 parameters, "
-                            f"got {weight.dtype}")
+    unsupported = "float64 parameters" if weight.dtype == torch.float64 else None
+    if resolve_impl(impl, dev, _OP, unsupported) == "reference":
         from . import reference
 
         return reference.naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed,

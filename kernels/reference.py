@@ -20,9 +20,10 @@ import torch.nn.functional as F
 def _attend(q, k, v, scale, key_mask=None):
     """q: (..., Lq, D), k/v: (..., Lk, D), key_mask: broadcastable bool (..., 1, Lk), True = attend.
 
-    Softmax in fp32; a query with no visible key gets zeros (not NaN), as the kernels do.
+    Softmax in fp32 (float64 for float64 inputs); a query with no visible key gets zeros (not NaN), as the kernels do.
     """
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (..., Lq, Lk)
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 statistics; float64 inputs stay float64
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # (..., Lq, Lk)
     if key_mask is not None:
         s = s.masked_fill(~key_mask, float("-inf"))
     m = s.amax(dim=-1, keepdim=True)
@@ -64,9 +65,11 @@ def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None):
 # ----------------------------------------------------------------------------------------------
 
 def resize_pos_embed(pos_embed, h: int, w: int):
-    """(G*G, D) learned grid -> (h*w, D), bilinear + antialias, align_corners=False, in fp32 (row-major y*w+x)."""
+    """(G*G, D) learned grid -> (h*w, D), bilinear + antialias, align_corners=False, in fp32 (float64 stays float64),
+    row-major y*w+x."""
     g = math.isqrt(pos_embed.shape[0])
-    grid = pos_embed.float().reshape(g, g, -1).permute(2, 0, 1)[None]  # (1, D, G, G)
+    acc = torch.promote_types(pos_embed.dtype, torch.float32)
+    grid = pos_embed.to(acc).reshape(g, g, -1).permute(2, 0, 1)[None]  # (1, D, G, G)
     if w == 1 and h != 1:
         # torch's CPU antialias kernel (2.13) skips the vertical pass when the output width is 1 and returns row 0
         # for every row; the resize is separable, so resize the transposed grid to (1, h) instead.

@@ -282,8 +282,14 @@ def test_padded_validation(what, override, exc, msg):
 
 def test_triton_limits(monkeypatch):
     x = torch.randn(2, 1, 3, 136)
-    with pytest.raises(ValueError, match="head dims up to 128"):
+    with pytest.raises(ValueError, match="does not support head dims above 128"):
         A.padded_attention(x, x, x, impl="triton")
+    torch.testing.assert_close(A.padded_attention(x, x, x), A.padded_attention(x, x, x, impl="reference"))
+    x64 = torch.randn(5, 2, 16, dtype=torch.float64)  # float64: auto uses the reference, triton refuses
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    assert A.varlen_attention(x64, x64, x64, cu, cu, 3, 3).dtype == torch.float64
+    with pytest.raises(ValueError, match="does not support float64 inputs"):
+        A.varlen_attention(x64, x64, x64, cu, cu, 3, 3, impl="triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     if not GPU:  # an explicit impl='triton' on CPU without the interpreter raises, never falls back
         with pytest.raises(RuntimeError, match="needs CUDA tensors"):

@@ -269,3 +269,18 @@ def test_half_precision_loss_dtype_matches_transformers():
             got = ours.eval()(**kw).loss
             assert got.dtype == want.dtype == torch.float32
             assert abs(got.item() - want.item()) < 5e-2 * abs(want.item())
+
+
+def test_fast_model_runs_in_float64():
+    """float64 models (as transformers allows) run: every kernel op routes float64 to its reference under auto."""
+    hf = hf_siglip2().double()
+    ours = fast.Siglip2Model(hf.config).double()
+    ours.load_state_dict(hf.state_dict())
+    pv, mask, ss = naflex_inputs(SHAPES[:3], 24)
+    ids, _ = text_inputs(3, 12)
+    kw = dict(input_ids=ids, pixel_values=pv.double(), pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True)
+    with torch.no_grad():
+        a, b = hf(**kw), ours.eval()(**kw)
+    assert b.loss.dtype == torch.float64
+    # transformers itself rounds through fp32 in float64 (eager softmax, CPU position resize): ~1e-7
+    _close(a.logits_per_image, b.logits_per_image, "float64 logits")
