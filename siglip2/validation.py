@@ -52,23 +52,29 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
                              f"dimensions, got {tuple(pixel_attention_mask.shape)}")
     if _compiling():
         return
-    h, w = spatial_shapes[:, 0].cpu(), spatial_shapes[:, 1].cpu()
+    # computed where the tensors live; one host sync of a single flag, details fetched only on error
+    h, w = spatial_shapes[:, 0], spatial_shapes[:, 1]
     bad = (h < 1) | (w < 1) | (h * w > L)
-    if bad.any():
+    wrong = not_binary = None
+    if pixel_attention_mask is not None:
+        m = pixel_attention_mask
+        not_binary = ~((m == 0) | (m == 1)).all()
+        prefix = torch.arange(L, device=m.device)[None, :] < (h * w).to(m.device)[:, None]
+        wrong = (m.bool() != prefix).any(1)
+        flag = torch.stack([bad.any().to(m.device), not_binary, wrong.any()]).any()
+    else:
+        flag = bad.any()
+    if not bool(flag):
+        return
+    if bool(bad.any()):
         i = int(bad.nonzero()[0])
         raise ValueError(f"spatial_shapes[{i}] = ({int(h[i])}, {int(w[i])}): each (h, w) needs h >= 1, w >= 1 and "
                          f"h * w <= sequence length {L}")
-    if pixel_attention_mask is not None:
-        m = pixel_attention_mask.cpu()
-        if not ((m == 0) | (m == 1)).all():
-            raise ValueError("pixel_attention_mask must hold only 0/1 (or False/True) values")
-        count = m.bool().sum(1)
-        prefix = torch.arange(L)[None, :] < (h * w)[:, None]
-        wrong = (count != h * w) | (m.bool() != prefix).any(1)
-        if wrong.any():
-            i = int(wrong.nonzero()[0])
-            raise ValueError(f"pixel_attention_mask[{i}] must mark exactly the first h*w = {int(h[i] * w[i])} tokens "
-                             f"of spatial_shapes[{i}] as valid, got {int(count[i])} valid tokens")
+    if bool(not_binary):
+        raise ValueError("pixel_attention_mask must hold only 0/1 (or False/True) values")
+    i = int(wrong.nonzero()[0])
+    raise ValueError(f"pixel_attention_mask[{i}] must mark exactly the first h*w = {int(h[i] * w[i])} tokens "
+                     f"of spatial_shapes[{i}] as valid, got {int(pixel_attention_mask[i].bool().sum())} valid tokens")
 
 
 def check_text_inputs(config, input_ids, attention_mask, position_ids):
@@ -92,7 +98,7 @@ def check_text_inputs(config, input_ids, attention_mask, position_ids):
         raise ValueError(f"position_ids must end in the sequence length {L}, got shape {tuple(position_ids.shape)}")
     if _compiling() or input_ids.numel() == 0:
         return
-    lo, hi = int(input_ids.min()), int(input_ids.max())
+    lo, hi = torch.stack([input_ids.min(), input_ids.max()]).tolist()  # one host sync
     if lo < 0 or hi >= config.vocab_size:
         raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{lo}, {hi}]")
     if position_ids is not None and (int(position_ids.min()) < 0 or int(position_ids.max()) >= config.max_position_embeddings):
