@@ -448,7 +448,7 @@ def _prep(q, cu_seqlens_q, key_mask, max_seqlen_q):
     if B > 65535 or H > 65535:
         raise ValueError(f"attention: batch ({B}) and heads ({H}) must each be <= 65535 (CUDA grid limit)")
     dummy = torch.empty(0, dtype=torch.int32, device=q.device)
-    cu_q = cu_seqlens_q if is_varlen else dummy
+    cu_q = cu_seqlens_q.contiguous() if is_varlen else dummy  # indexed with unit stride
     key_mask = _unit_last(key_mask) if key_mask is not None else None
     km = key_mask.view(torch.uint8) if key_mask is not None else dummy.view(torch.uint8)
     s_mb = key_mask.stride(0) if key_mask is not None else 0
@@ -460,7 +460,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, m
     """Returns (o like q, lse fp32 base-2: (H, total_q) varlen / (B, H, Lq) padded)."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     is_varlen, B, H, D, lse_shape, s_l, cu_q, km, s_mb, _ = _prep(q, cu_seqlens_q, key_mask, max_seqlen_q)
-    cu_k = cu_seqlens_k if is_varlen else cu_q
+    cu_k = cu_seqlens_k.contiguous() if is_varlen else cu_q
     o, lse = _empty_like(q), _empty_like(q, torch.float32, lse_shape)
     bd, bdt = head_dim_split(D, head_dim_mode)
     cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q)
@@ -483,7 +483,7 @@ def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max
     """Returns (dq, dk, dv) like (q, k, v)."""
     do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
     is_varlen, B, H, D, _, s_l, cu_q, km, s_mb, _ = _prep(q, cu_seqlens_q, key_mask, max_seqlen_q)
-    cu_k = cu_seqlens_k if is_varlen else cu_q
+    cu_k = cu_seqlens_k.contiguous() if is_varlen else cu_q
     dq, dk, dv, delta = _empty_like(q), _empty_like(k), _empty_like(v), _empty_like(lse)
     bd, bdt = head_dim_split(D, head_dim_mode)
     cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q)
@@ -528,7 +528,7 @@ def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
 @_attention_fwd_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale):
     shape = (q.shape[1], q.shape[0]) if cu_seqlens_q is not None else q.shape[:3]
-    return torch.empty_like(q), q.new_empty(shape, dtype=torch.float32)
+    return torch.empty_like(_unit_last(q)), q.new_empty(shape, dtype=torch.float32)  # as attention_fwd allocates
 
 
 @torch.library.custom_op("siglip2::attention_bwd", mutates_args=())
@@ -541,7 +541,7 @@ def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
 
 @_attention_bwd_op.register_fake
 def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return torch.empty_like(_unit_last(q)), torch.empty_like(_unit_last(k)), torch.empty_like(_unit_last(v))
 
 
 def _setup_context(ctx, inputs, output):

@@ -123,7 +123,8 @@ def _patch_embed_fwd_kernel(
     if PACKED:
         row0 = tl.load(cu_seqlens + i_b)
         o_r = row0.to(tl.int64) + o_m
-        m_r = (o_m < n_valid) & (o_r < total_rows)  # never write past the buffer, even for bad cu_seqlens
+        # never write past the image's L rows or the buffer, even for unvalidated (compiled) bad inputs
+        m_r = m_m & (o_m < n_valid) & (o_r < total_rows)
     else:
         o_r = i_b.to(tl.int64) * L + o_m
         m_r = m_m
@@ -274,6 +275,8 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
     G = math.isqrt(pos_embed.shape[0])
     x = pixel_values.contiguous()
     packed = cu_seqlens is not None
+    if packed:  # the kernel indexes cu_seqlens with unit stride
+        cu_seqlens = cu_seqlens.contiguous()
     total = int(cu_seqlens[-1]) if packed else B * L  # packed: one host sync for the output size
     out = _debug_empty((total, D) if packed else (B, L, D), weight.dtype, x.device)
     if B == 0 or total == 0:
@@ -299,6 +302,8 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
     D = grad_out.shape[-1]
     B = spatial_shapes.shape[0]
     packed = cu_seqlens is not None
+    if packed:  # the kernel indexes cu_seqlens with unit stride
+        cu_seqlens = cu_seqlens.contiguous()
     if B == 0:
         return torch.zeros(G * G, D, dtype=out_dtype, device=grad_out.device)
     BLOCK_M, BLOCK_N, num_warps, num_stages = ADJ_INTERPRET_CONFIG if interpreting() else ADJ_CONFIG
@@ -377,8 +382,10 @@ def naflex_patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.T
 
 @naflex_patch_embed_backward_op.register_fake
 def _(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs):
-    like = (pixel_values, weight, weight.new_empty(weight.shape[0]), pos_embed)
-    return [torch.empty_like(t) if n else pixel_values.new_empty(0) for t, n in zip(like, needs)]
+    # the real gradients are fresh contiguous tensors whatever the inputs' strides
+    like = ((pixel_values.shape, pixel_values.dtype), (weight.shape, weight.dtype), ((weight.shape[0],), weight.dtype),
+            (pos_embed.shape, pos_embed.dtype))
+    return [pixel_values.new_empty(s, dtype=dt) if n else pixel_values.new_empty(0) for (s, dt), n in zip(like, needs)]
 
 
 def _setup_context(ctx, inputs, output):

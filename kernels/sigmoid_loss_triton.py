@@ -230,7 +230,8 @@ def _(image, text, logit_scale, logit_bias, positives, norm, compute_grads):
     loss = image.new_empty((), dtype=torch.float32)
     if not compute_grads:
         return (loss, *(image.new_empty(0, dtype=torch.float32) for _ in range(4)))
-    return (loss, torch.empty_like(image), torch.empty_like(text),
+    # d_image / d_text are fresh contiguous tensors even for strided (e.g. transposed) embeddings
+    return (loss, image.new_empty(image.shape), text.new_empty(text.shape),
             torch.empty_like(logit_scale), torch.empty_like(logit_bias))
 
 

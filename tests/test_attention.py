@@ -115,6 +115,43 @@ def test_varlen_strided_inputs():
     _check_varlen(lens, lens, H, D, torch.float32, "triton", q, k, v)
 
 
+def test_varlen_noncontiguous_cu_seqlens():
+    """cu_seqlens may be a strided view: the kernels index it with unit stride, so the launcher must copy it.
+    The view below reads as [0, 0, 7, 7, ...] without the copy: valid bounds, wrong sequences."""
+    lens, H, D = [7, 20, 5], 2, 16
+    q, k, v = (_rand(sum(lens), H, D, dtype=torch.float32) for _ in range(3))
+    cu = _cu(lens)
+    cu_view = torch.stack([cu, cu], 1)[:, 0]
+    assert not cu_view.is_contiguous()
+    outs = []
+    for c in (cu, cu_view):
+        out = A.varlen_attention(q, k, v, c, c, max(lens), max(lens), impl="triton")
+        outs.append((out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out))))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *outs):
+        assert torch.equal(a, b), name
+
+
+def test_fake_strides_match_real():
+    """torch.compile trusts the fake impls' strides (Inductor asserts them): a q/k/v whose last dim is not
+    unit-stride is copied by the launcher, so the fake outputs must be contiguous like the real ones."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from siglip2.kernels import attention_triton  # noqa: F401  (registers the ops)
+
+    B, H, L, D = 1, 2, 5, 16
+    q, k, v = (torch.randn(B, H, D, L, device=DEV).transpose(-1, -2) for _ in range(3))
+    fwd, bwd = torch.ops.siglip2.attention_fwd.default, torch.ops.siglip2.attention_bwd.default
+    o, lse = fwd(q, k, v, None, None, None, L, L, 0.25)
+    cases = [(fwd, (q, k, v, None, None, None, L, L, 0.25), (o, lse)),
+             (bwd, (torch.randn_like(o), q, k, v, o, lse, None, None, None, L, L, 0.25), None)]
+    for op, args, real in cases:
+        real = real if real is not None else op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+        for r, f in zip(real, fake):
+            assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype), op
+
+
 def _check_padded(B, H, Lq, Lk, D, dtype, mask, impl):
     q, k, v = _rand(B, H, Lq, D, dtype=dtype), _rand(B, H, Lk, D, dtype=dtype), _rand(B, H, Lk, D, dtype=dtype)
     out = A.padded_attention(q, k, v, mask, impl=impl)

@@ -196,6 +196,42 @@ def test_spatial_shapes_int32_on_cpu():
     torch.testing.assert_close(naflex_patch_embed(*inputs, impl="triton"), expect, rtol=0, atol=0)
 
 
+def test_packed_noncontiguous_cu_seqlens():
+    """cu_seqlens may be a strided view; the kernels index it with unit stride, so the launchers copy it.
+    Without the copy the view below reads as [0, 0, n0, n0, ...]: in-bounds but wrong rows."""
+    inputs = list(_make_inputs(4, [(3, 5), (2, 2), (1, 7)]))
+    inputs[4] = inputs[4].clone().requires_grad_()
+    cu = _cu(inputs[1])
+    cu_view = torch.stack([cu, cu], 1)[:, 0]
+    assert not cu_view.is_contiguous()
+    res = []
+    for c in (cu, cu_view):
+        out = naflex_patch_embed(*inputs, cu_seqlens=c, impl="triton")
+        dout = torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape).sin()
+        res.append((out, *torch.autograd.grad(out, inputs[4], dout)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_backward_fake_strides_match_real():
+    """torch.compile trusts the fake impl's strides: dpixel_values is a fresh contiguous tensor even when
+    pixel_values is a permuted (dense, non-contiguous) view, so the fake must not copy its strides."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from siglip2.kernels import patch_embed_triton  # noqa: F401  (registers the ops)
+
+    B, L, K, D, G = 2, 6, 16, 32, 4
+    args = (torch.randn(B, L, D, device=DEV), torch.randn(B, K, L, device=DEV).transpose(1, 2),
+            torch.tensor([[2, 3], [1, 5]], device=DEV), torch.randn(D, K, device=DEV),
+            torch.randn(G * G, D, device=DEV), None, [True, True, True, True])
+    op = torch.ops.siglip2.naflex_patch_embed_backward.default
+    real = op(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    for r, f in zip(real, fake):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parity with transformers' Siglip2VisionEmbeddings
 # ----------------------------------------------------------------------------------------------

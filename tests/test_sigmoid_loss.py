@@ -64,6 +64,21 @@ def nan_fill(monkeypatch):
     return sigmoid_loss_triton
 
 
+def test_fake_strides_match_real(nan_fill):
+    """torch.compile trusts the fake impl's strides: the launcher returns contiguous gradients even for
+    transposed (dense, non-contiguous) embeddings, so the fake must not copy the inputs' strides."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    n, d = 8, 16
+    args = (torch.randn(d, n).t(), torch.randn(d, n).t(), torch.tensor(1.), torch.tensor([-1.]), True, float(n), True)
+    op = torch.ops.siglip2.sigmoid_loss_block.default
+    real = op(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    for r, f in zip(real, fake):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
 def test_triton_matches_oracle(nan_fill, n, d, dtype):
