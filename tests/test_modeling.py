@@ -284,3 +284,22 @@ def test_fast_model_runs_in_float64():
     assert b.loss.dtype == torch.float64
     # transformers itself rounds through fp32 in float64 (eager softmax, CPU position resize): ~1e-7
     _close(a.logits_per_image, b.logits_per_image, "float64 logits")
+
+
+def test_fast_vision_tower_compiles_fullgraph():
+    """torch.compile(fullgraph=True) traces the whole packed tower through the kernels' custom ops."""
+    from siglip2.kernels._utils import interpreting
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu" and not interpreting():
+        pytest.skip("the Triton path needs CUDA or TRITON_INTERPRET=1 (the reference ops loop on the host)")
+    hf = hf_siglip2()
+    m = fast.Siglip2VisionModel(hf.config.vision_config)
+    m.load_state_dict(hf.vision_model.state_dict())
+    m = m.to(dev).eval()
+    pv, mask, ss = (t.to(dev) for t in naflex_inputs([(4, 5), (1, 7), (2, 2)], 24))
+    with torch.no_grad():
+        want = m(pv, mask, ss)
+        got = torch.compile(m, fullgraph=True, backend="aot_eager")(pv, mask, ss)
+    _close(got.pooler_output, want.pooler_output, "compiled pooler")
+    _close(got.last_hidden_state, want.last_hidden_state, "compiled last_hidden_state")
