@@ -7,6 +7,7 @@ a transformers config object is accepted wherever a config is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -15,11 +16,26 @@ from typing import Any, ClassVar
 
 from .loading import CheckpointError, atomic_write_text, resolve_dir
 
+def _config(cls):
+    """@dataclass, plus a `num_labels=` constructor keyword (as transformers' configs take) that sets id2label."""
+    cls = dataclass(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, num_labels=None, **kwargs):
+        init(self, *args, **kwargs)
+        if num_labels is not None:
+            self.num_labels = num_labels
+
+    cls.__init__ = __init__
+    return cls
+
+
 # PreTrainedConfig fields the forward pass reads; everything else is kept verbatim in `extra`.
 _COMMON = ("output_attentions", "output_hidden_states", "return_dict", "problem_type", "id2label", "dtype")
 
 
-@dataclass
+@_config
 class _Config:
     model_type: ClassVar[str] = ""
     sub_configs: ClassVar[dict] = {}
@@ -106,7 +122,7 @@ class _Config:
         return cls.from_dict(d)
 
 
-@dataclass
+@_config
 class Siglip2TextConfig(_Config):
     model_type: ClassVar[str] = "siglip2_text_model"
     base_config_key: ClassVar[str] = "text_config"
@@ -131,7 +147,7 @@ class Siglip2TextConfig(_Config):
         _check_heads(self)
 
 
-@dataclass
+@_config
 class _VisionConfig(_Config):
     """Fields shared by the NaFlex and FixRes vision configs."""
 
@@ -154,7 +170,7 @@ class _VisionConfig(_Config):
             raise ValueError(f"{type(self).__name__}: patch_size must be an int, got {self.patch_size!r}")
 
 
-@dataclass
+@_config
 class Siglip2VisionConfig(_VisionConfig):
     model_type: ClassVar[str] = "siglip2_vision_model"
     num_patches: int = 256  # size of the learned position table; must be a perfect square
@@ -165,7 +181,7 @@ class Siglip2VisionConfig(_VisionConfig):
             raise ValueError(f"Siglip2VisionConfig: num_patches must be a perfect square, got {self.num_patches}")
 
 
-@dataclass
+@_config
 class Siglip2Config(_Config):
     model_type: ClassVar[str] = "siglip2"
     sub_configs: ClassVar[dict] = {"text_config": Siglip2TextConfig, "vision_config": Siglip2VisionConfig}
@@ -181,12 +197,12 @@ class Siglip2Config(_Config):
                 setattr(self, key, sub_cls() if sub is None else sub_cls.from_dict(sub))
 
 
-@dataclass
+@_config
 class SiglipTextConfig(Siglip2TextConfig):
     model_type: ClassVar[str] = "siglip_text_model"
 
 
-@dataclass
+@_config
 class SiglipVisionConfig(_VisionConfig):
     model_type: ClassVar[str] = "siglip_vision_model"
     image_size: int = 224
@@ -202,7 +218,7 @@ class SiglipVisionConfig(_VisionConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
-@dataclass
+@_config
 class SiglipConfig(Siglip2Config):
     model_type: ClassVar[str] = "siglip"
     sub_configs: ClassVar[dict] = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}

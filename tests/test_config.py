@@ -75,3 +75,5 @@ def test_wrong_model_type_rejected():
 def test_num_labels_and_id2label():
     cfg = siglip2.Siglip2Config.from_dict({"num_labels": 5})
     assert cfg.num_labels == 5 and cfg.label2id["LABEL_4"] == 4
+    cfg = siglip2.Siglip2Config(num_labels=3, vision_config={"num_patches": 64})  # as transformers' configs take it
+    assert cfg.num_labels == 3 and cfg.vision_config.num_patches == 64
