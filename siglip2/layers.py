@@ -76,7 +76,13 @@ class Siglip2Attention(nn.Module):
 
     def forward(self, x, attend):  # x: (B, L, D) padded or (N, D) packed
         shape = (*x.shape[:-1], self.num_heads, self.head_dim)
-        q, k, v = (p(x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if isinstance(attend, KernelAttention):
+            # one GEMM reads x once for q, k and v; the kernels take the strided (.., 3, H, d) views as they are
+            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            q, k, v = F.linear(x, w, b).view(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
+        else:  # transformers' three projections, for its exact numerics
+            q, k, v = (p(x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj))
         out, weights = attend(q, k, v, self.scale, self.dropout if self.training else 0.0)
         return self.out_proj(out.reshape(x.shape)), weights
 
@@ -195,11 +201,10 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
             # packed: one query per image attends to that image's valid tokens (hidden: (N, D))
             B, D = cu_seqlens.shape[0] - 1, hidden.shape[-1]
             hd = D // self.num_heads
-            wq, wk, wv = self.attention.in_proj_weight.chunk(3)
-            bq, bk, bv = self.attention.in_proj_bias.chunk(3)
-            q = F.linear(self.probe.reshape(1, D), wq, bq).expand(B, D).reshape(B, self.num_heads, hd)
-            k = F.linear(hidden, wk, bk).view(-1, self.num_heads, hd)
-            v = F.linear(hidden, wv, bv).view(-1, self.num_heads, hd)
+            w, b = self.attention.in_proj_weight, self.attention.in_proj_bias  # rows [Wq; Wk; Wv]
+            q = F.linear(self.probe.reshape(1, D), w[:D], b[:D]).expand(B, D).reshape(B, self.num_heads, hd)
+            # k and v in one GEMM over the packed tokens: (N, 2, H, hd) strided views
+            k, v = F.linear(hidden, w[D:], b[D:]).view(-1, 2, self.num_heads, hd).unbind(1)
             cu_q = torch.arange(B + 1, dtype=torch.int32, device=hidden.device)
             o = varlen_attention(q.contiguous(), k, v, cu_q, cu_seqlens, 1, max_seqlen, impl=kernel_impl)
             x = self.attention.out_proj(o.reshape(B, D))
