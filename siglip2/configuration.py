@@ -123,18 +123,30 @@ class _Config:
 
 
 @_config
-class Siglip2TextConfig(_Config):
-    model_type: ClassVar[str] = "siglip2_text_model"
-    base_config_key: ClassVar[str] = "text_config"
-    vocab_size: int = 32000
+class _TowerConfig(_Config):
+    """Fields every encoder tower has."""
+
     hidden_size: int = 768
     intermediate_size: int = 3072
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
-    max_position_embeddings: int = 64
     hidden_act: str = "gelu_pytorch_tanh"
     layer_norm_eps: float = 1e-6
     attention_dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"{type(self).__name__}: hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+
+
+@_config
+class Siglip2TextConfig(_TowerConfig):
+    model_type: ClassVar[str] = "siglip2_text_model"
+    base_config_key: ClassVar[str] = "text_config"
+    vocab_size: int = 32000
+    max_position_embeddings: int = 64
     pad_token_id: int | None = 1  # CLIP leftovers: not used by the forward pass
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
@@ -144,28 +156,19 @@ class Siglip2TextConfig(_Config):
         super().__post_init__()
         if self.projection_size is None:
             self.projection_size = self.hidden_size
-        _check_heads(self)
 
 
 @_config
-class _VisionConfig(_Config):
+class _VisionConfig(_TowerConfig):
     """Fields shared by the NaFlex and FixRes vision configs."""
 
     base_config_key: ClassVar[str] = "vision_config"
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
     num_channels: int = 3
     patch_size: int = 16
-    hidden_act: str = "gelu_pytorch_tanh"
-    layer_norm_eps: float = 1e-6
-    attention_dropout: float = 0.0
     vision_use_head: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        _check_heads(self)
         if not isinstance(self.patch_size, int):
             raise ValueError(f"{type(self).__name__}: patch_size must be an int, got {self.patch_size!r}")
 
@@ -222,14 +225,6 @@ class SiglipVisionConfig(_VisionConfig):
 class SiglipConfig(Siglip2Config):
     model_type: ClassVar[str] = "siglip"
     sub_configs: ClassVar[dict] = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}
-
-
-def _check_heads(cfg):
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ValueError(
-            f"{type(cfg).__name__}: hidden_size ({cfg.hidden_size}) must be divisible by num_attention_heads "
-            f"({cfg.num_attention_heads})"
-        )
 
 
 CONFIG_CLASSES = {c.model_type: c for c in (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,

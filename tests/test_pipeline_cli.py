@@ -14,6 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from test_tokenization import _image_processor_dir as image_processor_dir
 from test_tokenization import make_tokenizer_dir
 
 LABELS = ["cat", "dog", "red circle", "Blue Square"]
@@ -53,23 +54,7 @@ def checkpoint(tmp_path_factory):
         model.logit_bias.fill_(-1.0)
     model.save_pretrained(d)
     make_tokenizer_dir(d, model_type=None)  # config.json comes from save_pretrained
-    (d / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_processor_type": "Siglip2ImageProcessorFast",
-                "processor_class": "Siglip2Processor",
-                "do_resize": True,
-                "resample": 2,
-                "do_rescale": True,
-                "rescale_factor": 1 / 255,
-                "do_normalize": True,
-                "image_mean": [0.5] * 3,
-                "image_std": [0.5] * 3,
-                "patch_size": 4,
-                "max_num_patches": 16,
-            }
-        )
-    )
+    image_processor_dir(d, P=4, M=16)
     return str(d), model
 
 
