@@ -10,12 +10,17 @@ on stderr and exit with status 1 (bad input) or 2 (no usable checkpoint).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 
 from .loading import CheckpointError
 from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE
+
+# Subcommands that live in their own module: name -> (module, help). Each module defines
+# `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
+COMMANDS: dict[str, tuple[str, str]] = {}
 
 HINT = (
     "point --model at a local checkpoint directory (config.json, model.safetensors, tokenizer.json, "
@@ -49,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("inputs", nargs="+", metavar="IMAGE_OR_TEXT")
     e.add_argument("--out", required=True, help="output .safetensors file")
     e.add_argument("--raw", action="store_true", help="store pooled embeddings without L2 normalization")
+    for name, (module, help_text) in COMMANDS.items():
+        q = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(q)
     return p
 
 
@@ -140,10 +148,12 @@ def _embed(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in COMMANDS:
+            return importlib.import_module(COMMANDS[args.command][0]).run(args)
         return _classify(args) if args.command == "classify" else _embed(args)
     except CheckpointError as e:
         print(
-            f"siglip2: cannot load model {args.model!r}: {_one_line(e)}. To run offline, {HINT}",
+            f"siglip2: cannot load model {getattr(args, 'model', None)!r}: {_one_line(e)}. To run offline, {HINT}",
             file=sys.stderr,
         )
         return 2
