@@ -73,15 +73,19 @@ def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, impl: st
 class DistributedSigmoidLoss(torch.nn.Module):
     """SigLIP loss over the global batch of a process group; text blocks travel around a P2P ring.
 
-    Every rank passes its local (n, d) image and text embeddings (the same n on every rank) and gets the
-    loss of the concatenated global batch of W * n pairs, normalized by the global n (W * n), as a
-    single process would compute it. Gradients: each rank's embedding gradients are exactly the
+    Every rank passes its local (n_r, d) image and text embeddings (n_r may differ between ranks: the last batch,
+    token-budget batches) and gets the loss of the concatenated global batch of N = sum n_r pairs, normalized by
+    N, as a single process would compute it. Gradients: each rank's embedding gradients are exactly the
     single-process gradient rows of its own pairs (text gradients come back over the ring), and its
     logit_scale / logit_bias gradients are its share, which summed over ranks give the single-process ones.
     So summing every parameter gradient over ranks is exact; DDP's average gives it divided by W for all
     parameters alike (multiply the loss by W, or use the per-rank-mean convention of open_clip, to undo it).
     Gradients are computed in the forward pass: every rank must back-propagate the same multiple of the
     loss (loss.backward(), or uniform loss scaling).
+
+    There is no single-process fallback: without `group` and without an initialized default process group the
+    call raises a RuntimeError (use `sigmoid_loss` in one process), so a misconfigured launch never trains
+    silently on the local batch alone.
     """
 
     def __init__(self, group=None, impl: str = "auto"):
@@ -92,6 +96,10 @@ class DistributedSigmoidLoss(torch.nn.Module):
     def forward(self, image_embeds, text_embeds, logit_scale, logit_bias):
         import torch.distributed as dist
 
+        if self.group is None and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("DistributedSigmoidLoss: no torch.distributed process group is initialized "
+                               "(expected a launch under torchrun and torch.distributed.init_process_group, or "
+                               "an explicit group=); in a single process use siglip2.kernels.sigmoid_loss")
         group = self.group if self.group is not None else dist.group.WORLD
         return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, impl=self.impl, group=group)
 

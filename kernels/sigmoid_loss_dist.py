@@ -4,6 +4,10 @@ Step k on rank r holds the text block of rank s = r - k (mod W), sent on to r + 
 (overlap). Only step 0 (the local block) has positives. The fp32 text-gradient accumulator of each block
 travels one step behind its text block and, after W steps, arrives back at its owner. Each step reuses
 the single-GPU block op (`sigmoid_loss_triton.sigmoid_loss_block`) or its materialized reference on CPU.
+
+Local batch sizes may differ between ranks (the last batch of an epoch, token-budget or mixed-budget NaFlex
+batches): one all_gather of every rank's (n, d) sizes the receive buffers, the blocks are rectangular
+(n_s texts x n_r images), and the loss is normalized by the global n = sum of the local sizes.
 """
 from __future__ import annotations
 
@@ -38,18 +42,33 @@ def _wait(works):
         w.wait()
 
 
+def _local_sizes(text, group, W) -> list:
+    """Every rank's local batch size (one all_gather of (n, d)); mismatched widths raise on every rank alike."""
+    mine = torch.tensor(text.shape, dtype=torch.int64, device=text.device)
+    sizes = [torch.empty_like(mine) for _ in range(W)]
+    dist.all_gather(sizes, mine, group=group)
+    sizes = torch.stack(sizes).tolist()
+    if len({d for _, d in sizes}) != 1:
+        raise ValueError(f"sigmoid_loss: every rank must pass embeddings of the same width d, got (n, d) per "
+                         f"rank {[tuple(x) for x in sizes]}")
+    return [n for n, _ in sizes]
+
+
 def _ring_forward(image, text, logit_scale, logit_bias, group, block, compute_grads):
     W, r = dist.get_world_size(group), dist.get_rank(group)
     nxt, prv = dist.get_global_rank(group, (r + 1) % W), dist.get_global_rank(group, (r - 1) % W)
-    norm = float(W * text.shape[0])
+    sizes = _local_sizes(text, group, W) if W > 1 else [text.shape[0]]
+    norm = float(sum(sizes))
     text_cur = text.detach().contiguous()
     loss = torch.zeros((), dtype=torch.float32, device=text.device)
     d_image = torch.zeros(image.shape, dtype=torch.float32, device=image.device) if compute_grads else None
     d_scale = d_bias = None
     acc_works, acc_recv = [], None
     for k in range(W):
+        # what arrives from rank r-1 after step k: the text block (and its accumulator) of rank r-k-1
+        n_next = sizes[(r - k - 1) % W]
         if k < W - 1:
-            text_next = torch.empty_like(text_cur)
+            text_next = text_cur.new_empty((n_next, text_cur.shape[1]))
             text_works = _p2p(text_cur, text_next, nxt, prv, group)  # overlaps this step's compute
         b_loss, b_di, b_dt, b_ds, b_db = block(image, text_cur, logit_scale, logit_bias, k == 0, norm,
                                                compute_grads)
@@ -63,7 +82,7 @@ def _ring_forward(image, text, logit_scale, logit_bias, group, block, compute_gr
             if W == 1:
                 acc_recv = acc
             else:
-                acc_recv = torch.empty_like(acc)
+                acc_recv = acc.new_empty((n_next, acc.shape[1]))
                 # after step W-1, rank r-1 holds rank r's block: the last exchange returns each rank its dT
                 acc_works = _p2p(acc, acc_recv, nxt, prv, group)
         if k < W - 1:
