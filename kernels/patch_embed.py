@@ -63,7 +63,7 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
     vals = [spatial_shapes.to(torch.int64).reshape(-1)]
     if cu_seqlens is not None:
         vals.append(cu_seqlens.to(device=spatial_shapes.device, dtype=torch.int64))
-    host = torch.cat(vals).tolist()
+    host = torch.cat(vals).tolist()  # Python ints: h*w below cannot overflow (int32 shapes would)
     hw = [(host[2 * i], host[2 * i + 1]) for i in range(B)]
     for i, (h, w) in enumerate(hw):
         if h < 1 or w < 1:
@@ -94,6 +94,9 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     """
     _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
     dev = pixel_values.device
+    if pixel_values.shape[0] == 0:  # no images: an empty output of the right shape (still connected to weight)
+        out = torch.nn.functional.linear(pixel_values.to(weight.dtype), weight, bias)
+        return out.reshape(0, weight.shape[0]) if cu_seqlens is not None else out
     spatial_shapes = spatial_shapes.to(dev, non_blocking=True)
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(dev, non_blocking=True)

@@ -24,6 +24,8 @@ def _attend(q, k, v, scale, key_mask=None):
     """
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 statistics; float64 inputs stay float64
     s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # (..., Lq, Lk)
+    if s.shape[-1] == 0:  # no keys at all: zeros (a matmul over the empty key axis keeps autograd connected)
+        return torch.matmul(s.to(v.dtype), v)
     if key_mask is not None:
         s = s.masked_fill(~key_mask, float("-inf"))
     m = s.amax(dim=-1, keepdim=True)

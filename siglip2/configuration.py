@@ -10,11 +10,12 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .loading import CheckpointError, atomic_write_text, resolve_dir
+from .loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
 def _config(cls):
     """@dataclass, plus a `num_labels=` constructor keyword (as transformers' configs take) that sets id2label."""
@@ -29,6 +30,42 @@ def _config(cls):
 
     cls.__init__ = __init__
     return cls
+
+
+def _int(cfg, name: str, lo: int = 1, optional: bool = False) -> None:
+    """Field `name` must be an int >= lo (never a bool, a float or a string): a named TypeError/ValueError."""
+    v = getattr(cfg, name)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{type(cfg).__name__}.{name} must be an int, got {type(v).__name__} {v!r}")
+    if v < lo:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be >= {lo}, got {v}")
+
+
+def _real(cfg, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{type(cfg).__name__}.{name} must be a number, got {type(v).__name__} {v!r}")
+    if not (lo < v if lo_open else lo <= v) or not v <= hi or not math.isfinite(v):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{']' if math.isfinite(hi) else ')'}"
+        raise ValueError(f"{type(cfg).__name__}.{name} must lie in {interval}, got {v}")
+
+
+def _typed(cfg, name: str, types: tuple, what: str) -> None:
+    v = getattr(cfg, name)
+    if not isinstance(v, types):
+        raise TypeError(f"{type(cfg).__name__}.{name} must be {what}, got {type(v).__name__} {v!r}")
+
+
+def dtype_name(value):
+    """A torch dtype as transformers writes it in config.json ("float32"); anything else unchanged."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return value
 
 
 # PreTrainedConfig fields the forward pass reads; everything else is kept verbatim in `extra`.
@@ -48,7 +85,20 @@ class _Config:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self.id2label = {int(k): v for k, v in self.id2label.items()}
+        for name in ("output_attentions", "output_hidden_states", "return_dict"):
+            _typed(self, name, (bool,), "True or False")
+        _typed(self, "id2label", (dict,), "a dict of class index -> label")
+        try:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{type(self).__name__}.id2label keys must be class indices (ints), got "
+                             f"{list(self.id2label)[:5]}") from e
+        self.dtype = dtype_name(self.dtype)
+        _typed(self, "dtype", (str, type(None)), "None or a dtype name such as 'float32'")
+
+    def validate(self) -> None:
+        """Check every field again (after fields were set by hand): a TypeError/ValueError naming the field."""
+        self.__post_init__()
 
     @property
     def num_labels(self) -> int:
@@ -93,6 +143,7 @@ class _Config:
                 continue
             v = getattr(self, f.name)
             out[f.name] = v.to_dict() if isinstance(v, _Config) else v
+        out["dtype"] = dtype_name(out.get("dtype"))  # set by hand to a torch dtype: written as transformers does
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = self.label2id
         out["model_type"] = self.model_type
@@ -102,24 +153,34 @@ class _Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory) -> None:
+        from .saving import finish_pending_save
+
+        text = self.to_json_string()  # serialized before the directory is touched
         os.makedirs(save_directory, exist_ok=True)
-        atomic_write_text(os.path.join(save_directory, "config.json"), self.to_json_string())
+        finish_pending_save(save_directory)  # else an interrupted model save's journal would shadow this file
+        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), text)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **hub_kwargs) -> "_Config":
         """Read `config.json` from a directory or hub id. A sub-config class reads its part of a full config."""
-        path = os.path.join(resolve_dir(name_or_path, **hub_kwargs), "config.json")
+        directory = resolve_dir(name_or_path, **hub_kwargs)
+        path = os.path.join(directory, CONFIG_NAME)
         try:
-            with open(path) as f:
+            with open(checkpoint_file(directory, CONFIG_NAME)) as f:
                 d = json.load(f)
         except FileNotFoundError as e:
-            raise CheckpointError(f"no config.json in {os.path.dirname(path)!r}") from e
-        except json.JSONDecodeError as e:
+            raise CheckpointError(f"no config.json in {directory!r}") from e
+        except (ValueError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, got a {type(d).__name__}")
         key = getattr(cls, "base_config_key", None)
         if key and d.get("model_type") != cls.model_type and key in d:
             d = d[key]
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{path}: {e}") from e
 
 
 @_config
@@ -136,6 +197,12 @@ class _TowerConfig(_Config):
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("hidden_size", "intermediate_size", "num_attention_heads"):
+            _int(self, name)
+        _int(self, "num_hidden_layers", 0)
+        _typed(self, "hidden_act", (str,), "an activation name such as 'gelu_pytorch_tanh'")
+        _real(self, "layer_norm_eps", 0.0, lo_open=True)
+        _real(self, "attention_dropout", 0.0, 1.0)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"{type(self).__name__}: hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_attention_heads ({self.num_attention_heads})")
@@ -156,6 +223,10 @@ class Siglip2TextConfig(_TowerConfig):
         super().__post_init__()
         if self.projection_size is None:
             self.projection_size = self.hidden_size
+        for name in ("vocab_size", "max_position_embeddings", "projection_size"):
+            _int(self, name)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            _int(self, name, lo=-(2**63), optional=True)
 
 
 @_config
@@ -169,8 +240,9 @@ class _VisionConfig(_TowerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.patch_size, int):
-            raise ValueError(f"{type(self).__name__}: patch_size must be an int, got {self.patch_size!r}")
+        _int(self, "num_channels")
+        _int(self, "patch_size")
+        _typed(self, "vision_use_head", (bool,), "True or False")
 
 
 @_config
@@ -180,6 +252,7 @@ class Siglip2VisionConfig(_VisionConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _int(self, "num_patches")
         if math.isqrt(self.num_patches) ** 2 != self.num_patches:
             raise ValueError(f"Siglip2VisionConfig: num_patches must be a perfect square, got {self.num_patches}")
 
@@ -198,6 +271,9 @@ class Siglip2Config(_Config):
             sub = getattr(self, key)
             if not isinstance(sub, sub_cls):
                 setattr(self, key, sub_cls() if sub is None else sub_cls.from_dict(sub))
+            else:
+                sub.validate()
+        _real(self, "initializer_factor", 0.0)
 
 
 @_config
@@ -212,6 +288,7 @@ class SiglipVisionConfig(_VisionConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _int(self, "image_size")
         if self.image_size % self.patch_size:
             raise ValueError(f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of patch_size "
                              f"{self.patch_size}")

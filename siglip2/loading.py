@@ -1,13 +1,23 @@
-"""Checkpoint files: resolve a directory or hub id, read (sharded) safetensors, strict key check, atomic save.
+"""Checkpoint files: resolve a directory or hub id, read (sharded) safetensors, strict key check, crash-safe save.
 
 Hub ids go through huggingface_hub and fetch only config, safetensors, preprocessor and tokenizer files.
+
+Saving (siglip2/saving.py) is crash-safe: at every instant of `save_pretrained` the directory loads through
+`from_pretrained` as either the previous checkpoint or the new one. A save commits its new files (written under
+temp names) with a journal, `.save-journal.json`; the readers here follow it (`pending_save`, `checkpoint_file`),
+so a save interrupted between its commit and its end still loads as the new checkpoint. A shard index naming a
+file outside the directory is refused.
 """
 from __future__ import annotations
 
+import json
 import os
-import re
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
+CONFIG_NAME = "config.json"
+SINGLE_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+JOURNAL_NAME = ".save-journal.json"
 
 
 class CheckpointError(OSError):
@@ -44,53 +54,117 @@ def resolve_dir(name_or_path, *, revision=None, cache_dir=None, local_files_only
 # Reading
 # ----------------------------------------------------------------------------------------------
 
+def _plain_name(name, where: str) -> str:
+    """A file name that stays inside the checkpoint directory (no absolute path, no `..`, no subfolder escape)."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name \
+            or any(part in ("", ".", "..") for part in name.split("/")):
+        raise CheckpointError(f"{where}: file name {name!r} points outside the checkpoint directory; expected a "
+                              f"plain file name such as 'model-00001-of-00002.safetensors'")
+    return name
+
+
+def _read_json_file(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the {what} ({e})") from e
+
+
+def pending_save(directory: str) -> dict | None:
+    """The journal of a save into `directory` that was interrupted after its commit point, or None."""
+    path = os.path.join(directory, JOURNAL_NAME)
+    try:
+        j = _read_json_file(path, "save journal")
+    except FileNotFoundError:
+        return None
+    files, remove = (j.get("files"), j.get("remove")) if isinstance(j, dict) else (None, None)
+    if not isinstance(files, dict) or not isinstance(remove, list) or j.get("weights") not in (SINGLE_NAME, INDEX_NAME):
+        raise CheckpointError(f"{path}: not a valid save journal (expected files, remove and weights entries)")
+    for final, tmp in files.items():
+        _plain_name(final, path), _plain_name(tmp, path)
+    for name in remove:
+        _plain_name(name, path)
+    return j
+
+
+def checkpoint_file(directory: str, name: str, journal: dict | None = None) -> str:
+    """The path to read for `name`: the new file of an interrupted save when it is not yet renamed into place."""
+    journal = pending_save(directory) if journal is None else journal
+    if journal:
+        tmp = journal["files"].get(name)
+        if tmp and os.path.exists(os.path.join(directory, tmp)):
+            return os.path.join(directory, tmp)
+    return os.path.join(directory, name)
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write through a temp file in the same directory, then rename: a crash never leaves half a file."""
+    """Write through a temp file in the same directory (fsynced), then rename: a crash never leaves half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_text(tmp, text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _read_safetensors(path: str) -> dict:
+def _read_safetensors(path: str, name: str | None = None) -> dict:
     from safetensors.torch import load_file
 
+    name = name or path
     try:
         return load_file(path)
     except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: file not found") from e
+        raise CheckpointError(f"{name}: file not found") from e
     except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError on bad files
-        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from e
+        raise CheckpointError(f"{name}: not a readable safetensors file, truncated or corrupt ({e})") from e
+
+
+def read_index(directory: str, journal: dict | None = None) -> dict:
+    """The weight_map of `model.safetensors.index.json`, checked: a dict of tensor name -> shard file name
+    inside the directory."""
+    path = os.path.join(directory, INDEX_NAME)
+    try:
+        index = _read_json_file(checkpoint_file(directory, INDEX_NAME, journal), "safetensors index")
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: file not found") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: not a valid safetensors index (expected a JSON object with a 'weight_map' "
+                              f"object of tensor name -> shard file, got {type(index).__name__}"
+                              f"{'' if not isinstance(index, dict) else ' without one'})")
+    for key, shard in weight_map.items():
+        _plain_name(shard, f"{path} (tensor {key!r})")
+    return weight_map
 
 
 def read_state_dict(directory: str) -> dict:
     """Tensors of `model.safetensors`, or of every shard listed in `model.safetensors.index.json`."""
-    import json
-
-    single = os.path.join(directory, "model.safetensors")
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(single):
-        return _read_safetensors(single)
-    if os.path.exists(index):
-        try:
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from e
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(_read_safetensors(os.path.join(directory, shard)))
-        missing = set(weight_map) - set(state)
-        if missing:
-            raise CheckpointError(f"{index}: tensors listed but absent from the shards: {sorted(missing)[:5]}")
-        return state
-    raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {directory!r}")
+    journal = pending_save(directory)
+    if journal:
+        weights = journal["weights"]
+    elif os.path.exists(os.path.join(directory, SINGLE_NAME)):
+        weights = SINGLE_NAME
+    elif os.path.exists(os.path.join(directory, INDEX_NAME)):
+        weights = INDEX_NAME
+    else:
+        raise CheckpointError(f"no {SINGLE_NAME} or {INDEX_NAME} in {directory!r}")
+    if weights == SINGLE_NAME:
+        return _read_safetensors(checkpoint_file(directory, SINGLE_NAME, journal), os.path.join(directory, SINGLE_NAME))
+    weight_map = read_index(directory, journal)
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(_read_safetensors(checkpoint_file(directory, shard, journal), os.path.join(directory, shard)))
+    missing = set(weight_map) - set(state)
+    if missing:
+        raise CheckpointError(f"{os.path.join(directory, INDEX_NAME)}: tensors listed but absent from the shards: "
+                              f"{sorted(missing)[:5]}")
+    return state
 
 
 def match_state_dict(model, state: dict, allow_missing=()) -> dict:
@@ -131,6 +205,30 @@ def match_state_dict(model, state: dict, allow_missing=()) -> dict:
     return {k: state[k] for k in expected if k in state}
 
 
+def resolve_dtype(dtype, config=None):
+    """`from_pretrained`'s dtype: None (as stored), a torch dtype, a name ("bfloat16", "torch.float16") or "auto"
+    (config.json's dtype, as transformers reads it; the stored dtype when the config records none)."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype
+        if dtype == "auto":
+            name = getattr(config, "dtype", None)
+            if name is None:
+                return None
+            if isinstance(name, torch.dtype):
+                return name
+        t = getattr(torch, str(name).removeprefix("torch."), None)
+        if isinstance(t, torch.dtype) and t.is_floating_point:
+            return t
+        if dtype == "auto":
+            raise CheckpointError(f"config.json records dtype {name!r}, which is not a floating torch dtype")
+    raise ValueError(f"dtype: expected None, 'auto', a floating torch.dtype or its name ('float32', 'bfloat16', "
+                     f"'float16'), got {dtype!r}")
+
+
 def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None, cache_dir=None,
                     local_files_only=False, impl=None, kernel_impl="auto", **config_overrides):
     """`cls.from_pretrained`: config + strict weights from a directory or hub id.
@@ -143,6 +241,8 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
 
     import torch
 
+    if dtype is not None and dtype != "auto":
+        resolve_dtype(dtype)  # a bad dtype is refused before anything is read
     directory = resolve_dir(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     config = cls.config_class.from_pretrained(directory)
     for key, value in config_overrides.items():
@@ -150,6 +250,9 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
             raise TypeError(f"{cls.__name__}.from_pretrained got an unexpected keyword argument {key!r} "
                             f"(not a field of {type(config).__name__})")
         setattr(config, key, value)
+    if config_overrides and hasattr(config, "validate"):
+        config.validate()
+    dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = cls(config, impl=impl, kernel_impl=kernel_impl)
     fresh = getattr(model, "fresh_on_load", ())
@@ -166,92 +269,24 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing
+# Writing (the crash-safe checkpoint save lives in saving.py)
 # ----------------------------------------------------------------------------------------------
 
-_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def parse_size(size) -> int:
-    """Bytes from an int or a string like "5GB" / "500MB" / "100KiB" (transformers' max_shard_size spellings)."""
-    if isinstance(size, int) and size > 0:
-        return size
-    if isinstance(size, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)\s*", size.upper())
-        if m:
-            return int(float(m.group(1)) * _UNITS[m.group(2)])
-    raise ValueError(f"max_shard_size must be a positive int (bytes) or a string like '5GB' or '500MB', got {size!r}")
+    from .saving import parse_size
 
-
-def _atomic_save_tensors(tensors: dict, path: str) -> None:
-    from safetensors.torch import save_file
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return parse_size(size)
 
 
 def save_pretrained(model, save_directory, *, max_shard_size=5 * 2**30) -> None:
-    """`config.json` + `model.safetensors`, or shards + `model.safetensors.index.json` above `max_shard_size`.
+    """Crash-safe `save_pretrained`, see siglip2/saving.py."""
+    from .saving import save_pretrained
 
-    A crash at any point leaves either the previous checkpoint or the new one, never a mixture: a single file is
-    renamed into place in one step; shards get names no earlier save used and the index, renamed into place last,
-    is what makes them the checkpoint. Files of the previous checkpoint are removed only after that.
-    """
-    import json
-    import uuid
-
-    limit = parse_size(max_shard_size)
-    os.makedirs(save_directory, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    shards, current, size = [], {}, 0
-    for k, v in state.items():
-        nbytes = v.numel() * v.element_size()
-        if current and size + nbytes > limit:
-            shards.append(current)
-            current, size = {}, 0
-        current[k], size = v, size + nbytes
-    shards.append(current)
-    index_path = os.path.join(save_directory, "model.safetensors.index.json")
-    single_path = os.path.join(save_directory, "model.safetensors")
-    old_shards = _indexed_files(index_path)
-    if len(shards) == 1:
-        _atomic_save_tensors(shards[0], single_path)
-        stale = [index_path, *old_shards]
-    else:
-        tag = uuid.uuid4().hex[:8]
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}-{tag}.safetensors" for i in range(len(shards))]
-        for name, shard in zip(names, shards):
-            _atomic_save_tensors(shard, os.path.join(save_directory, name))
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
-                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        if os.path.exists(single_path):  # readers prefer a single file over an index: retire it first
-            os.remove(single_path)
-        atomic_write_text(index_path, json.dumps(index, indent=2))
-        stale = [f for f in old_shards if os.path.basename(f) not in names]
-    keep = set(names) if len(shards) > 1 else set()
-    # shards of earlier saves that crashed before their index was written
-    stale += [os.path.join(save_directory, f) for f in os.listdir(save_directory)
-              if _SHARD_NAME.fullmatch(f) and f not in keep]
-    for path in stale:
-        if os.path.exists(path):
-            os.remove(path)
-    config = model.config.to_dict()
-    config["architectures"] = [type(model).__name__]
-    atomic_write_text(os.path.join(save_directory, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _indexed_files(index_path: str) -> list:
-    import json
-
-    try:
-        with open(index_path) as f:
-            names = set(json.load(f)["weight_map"].values())
-    except (OSError, ValueError, KeyError):
-        return []
-    return [os.path.join(os.path.dirname(index_path), n) for n in sorted(names)]
+    save_pretrained(model, save_directory, max_shard_size=max_shard_size)

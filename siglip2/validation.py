@@ -19,6 +19,11 @@ def _tensor(name, t, ndim, *, integer=None, floating=None):
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
+def _nonempty_batch(name, B, what):
+    if B == 0:
+        raise ValueError(f"{name}: got a batch of 0 {what} (shape with a leading 0); pass at least one")
+
+
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
@@ -28,6 +33,7 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
         raise ValueError("pixel_values is required")
     if fixres:
         _tensor("pixel_values", pixel_values, 4, floating=True)
+        _nonempty_batch("pixel_values", pixel_values.shape[0], "images")
         want = (config.num_channels, config.image_size, config.image_size)
         if tuple(pixel_values.shape[1:]) != want:
             raise ValueError(f"pixel_values must have shape (B, {want[0]}, {want[1]}, {want[2]}) for this FixRes "
@@ -35,6 +41,7 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
         return
     _tensor("pixel_values", pixel_values, 3, floating=True)
     B, L, F = pixel_values.shape
+    _nonempty_batch("pixel_values", B, "images")
     want = config.num_channels * config.patch_size ** 2
     if F != want:
         raise ValueError(f"pixel_values last dimension must be num_channels * patch_size**2 = {want} "
@@ -52,8 +59,9 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
                              f"dimensions, got {tuple(pixel_attention_mask.shape)}")
     if _compiling():
         return
-    # computed where the tensors live; one host sync of a single flag, details fetched only on error
-    h, w = spatial_shapes[:, 0], spatial_shapes[:, 1]
+    # computed where the tensors live; one host sync of a single flag, details fetched only on error.
+    # int64: h*w of int32 shapes overflows (65536 * 65536 wraps to 0 and would pass the check)
+    h, w = spatial_shapes[:, 0].long(), spatial_shapes[:, 1].long()
     bad = (h < 1) | (w < 1) | (h * w > L)
     wrong = not_binary = None
     if pixel_attention_mask is not None:
@@ -84,8 +92,12 @@ def check_text_inputs(config, input_ids, attention_mask, position_ids):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.ndim not in (1, 2):  # (L,) is one sequence, as transformers' view(-1, L) reads it
         raise ValueError(f"input_ids must have shape (B, L) or (L,), got {tuple(input_ids.shape)}")
-    _tensor("input_ids", input_ids.reshape(-1, input_ids.shape[-1]), 2, integer=True)
+    _tensor("input_ids", input_ids.flatten()[None], 2, integer=True)
     L = input_ids.shape[-1]
+    if L == 0:
+        raise ValueError(f"input_ids: sequence length 0 (shape {tuple(input_ids.shape)}); each text needs at least "
+                         f"one token (the pooled output is the last token)")
+    _nonempty_batch("input_ids", input_ids.numel() // L, "texts")
     if L > config.max_position_embeddings:
         raise ValueError(f"input_ids has sequence length {L}, more than max_position_embeddings "
                          f"({config.max_position_embeddings})")
@@ -94,7 +106,11 @@ def check_text_inputs(config, input_ids, attention_mask, position_ids):
         _tensor("attention_mask", attention_mask, 2)
         if tuple(attention_mask.shape) != (B, L):
             raise ValueError(f"attention_mask must have shape ({B}, {L}) like input_ids, got {tuple(attention_mask.shape)}")
-    if position_ids is not None and position_ids.shape[-1] != L:
+    if position_ids is not None and not isinstance(position_ids, torch.Tensor):
+        raise TypeError(f"position_ids must be a torch.Tensor, got {type(position_ids).__name__}")
+    if position_ids is not None:
+        _tensor("position_ids", position_ids.flatten()[None], 2, integer=True)
+    if position_ids is not None and (position_ids.ndim not in (1, 2) or position_ids.shape[-1] != L):
         raise ValueError(f"position_ids must end in the sequence length {L}, got shape {tuple(position_ids.shape)}")
     if _compiling() or input_ids.numel() == 0:
         return

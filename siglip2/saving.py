@@ -1,0 +1,196 @@
+"""Crash-safe `save_pretrained`: at every instant the directory loads as the previous checkpoint or the new one.
+
+The protocol (readers in loading.py follow it):
+1. Everything that can fail on the model's side is done first, before the directory is touched: config.json is
+   serialized (torch dtypes as transformers writes them, the saved weights' dtype recorded) and read back into the
+   config class; the state dict is checked (no meta tensors) and split by huggingface_hub's
+   `split_torch_state_dict_into_shards`.
+2. Every new file is written under a temporary name `<final>.tmp-<tag>` and fsynced. Shards get names no earlier
+   save used (`model-00001-of-00003-<tag>.safetensors`), so a new shard never overwrites one the old index lists.
+3. One journal, `.save-journal.json` (temp file + fsync + rename), commits the new set: it maps each final name to
+   its temp file and lists the old files to remove (the old single file or index and shards, leftovers of earlier
+   interrupted saves). Readers that find a journal read the new set through it: a file not yet renamed is read
+   under its temp name, and the weights format (single file or index) comes from the journal, not from which
+   files exist.
+4. The temp files are renamed into place, the old files removed, then the journal (each step fsynced). A save
+   interrupted here is completed by the next save into the directory (or `finish_pending_save`).
+A save that fails before its commit removes its temp files (best effort); leftovers are ignored by readers and
+removed by the next save. transformers, which does not read the journal, sees a consistent checkpoint whenever no
+save is in flight or stopped between its commit and its end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from .loading import (CONFIG_NAME, INDEX_NAME, JOURNAL_NAME, SINGLE_NAME, CheckpointError, _write_text,
+                      pending_save, read_index)
+
+_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
+# temp files of interrupted saves: "<final name>.tmp-<8 hex>" (saves) or ".tmp-<pid>" (atomic_write_text)
+_TMP_NAME = re.compile(r"(config\.json|model[-.0-9a-zA-Z]*\.safetensors(\.index\.json)?|\.save-journal\.json)"
+                       r"\.tmp-[0-9a-f]+")
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size) -> int:
+    """Bytes from an int or a string like "5GB" / "500MB" / "100KiB" (transformers' max_shard_size spellings)."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    if isinstance(size, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)\s*", size.upper())
+        if m and int(float(m.group(1)) * _UNITS[m.group(2)]) > 0:
+            return int(float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError(f"max_shard_size must be a positive int (bytes) or a string like '5GB' or '500MB', got {size!r}")
+
+
+def _fsync_path(path: str) -> None:
+    """fsync a file or (POSIX) a directory, so renames and removals in it survive a power loss."""
+    if os.name == "nt" and os.path.isdir(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _find_unserializable(d, path=()):
+    """The dotted key of the first value json cannot write (for an error that names the field)."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            found = _find_unserializable(v, path + (str(k),))
+            if found:
+                return found
+        return None
+    if isinstance(d, (list, tuple)):
+        for i, v in enumerate(d):
+            found = _find_unserializable(v, path + (str(i),))
+            if found:
+                return found
+        return None
+    try:
+        json.dumps(d)
+    except (TypeError, ValueError):
+        return path or ("?",)
+    return None
+
+
+def config_json(model) -> str:
+    """config.json text for `model`: the config as transformers writes it (torch dtypes as "float32"), with
+    `architectures` and the dtype of the saved weights; checked by reading it back into the config class."""
+    config = model.config
+    d = config.to_dict()
+    d["architectures"] = [type(model).__name__]
+    weight_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if weight_dtype is not None:
+        d["dtype"] = str(weight_dtype).removeprefix("torch.")  # as transformers 5 records it
+    bad = _find_unserializable(d)
+    if bad:
+        value = d
+        for k in bad:
+            value = value[int(k)] if isinstance(value, (list, tuple)) else value[k]
+        raise TypeError(f"config field {'.'.join(bad)}: a {type(value).__name__} ({value!r}) cannot be written to "
+                        f"config.json; use JSON values (str, int, float, bool, None, lists, dicts)")
+    text = json.dumps(d, indent=2, sort_keys=True) + "\n"
+    if hasattr(type(config), "from_dict"):
+        type(config).from_dict(json.loads(text))  # raises (naming the field) if it would not load back
+    return text
+
+
+def _state_for_saving(model) -> dict:
+    state = {}
+    for k, v in model.state_dict().items():
+        if v.is_meta:
+            raise ValueError(f"save_pretrained: {k} is a meta tensor (no data); load or initialize the weights first")
+        state[k] = v.detach().contiguous().cpu()
+    return state
+
+
+def _save_tensors(tensors: dict, path: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata={"format": "pt"})
+    _fsync_path(path)
+
+
+def _current_files(directory: str) -> set:
+    """Names of the checkpoint files now in `directory`, and leftovers of earlier interrupted saves."""
+    names = set(os.listdir(directory))
+    out = {n for n in names if _SHARD_NAME.fullmatch(n) or _TMP_NAME.fullmatch(n)}
+    out |= {n for n in (SINGLE_NAME, INDEX_NAME) if n in names}
+    if INDEX_NAME in names:
+        try:
+            out |= set(read_index(directory, journal={}).values())
+        except CheckpointError:
+            pass  # an unreadable index: its shards are not removed (they may not be ours)
+    return out & names
+
+
+def finish_pending_save(directory: str) -> None:
+    """Complete a save into `directory` that was interrupted after its commit (renames, then removals)."""
+    journal = pending_save(directory)
+    if journal is None:
+        return
+    for final, tmp in journal["files"].items():
+        if os.path.exists(os.path.join(directory, tmp)):
+            os.replace(os.path.join(directory, tmp), os.path.join(directory, final))
+    _fsync_path(directory)
+    for name in journal["remove"]:
+        if name not in journal["files"] and os.path.exists(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    _fsync_path(directory)
+    os.remove(os.path.join(directory, JOURNAL_NAME))
+    _fsync_path(directory)
+
+
+def save_pretrained(model, save_directory, *, max_shard_size=5 * 2**30) -> None:
+    """`config.json` + `model.safetensors`, or shards + `model.safetensors.index.json` above `max_shard_size`
+    (split by huggingface_hub's `split_torch_state_dict_into_shards`). Crash-safe, see the module docstring:
+    an interruption at any point leaves a directory that loads as the previous checkpoint or the new one."""
+    import uuid
+
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    # 1. everything that can fail on the model's side, before the directory is touched
+    limit = parse_size(max_shard_size)
+    config_text = config_json(model)
+    state = _state_for_saving(model)
+    split = split_torch_state_dict_into_shards(state, max_shard_size=limit)
+    tag = uuid.uuid4().hex[:8]
+    if split.is_sharded:  # shard names no earlier save used: a new shard never overwrites one the old index lists
+        rename = {n: n[: -len(".safetensors")] + f"-{tag}.safetensors" for n in split.filename_to_tensors}
+        shards = {rename[n]: {k: state[k] for k in keys} for n, keys in split.filename_to_tensors.items()}
+        index = {"metadata": dict(split.metadata), "weight_map": {k: rename[n] for k, n in split.tensor_to_filename.items()}}
+        texts, weights = {INDEX_NAME: json.dumps(index, indent=2, sort_keys=True) + "\n"}, INDEX_NAME
+    else:
+        shards, texts, weights = {SINGLE_NAME: state}, {}, SINGLE_NAME
+    texts[CONFIG_NAME] = config_text
+    files = {name: f"{name}.tmp-{tag}" for name in [*shards, *texts]}
+
+    # 2. the directory: finish an interrupted save (it is the current checkpoint), write the new set under temp names
+    directory = os.fspath(save_directory)
+    os.makedirs(directory, exist_ok=True)
+    finish_pending_save(directory)
+    stale = sorted(_current_files(directory) - set(files))
+    try:
+        for name, tensors in shards.items():
+            _save_tensors(tensors, os.path.join(directory, files[name]))
+        for name, text in texts.items():
+            _write_text(os.path.join(directory, files[name]), text)
+        _fsync_path(directory)
+        journal = {"files": files, "remove": stale, "weights": weights}
+        tmp = os.path.join(directory, f"{JOURNAL_NAME}.tmp-{tag}")
+        _write_text(tmp, json.dumps(journal, indent=2) + "\n")
+        os.replace(tmp, os.path.join(directory, JOURNAL_NAME))  # the commit point
+    except BaseException:
+        for name in [*files.values(), f"{JOURNAL_NAME}.tmp-{tag}"]:
+            try:
+                if os.path.exists(os.path.join(directory, name)):
+                    os.remove(os.path.join(directory, name))
+            except OSError:
+                pass  # best effort: leftovers are ignored by readers and removed by the next save
+        raise
+    # 3. swap in, remove the old files, drop the journal; an interruption here is completed by the next save
+    finish_pending_save(directory)
