@@ -1,0 +1,314 @@
+"""Our kernels inside the user's own transformers models: an attention backend, and a module patch.
+
+Two levels, both for models the user already loads with transformers (never a runtime dependency of this package:
+transformers is imported only when one of these functions is called):
+
+1. `register()` adds the attention backend "siglip2_triton" (and its mask function) to transformers' public
+   `AttentionInterface` / `AttentionMaskInterface`. Any model that dispatches attention through
+   `ALL_ATTENTION_FUNCTIONS` (SigLIP2, SigLIP and the VLMs built on them) then runs `padded_attention` in every layer:
+
+       register()
+       model = transformers.Siglip2Model.from_pretrained(ckpt, attn_implementation="siglip2_triton")
+       model.set_attn_implementation("siglip2_triton")                        # or on a live model
+       vlm.set_attn_implementation({"vision_config": "siglip2_triton", "text_config": "sdpa"})
+
+   It handles key-padding masks (what SigLIP towers build). Anything else (causal attention, a per-query mask,
+   grouped-query heads, attention dropout) goes to transformers' sdpa with a one-time warning: never a wrong result.
+   The mask function is transformers' own `sdpa_mask`, so a NaFlex tower always receives its padding mask (a
+   custom backend name without one gets no mask at all and would attend to padding).
+
+2. `patch_transformers(model)` goes further for every SigLIP2 / SigLIP vision or text tower found anywhere in
+   `model` (a dual encoder, a classifier, or a VLM's `vision_tower`): the tower's forward runs `siglip2.modeling`'s
+   packed path (fused patch embedding + position resize, varlen attention over `cu_seqlens`, the varlen pooling
+   head) on the tower's *own* parameters, and a dual encoder's `return_loss=True` uses the fused sigmoid loss.
+   It only sets an instance `forward`: the module tree, the state dict, parameter identity, hooks and
+   `save_pretrained` stay untouched, and gradients flow to the same parameters. `unpatch_transformers(model)`
+   removes exactly what was set. Calls that ask for attention weights (`output_attentions=True`) run the original
+   forward. Differences, as for `siglip2.fast`: padded rows of `last_hidden_state` are zeros.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kernels import padded_attention, sigmoid_loss
+
+BACKEND = "siglip2_triton"
+# transformers versions whose SigLIP / SigLIP2 module layout and attention dispatch this was written against
+# (5.0 flattened the vision towers and introduced the attention/mask interfaces used here); tested: see README
+SUPPORTED = ((5, 0), (6, 0))
+
+_state = {"impl": "auto"}
+_warned: set[str] = set()
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - the test extra installs it
+        raise ImportError("siglip2.integrations.transformers needs transformers: pip install transformers") from e
+    return transformers
+
+
+def _installed_version() -> str:
+    return _transformers().__version__
+
+
+def check_version(version: str | None = None) -> None:
+    """Raise a RuntimeError unless the installed transformers is in the supported range."""
+    version = version or _installed_version()
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    lo, hi = SUPPORTED
+    if not lo <= tuple(parts) < hi:
+        raise RuntimeError(f"siglip2 integrates with transformers >={'.'.join(map(str, lo))},<{'.'.join(map(str, hi))}; "
+                           f"found transformers {version}. Its module layout may differ, so nothing was patched "
+                           f"or registered (use siglip2.fast.Siglip2Model, which loads the same checkpoints).")
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"{BACKEND}: {reason}; this call runs transformers' sdpa attention instead", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The attention backend
+# ----------------------------------------------------------------------------------------------
+
+def _key_padding_mask(mask: torch.Tensor | None, batch: int, q_len: int, k_len: int):
+    """A transformers attention mask -> (bool (B, Lk) key mask or None, None), or (None, why it is not one)."""
+    if mask is None:
+        return None, None
+    if mask.ndim == 2:
+        if tuple(mask.shape) != (batch, k_len):
+            return None, f"a 2-D attention mask of shape {tuple(mask.shape)} (expected (B, Lk) = {(batch, k_len)})"
+        return (mask if mask.dtype == torch.bool else mask != 0), None
+    if mask.ndim != 4 or mask.shape[-1] != k_len or mask.shape[0] not in (1, batch) or mask.shape[2] not in (1, q_len):
+        return None, f"an attention mask of shape {tuple(mask.shape)}"
+    if mask.dtype == torch.bool:
+        keep = mask
+    else:  # additive: only 0 (attend) and "minus infinity" (masked) are a padding mask; anything else is a bias
+        masked = mask <= torch.finfo(mask.dtype).min / 2
+        if not bool(((mask == 0) | masked).all()):
+            return None, "an additive attention mask with bias values"
+        keep = ~masked
+    # transformers' sdpa_mask expands one key row over queries (stride 0), so the common case needs no value check
+    row = keep[:, :1, :1, :]
+    same = all(keep.shape[i] == 1 or keep.stride(i) == 0 for i in (1, 2)) or torch.equal(keep, row.expand_as(keep))
+    if not same:
+        return None, "a per-query attention mask (causal or custom)"
+    return row[:, 0, 0, :].expand(batch, k_len), None
+
+
+def _check_mask_function(module: nn.Module) -> None:
+    """A backend name with no mask function gets attention_mask=None from transformers even when inputs are padded,
+    and padding would be attended silently: refuse instead."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    name = getattr(getattr(module, "config", None), "_attn_implementation", None)
+    if name is not None and name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        raise RuntimeError(f"attention backend {name!r} runs siglip2_triton_attention but has no mask function "
+                           f"registered, so transformers would pass no padding mask and padded tokens would be "
+                           f"attended; register it with siglip2.fast.register() (or AttentionMaskInterface.register)")
+
+
+def siglip2_triton_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None,
+                             dropout: float = 0.0, is_causal: bool | None = None, **kwargs):
+    """transformers' attention-function contract: q, k, v (B, H, L, d) -> ((B, Lq, H, d), None)."""
+    _check_mask_function(module)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    reason = None
+    if dropout > 0:
+        reason = "attention dropout is not supported by the kernel"
+    elif causal and query.shape[2] > 1:
+        reason = "causal attention"
+    elif query.shape[1] != key.shape[1]:
+        reason = "grouped-query attention (fewer key/value heads than query heads)"
+    else:
+        key_mask, reason = _key_padding_mask(attention_mask, query.shape[0], query.shape[2], key.shape[2])
+    if reason is not None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        _warn_once(reason)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    out = padded_attention(query, key, value, key_mask, scaling, impl=_state["impl"])
+    return out.transpose(1, 2), None
+
+
+def register(impl: str = "auto") -> str:
+    """Register the "siglip2_triton" attention backend with transformers; returns its name.
+
+    impl: the kernels' impl ("auto" | "triton" | "reference"), as for every siglip2.kernels op.
+    """
+    if impl not in ("auto", "triton", "reference"):
+        raise ValueError(f"impl must be one of 'auto', 'triton', 'reference', got {impl!r}")
+    check_version()
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    _state["impl"] = impl
+    AttentionInterface.register(BACKEND, siglip2_triton_attention)
+    AttentionMaskInterface.register(BACKEND, sdpa_mask)  # 4-D bool masks, None when nothing is padded
+    return BACKEND
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The module patch: transformers towers run siglip2.modeling's packed path on their own parameters
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Patch:
+    """What patch_transformers set on one module, so unpatch can remove exactly that."""
+
+    module: nn.Module
+    path: str
+    had_forward: bool
+    old_forward: object
+    shadow: nn.Module | None
+
+
+_PATCHES = "_siglip2_patches"
+
+
+def _tower_kinds():
+    """transformers class -> (our class, kind), for the classes whose layout modeling.py mirrors."""
+    from transformers.models.siglip import modeling_siglip as s1
+    from transformers.models.siglip2 import modeling_siglip2 as s2
+
+    from .. import modeling as m
+
+    return {s2.Siglip2VisionModel: (m.Siglip2VisionModel, "vision"), s2.Siglip2TextModel: (m.Siglip2TextModel, "text"),
+            s1.SiglipVisionModel: (m.SiglipVisionModel, "vision"), s1.SiglipTextModel: (m.SiglipTextModel, "text"),
+            s2.Siglip2Model: (None, "dual"), s1.SiglipModel: (None, "dual")}
+
+
+def _shadow(hf: nn.Module, ours_cls, kernel_impl: str) -> nn.Module:
+    """Our model class built on the meta device, then pointed at the transformers module's own Parameters."""
+    with torch.device("meta"):
+        ours = ours_cls(hf.config, impl="triton", kernel_impl=kernel_impl)
+    theirs = dict(hf.named_parameters())
+    mine = dict(ours.named_parameters())
+    if set(theirs) != set(mine):
+        raise RuntimeError(f"cannot patch {type(hf).__name__}: its parameters differ from siglip2's "
+                           f"(only in transformers: {sorted(set(theirs) - set(mine))[:5]}, only in siglip2: "
+                           f"{sorted(set(mine) - set(theirs))[:5]}); nothing was patched")
+    for name, p in theirs.items():
+        owner, _, leaf = name.rpartition(".")
+        ours.get_submodule(owner)._parameters[leaf] = p
+    object.__setattr__(ours, "_bindings", [(hf.get_submodule(n.rpartition(".")[0]), ours.get_submodule(
+        n.rpartition(".")[0]), n.rpartition(".")[2]) for n in theirs])
+    return ours
+
+
+def _rebind(ours: nn.Module) -> None:
+    """Follow Parameters that were replaced on the transformers side since patching (e.g. load_state_dict(assign))."""
+    for theirs_mod, ours_mod, leaf in ours._bindings:
+        p = theirs_mod._parameters[leaf]
+        if ours_mod._parameters[leaf] is not p:
+            ours_mod._parameters[leaf] = p
+
+
+def _to_hf_output(out, return_dict):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    hf = BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,
+                                    hidden_states=out.hidden_states, attentions=out.attentions)
+    return hf if return_dict is not False else hf.to_tuple()
+
+
+def _tower_forward(hf: nn.Module, ours: nn.Module, original, kind: str):
+    sig = inspect.signature(original)
+
+    def forward(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        a = dict(bound.arguments)
+        a.update(a.pop("kwargs", {}))
+        if a.get("output_attentions") or (a.get("output_attentions") is None and hf.config.output_attentions):
+            return original(*args, **kwargs)  # the kernels never materialize attention weights
+        if a.pop("interpolate_pos_encoding", False):
+            return original(*args, **kwargs)
+        return_dict = a.pop("return_dict", None)
+        _rebind(ours)
+        ours.train(hf.training)
+        out = ours(**a, return_dict=True)
+        return _to_hf_output(out, return_dict)
+
+    return forward
+
+
+def _dual_forward(hf: nn.Module, original, kernel_impl: str):
+    sig = inspect.signature(original)
+
+    def forward(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        a = dict(bound.arguments)
+        a.update(a.pop("kwargs", {}))
+        return_loss, return_dict = a.pop("return_loss", None), a.pop("return_dict", None)
+        out = original(**a, return_loss=False, return_dict=True)
+        if return_loss:
+            n_img, n_txt = out.image_embeds.shape[0], out.text_embeds.shape[0]
+            if n_img != n_txt:
+                raise ValueError(f"return_loss needs as many texts as images (a square batch), got {n_txt} texts "
+                                 f"and {n_img} images")
+            loss = sigmoid_loss(out.image_embeds, out.text_embeds, hf.logit_scale, hf.logit_bias, impl=kernel_impl)
+            out = type(out)(loss=loss, **{k: v for k, v in out.items() if k != "loss"})
+        return out if return_dict is not False else out.to_tuple()
+
+    return forward
+
+
+def patch_transformers(model: nn.Module, kernel_impl: str = "auto") -> list[str]:
+    """Run every SigLIP2 / SigLIP tower inside `model` through siglip2's packed kernels path, in place.
+
+    Returns the module paths it patched ("" is `model` itself). Patching twice is a no-op for patched modules.
+    """
+    if kernel_impl not in ("auto", "triton", "reference"):
+        raise ValueError(f"kernel_impl must be one of 'auto', 'triton', 'reference', got {kernel_impl!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a transformers model), got {type(model).__name__}")
+    check_version()
+    kinds = _tower_kinds()
+    found = [(path, mod, *kinds[type(mod)]) for path, mod in model.named_modules() if type(mod) in kinds]
+    # build every shadow first, so a layout mismatch leaves the model untouched
+    todo = []
+    for path, mod, ours_cls, kind in found:
+        if getattr(mod, _PATCHES, None) is not None:
+            continue
+        todo.append((path, mod, kind, _shadow(mod, ours_cls, kernel_impl) if ours_cls is not None else None))
+    patched = []
+    for path, mod, kind, shadow in todo:
+        had = "forward" in mod.__dict__
+        record = _Patch(mod, path, had, mod.__dict__.get("forward"), shadow)
+        original = mod.forward
+        if kind == "dual":
+            mod.forward = _dual_forward(mod, original, kernel_impl)
+        else:
+            mod.forward = _tower_forward(mod, shadow, original, kind)
+        object.__setattr__(mod, _PATCHES, record)
+        patched.append(path)
+    return patched
+
+
+def unpatch_transformers(model: nn.Module) -> list[str]:
+    """Undo patch_transformers on every module inside `model`; returns the module paths it restored."""
+    restored = []
+    for path, mod in model.named_modules():
+        record = mod.__dict__.get(_PATCHES)
+        if record is None:
+            continue
+        if record.had_forward:
+            mod.forward = record.old_forward
+        else:
+            del mod.forward
+        object.__delattr__(mod, _PATCHES)
+        restored.append(path)
+    return restored

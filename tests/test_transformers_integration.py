@@ -1,0 +1,275 @@
+"""Our kernels inside transformers' own models: the "siglip2_triton" attention backend (register) and the module
+patch (patch_transformers), against the same model on transformers' sdpa path, forward and every gradient.
+
+Models are tiny and random with every parameter perturbed (biases, norms, probe, position table, logit
+scale/bias), so a dropped bias or a swapped projection shows. On CPU the kernels run through Triton's
+interpreter, and each test proves that Triton kernels launched.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from launches import count_triton_launches  # noqa: E402
+from tiny import naflex_inputs, text_inputs, tiny_config_dict  # noqa: E402
+
+from siglip2.integrations import transformers as integ  # noqa: E402
+from siglip2.fast import patch_transformers, register, unpatch_transformers  # noqa: E402
+
+ATOL = 1e-5
+
+
+def _perturb(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _siglip2(seed=0):
+    torch.manual_seed(seed)
+    return _perturb(transformers.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict(hidden=32, heads=2))).eval())
+
+
+def _siglip_fixres(seed=0):
+    torch.manual_seed(seed)
+    d = tiny_config_dict(hidden=32, heads=2)
+    d["vision_config"] = dict(hidden_size=32, intermediate_size=70, num_hidden_layers=2, num_attention_heads=2,
+                              patch_size=2, image_size=8)
+    return _perturb(transformers.SiglipModel(transformers.SiglipConfig(**d)).eval())
+
+
+def _lfm2_vl(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.Lfm2VlConfig(
+        vision_config=dict(model_type="siglip2_vision_model", hidden_size=32, intermediate_size=70,
+                           num_hidden_layers=2, num_attention_heads=2, patch_size=2, num_patches=16,
+                           vision_use_head=False),
+        text_config=dict(model_type="lfm2", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
+                         max_position_embeddings=64),
+        image_token_id=5, projector_hidden_size=48, downsample_factor=2)
+    return _perturb(transformers.Lfm2VlForConditionalGeneration(cfg).eval())
+
+
+SHAPES = [(3, 4), (4, 4), (1, 5), (2, 2)]  # padded NaFlex rows, a 1xN strip, one full image (L = 16)
+
+
+def _dual_case(model):
+    pv, mask, shapes = naflex_inputs(SHAPES, 16)
+    ids, am = text_inputs(4, 8, pad_from=[5, 8, 3, 1])
+    kw = dict(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=shapes,
+              return_loss=True)
+
+    def outputs(out):
+        valid = mask.bool()
+        return {"loss": out.loss, "logits_per_image": out.logits_per_image, "image_embeds": out.image_embeds,
+                "text_embeds": out.text_embeds, "vision_last_valid": out.vision_model_output.last_hidden_state[valid],
+                "text_last": out.text_model_output.last_hidden_state}
+
+    return kw, outputs
+
+
+def _vision_case(model):
+    pv, mask, shapes = naflex_inputs(SHAPES, 16)
+    kw = dict(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=shapes)
+
+    def outputs(out):
+        return {"pooler_output": out.pooler_output, "last_valid": out.last_hidden_state[mask.bool()]}
+
+    return kw, outputs
+
+
+def _fixres_case(model):
+    g = torch.Generator().manual_seed(3)
+    ids, am = text_inputs(3, 8, pad_from=[4, 8, 2])
+    kw = dict(input_ids=ids, attention_mask=am, pixel_values=torch.randn(3, 3, 8, 8, generator=g), return_loss=True)
+
+    def outputs(out):
+        return {"loss": out.loss, "logits_per_image": out.logits_per_image,
+                "vision_last": out.vision_model_output.last_hidden_state, "pooled": out.image_embeds}
+
+    return kw, outputs
+
+
+def _vlm_case(model):
+    pv, mask, shapes = naflex_inputs([(4, 4), (2, 6), (4, 2)], 16)
+    kw = dict(pixel_values=pv, spatial_shapes=shapes, pixel_attention_mask=mask)
+
+    def outputs(out):
+        return {"image_features": torch.cat(out.pooler_output)}
+
+    return kw, outputs
+
+
+CASES = {
+    "Siglip2Model": (_siglip2, _dual_case, None),
+    "Siglip2VisionModel": (lambda: _siglip2().vision_model, _vision_case, None),
+    "SiglipModel": (_siglip_fixres, _fixres_case, None),
+    "Lfm2Vl": (_lfm2_vl, _vlm_case, "model.get_image_features"),
+}
+
+
+def _run(model, kw, outputs, method=None):
+    """Forward + backward of a fixed random projection of every output; returns (outputs, grads by name)."""
+    model.zero_grad(set_to_none=True)
+    fn = model.get_submodule(method.rpartition(".")[0]).get_image_features if method else model
+    outs = outputs(fn(**kw))
+    g = torch.Generator().manual_seed(7)
+    objective = sum((o.float() * torch.randn(o.shape, generator=g)).sum() for o in outs.values())
+    objective.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in outs.items()}, grads
+
+
+def _compare(got, want):
+    (go, gg), (wo, wg) = got, want
+    for k in wo:
+        err = (go[k] - wo[k]).abs().max().item()
+        assert err <= ATOL, f"output {k}: max error {err:.3g} > {ATOL}"
+    assert gg.keys() == wg.keys(), f"gradients for different parameters: {sorted(set(gg) ^ set(wg))}"
+    for n in wg:
+        tol = 1e-4 * wg[n].abs().max().item() + 1e-5  # the floor covers gradients that are 0 in exact math
+        err = (gg[n] - wg[n]).abs().max().item()
+        assert err <= tol, f"grad {n}: max error {err:.3g} > {tol:.3g}"
+
+
+@pytest.fixture(autouse=True)
+def _backend_registered():
+    register(impl="triton")
+    yield
+    integ._state["impl"] = "auto"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("mode", ["backend", "patch"])
+def test_parity_with_sdpa(name, mode):
+    build, case, method = CASES[name]
+    model = build()
+    kw, outputs = case(model)
+    model.set_attn_implementation("sdpa")
+    want = _run(model, kw, outputs, method)
+    with count_triton_launches() as launches:
+        if mode == "backend":
+            if name == "Lfm2Vl":  # per-sub-config form: the LM stays on sdpa (it is causal)
+                model.set_attn_implementation({"vision_config": integ.BACKEND, "text_config": "sdpa"})
+            else:
+                model.set_attn_implementation(integ.BACKEND)
+        else:
+            paths = patch_transformers(model, kernel_impl="triton")
+            assert paths, "nothing was patched"
+        got = _run(model, kw, outputs, method)
+    _compare(got, want)
+    assert launches["_attn_fwd_kernel"] > 0 and launches["_attn_bwd_dq_kernel"] > 0, dict(launches)
+    if mode == "patch" and name != "SiglipModel":
+        assert sum(n for k, n in launches.items() if "patch" in k) > 0, dict(launches)
+    if mode == "patch" and name in ("Siglip2Model", "SiglipModel"):
+        assert sum(n for k, n in launches.items() if "loss" in k) > 0, dict(launches)
+
+
+def test_patch_reports_paths_and_keeps_the_module_tree():
+    model = _lfm2_vl()
+    before_modules = dict(model.named_modules())
+    before_params = {n: p for n, p in model.named_parameters()}
+    before_keys = list(model.state_dict())
+    paths = patch_transformers(model)
+    assert paths == ["model.vision_tower"]
+    assert patch_transformers(model) == []  # idempotent
+    assert dict(model.named_modules()) == before_modules
+    assert all(p is before_params[n] for n, p in model.named_parameters())
+    assert list(model.state_dict()) == before_keys
+    assert unpatch_transformers(model) == ["model.vision_tower"]
+    assert "forward" not in model.model.vision_tower.__dict__
+
+
+def test_unpatch_restores_bit_identical_outputs(tmp_path):
+    model = _siglip2()
+    kw, outputs = _dual_case(model)
+    with torch.no_grad():
+        before = outputs(model(**kw))
+        originals = {n: m for n, m in model.named_modules()}
+        assert sorted(patch_transformers(model)) == ["", "text_model", "vision_model"]
+        model.save_pretrained(tmp_path)  # saving a patched model writes transformers' own checkpoint
+        reloaded = transformers.Siglip2Model.from_pretrained(tmp_path).eval()
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+        unpatch_transformers(model)
+        after = outputs(model(**kw))
+    assert all(m is originals[n] for n, m in model.named_modules())
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_padding_is_never_attended():
+    """With the backend, changing what sits in the padding rows changes no valid output."""
+    model = _siglip2()
+    model.set_attn_implementation(integ.BACKEND)
+    kw, outputs = _dual_case(model)
+    noisy = dict(kw)
+    noisy["pixel_values"] = kw["pixel_values"] + 5.0 * (1 - kw["pixel_attention_mask"][..., None].float())
+    noisy["input_ids"] = torch.where(kw["attention_mask"].bool(), kw["input_ids"], 7)
+    with torch.no_grad():
+        a, b = outputs(model(**kw)), outputs(model(**noisy))
+    for k in ("vision_last_valid", "image_embeds"):
+        assert (a[k] - b[k]).abs().max() <= ATOL, k
+
+
+def test_backend_without_mask_function_refuses(monkeypatch):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "siglip2_triton_nomask", integ.siglip2_triton_attention)
+    monkeypatch.delitem(AttentionMaskInterface._global_mapping, "siglip2_triton_nomask", raising=False)
+    model = _siglip2().vision_model
+    model.set_attn_implementation("siglip2_triton_nomask")
+    kw, _ = _vision_case(model)
+    with pytest.raises(RuntimeError, match="no mask function"):
+        model(**kw)
+
+
+def test_non_padding_masks_fall_back_to_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = False
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None].expand(2, 1, 5, 5)
+    bias = torch.randn(2, 1, 5, 5, generator=g)
+    for mask, kwargs in ((causal, {}), (bias, {}), (None, {"is_causal": True})):
+        integ._warned.clear()
+        with pytest.warns(UserWarning, match="sdpa"):
+            got = integ.siglip2_triton_attention(module, q, k, v, mask, scaling=0.3, **kwargs)[0]
+        want = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3, **kwargs)[0]
+        assert torch.equal(got, want)
+    # a key-padding mask, materialized per query, takes the kernel (no warning) and matches sdpa
+    keys = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    full = keys[:, None, None, :].expand(2, 1, 5, 5).clone()
+    got = integ.siglip2_triton_attention(module, q, k, v, full, scaling=0.3)[0]
+    want = sdpa_attention_forward(module, q, k, v, full, scaling=0.3)[0]
+    assert (got - want).abs().max() <= ATOL
+
+
+def test_unsupported_transformers_version_is_refused(monkeypatch):
+    with pytest.raises(RuntimeError, match="transformers >=5.0,<6.0; found transformers 4.57.1"):
+        integ.check_version("4.57.1")
+    model = _siglip2()
+    pristine = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(integ, "_installed_version", lambda: "6.1.0")
+    with pytest.raises(RuntimeError, match="found transformers 6.1.0"):
+        patch_transformers(model)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(pristine.values(), model.state_dict().values()))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        register(impl="cuda")
+    with pytest.raises(ValueError, match="kernel_impl must be one of"):
+        patch_transformers(_siglip2(), kernel_impl="fast")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        patch_transformers("google/siglip2-base-patch16-naflex")
