@@ -1,4 +1,6 @@
-"""Whole vision tower: images/s of siglip2.fast vs the reference impl and transformers (sdpa), NaFlex inputs.
+"""Whole vision tower: images/s of siglip2.fast vs the reference impl and transformers (sdpa), NaFlex inputs;
+plus transformers' own model with our kernels: the "siglip2_triton" attention backend (`register()`, padded, every
+layer through padded_attention) and `patch_transformers` (the packed path on the model's own parameters).
 
 FLOP model (forward): per layer and valid token, 2*(4*D^2 + 2*D*I) for the projections and MLP, plus 4*s*D for
 attention over the s valid tokens of its image; plus the patch embedding 2*K*D per token. Padding tokens are not
@@ -8,6 +10,7 @@ a tiny config on CPU. Images get a realistic mix of aspect ratios (grids from th
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -70,6 +73,14 @@ def run(args):
         torch.manual_seed(0)
         hf = transformers.Siglip2VisionModel(hf_cfg).to(args.device, args.dtype).eval()
         models = {"transformers-sdpa": hf}
+        # the same transformers model with our kernels: the attention backend, and the packed module patch
+        fast.register()
+        backend = copy.deepcopy(hf)
+        backend.set_attn_implementation("siglip2_triton")
+        models["transformers+siglip2_triton"] = backend
+        patched = copy.deepcopy(hf)
+        fast.patch_transformers(patched)
+        models["transformers+patch_transformers"] = patched
         for label, mod in (("fast", fast), ("reference", ref)):
             m = mod.Siglip2VisionModel(hf_cfg)
             m.load_state_dict(hf.state_dict())
@@ -79,9 +90,10 @@ def run(args):
         times = {}
         for label, m in models.items():
             note = None
-            if args.device == "cpu" and label == "fast":
-                note = "packed path; kernels via " + ("the interpreter" if os.environ.get("TRITON_INTERPRET")
-                                                      else "their PyTorch references on CPU")
+            if args.device == "cpu" and label != "transformers-sdpa" and label != "reference":
+                path = "padded, attention backend" if label == "transformers+siglip2_triton" else "packed path"
+                note = f"{path}; kernels via " + ("the interpreter" if os.environ.get("TRITON_INTERPRET")
+                                                  else "their PyTorch references on CPU")
 
             def fn(m=m):
                 with torch.no_grad():
