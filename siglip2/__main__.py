@@ -3,8 +3,9 @@
   siglip2 classify IMAGE... --labels cat,dog [--model ID_OR_DIR] [--max-num-patches N] [--json]
   siglip2 embed IMAGE_OR_TEXT... --out embeddings.safetensors [--model ID_OR_DIR]
 
-An argument to `embed` that names an existing file is an image; anything else is a text. Errors print one line
-on stderr and exit with status 1 (bad input) or 2 (no usable checkpoint).
+An argument to `embed` that names an existing file is an image, an existing directory stands for the image files
+in it (sorted, not recursive; a directory without any is refused); anything else is a text. Errors print one line
+on stderr and exit with status 1 (bad input) or 2 (no usable checkpoint). `--max-num-patches` is at most 4096.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import os
 import sys
 
 from .loading import CheckpointError
-from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE
+from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
 
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "embed-dataset": ("siglip2.embed_dataset", "embed an image collection (folder, list, table, webdataset) into shards"),
+    "profile": ("siglip2.profile", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
+    "train": ("siglip2.train", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
+}
 
 HINT = (
     "point --model at a local checkpoint directory (config.json, model.safetensors, tokenizer.json, "
@@ -39,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-num-patches",
         type=int,
         default=None,
-        help="NaFlex patch budget per image (default: the checkpoint's preprocessor_config)",
+        help=f"NaFlex patch budget per image, 1..{MAX_NUM_PATCHES} (default: the checkpoint's preprocessor_config)",
     )
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     common.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
@@ -60,24 +65,57 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _device(name):
+    """--device checked before any loading: unknown names and devices this torch cannot use are one-line errors."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"--device: unknown device {name!r} (expected cpu, cuda, cuda:N or mps)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name}: {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {name}: MPS is not available in this torch build or machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device: unsupported device type {dev.type!r} (expected cpu, cuda, cuda:N or mps)")
+    return str(dev)
+
+
+def _check_common(args):
+    from .pipeline import check_max_num_patches
+
+    check_max_num_patches(args.max_num_patches, "--max-num-patches")
+    return _device(args.device)
+
+
 def _load(args):
     import torch
 
     from .pipeline import load_model
     from .tokenization import Siglip2Processor
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _check_common(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, directory = load_model(args.model, device=device, dtype=dtype)
     return model, Siglip2Processor.from_pretrained(directory)
 
 
 def _classify(args) -> int:
-    from .pipeline import zero_shot_classify
+    from .pipeline import check_template, zero_shot_classify
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if not labels:
         raise ValueError("--labels: give at least one label, e.g. --labels cat,dog")
+    check_template(args.template, "--template")
+    _check_common(args)  # before the (slow) model load
     model, processor = _load(args)
     results = zero_shot_classify(
         list(args.images),
@@ -107,9 +145,17 @@ def _embed(args) -> int:
     from .pipeline import embed
 
     images, texts = [], []
+    _check_common(args)
     for x in args.inputs:
         if os.path.isfile(x):
             images.append(x)
+        elif os.path.isdir(x):
+            found = sorted(os.path.join(x, f) for f in os.listdir(x)
+                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(x, f)))
+            if not found:
+                raise ValueError(f"{x!r} is a directory with no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                                 f"pass image files, a directory of images, or texts")
+            images.extend(found)
         elif os.path.splitext(x)[1].lower() in IMAGE_EXTENSIONS or os.sep in x:
             # looks like a path, not a sentence: a typo must not be embedded as text
             raise FileNotFoundError(f"{x!r} looks like an image path but no such file exists "

@@ -15,6 +15,40 @@ from .loading import CheckpointError, resolve_dir
 
 DEFAULT_MODEL = "google/siglip2-base-patch16-naflex"
 DEFAULT_TEMPLATE = "This is a photo of {}."
+# Upper bound on the NaFlex patch budget per image: SigLIP2 NaFlex checkpoints are trained and evaluated with up to
+# 1024 patches; 4096 (a 1024 x 1024 image at patch 16) leaves room while keeping the reference attention's
+# memory (quadratic in the patch count) bounded. 100000 patches would need hundreds of GB.
+MAX_NUM_PATCHES = 4096
+_WHY_MAX = f" (SigLIP2 NaFlex uses up to 1024; memory grows with its square, so at most {MAX_NUM_PATCHES})"
+
+
+def check_max_num_patches(value, name: str = "max_num_patches"):
+    """None (the checkpoint's own budget) or an int in [1, MAX_NUM_PATCHES]."""
+    from .image_utils import positive_int
+
+    return None if value is None else positive_int(name, value, MAX_NUM_PATCHES, _WHY_MAX)
+
+
+def check_template(template, name: str = "template") -> str:
+    """A str.format template with exactly one positional field, `{}`, where the label goes."""
+    import string
+
+    if not isinstance(template, str):
+        raise TypeError(f"{name}: expected a string with one '{{}}' where the label goes, got {type(template).__name__}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:  # a lone '{' or '}'
+        raise ValueError(f"{name}: not a valid format string ({e}); write literal braces as '{{{{' and '}}}}', "
+                         f"got {template!r}") from e
+    if len(fields) != 1 or fields[0] not in ("", "0"):
+        what = "no field" if not fields else ", ".join("{" + f + "}" for f in fields)
+        raise ValueError(f"{name}: must contain exactly one '{{}}' where the label goes (and no named or other "
+                         f"fields), got {template!r} with {what}")
+    try:
+        template.format("label")
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError) as e:
+        raise ValueError(f"{name}: {template!r} cannot be filled with a label ({type(e).__name__}: {e})") from e
+    return template
 
 
 def load_model(name_or_path, *, device=None, dtype=None, **hub_kwargs):
@@ -130,10 +164,11 @@ def zero_shot_classify(
     labels = list(candidate_labels)
     if not labels or not all(isinstance(label, str) for label in labels):
         raise ValueError(f"candidate_labels: expected a non-empty list of strings, got {candidate_labels!r}")
-    if "{}" not in template:
-        raise ValueError(f"template: must contain '{{}}' where the label goes, got {template!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    from .image_utils import positive_int
+
+    check_template(template)
+    batch_size = positive_int("batch_size", batch_size)
+    max_num_patches = check_max_num_patches(max_num_patches)
     model, processor = _prepare(model, processor)
     imgs, single = load_images(images)
     text_inputs = _text_inputs(
@@ -168,8 +203,12 @@ def embed(
     normalize: bool = True,
 ) -> dict:
     """L2-normalized (or raw pooled) embeddings {"image_embeds": (I, D), "text_embeds": (T, D)}, float32."""
+    from .image_utils import positive_int
+
     if isinstance(texts, str):
         texts = [texts]
+    batch_size = positive_int("batch_size", batch_size)
+    max_num_patches = check_max_num_patches(max_num_patches)
     model, processor = _prepare(model, processor)
     out = {}
     if images is not None and not isinstance(images, (list, tuple)):

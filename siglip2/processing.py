@@ -17,7 +17,8 @@ import os
 import numpy as np
 import torch
 
-from .image_utils import get_image_size_for_max_num_patches, resize_uint8, tensor_to_rgb, to_rgb_uint8
+from .image_utils import (get_image_size_for_max_num_patches, positive_int, resize_uint8, tensor_to_rgb,
+                          to_rgb_uint8)
 from .loading import CheckpointError, atomic_write_text, resolve_dir
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -80,6 +81,10 @@ class _ImageProcessor:
             if len(v) != 3:
                 raise ValueError(f"{key}: expected 3 values (RGB), got {len(v)}")
             setattr(self, key, v)
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Size fields as positive ints: a 0 or 2.5 from a config file is an error, not a default or a truncation."""
 
     def __repr__(self):
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._defaults)
@@ -150,11 +155,14 @@ def read_preprocessor_config(directory: str) -> dict:
     path = os.path.join(directory, PREPROCESSOR_CONFIG)
     try:
         with open(path) as f:
-            return json.load(f)
+            d = json.load(f)
     except FileNotFoundError as e:
         raise CheckpointError(f"no {PREPROCESSOR_CONFIG} in {directory!r}") from e
-    except json.JSONDecodeError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of processor settings, got a {type(d).__name__}")
+    return d
 
 
 class Siglip2ImageProcessor(_ImageProcessor):
@@ -183,10 +191,18 @@ class Siglip2ImageProcessor(_ImageProcessor):
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
+    def _check_sizes(self) -> None:
+        self.patch_size = positive_int("patch_size", self.patch_size)
+        self.max_num_patches = positive_int("max_num_patches", self.max_num_patches)
+
+    def _sizes(self, patch_size, max_num_patches) -> tuple[int, int]:
+        """None means the processor's own value; anything else must be a positive int (0 is not "default")."""
+        P = self.patch_size if patch_size is None else positive_int("patch_size", patch_size)
+        M = self.max_num_patches if max_num_patches is None else positive_int("max_num_patches", max_num_patches)
+        return P, M
+
     def target_size(self, height: int, width: int, patch_size=None, max_num_patches=None) -> tuple[int, int]:
-        return get_image_size_for_max_num_patches(
-            height, width, patch_size or self.patch_size, max_num_patches or self.max_num_patches
-        )
+        return get_image_size_for_max_num_patches(height, width, *self._sizes(patch_size, max_num_patches))
 
     def preprocess(
         self,
@@ -199,10 +215,7 @@ class Siglip2ImageProcessor(_ImageProcessor):
         device=None,
     ) -> BatchFeature:
         """images: a path, PIL image, numpy (H, W[, C]) array, torch ([C, ]H, W) tensor, or a list of them."""
-        P = int(patch_size or self.patch_size)
-        M = int(max_num_patches or self.max_num_patches)
-        if P <= 0 or M <= 0:
-            raise ValueError(f"patch_size and max_num_patches must be positive, got {P} and {M}")
+        P, M = self._sizes(patch_size, max_num_patches)
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors: expected 'pt' or 'np', got {return_tensors!r}")
         backend = backend or self.backend
@@ -287,6 +300,15 @@ class SiglipImageProcessor(_ImageProcessor):
     _transformers_type = "SiglipImageProcessor"
     model_input_names = ["pixel_values"]
 
+    def _check_sizes(self) -> None:
+        self._size(self.size)
+
+    @staticmethod
+    def _size(size) -> tuple[int, int]:
+        if not isinstance(size, dict) or "height" not in size or "width" not in size:
+            raise ValueError(f"size: expected {{'height': H, 'width': W}}, got {size!r}")
+        return positive_int("size['height']", size["height"]), positive_int("size['width']", size["width"])
+
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
@@ -299,12 +321,9 @@ class SiglipImageProcessor(_ImageProcessor):
         backend: str | None = None,
         device=None,
     ) -> BatchFeature:
-        size = size or self.size
-        if not isinstance(size, dict) or "height" not in size or "width" not in size:
-            raise ValueError(f"size: expected {{'height': H, 'width': W}}, got {size!r}")
+        H, W = self._size(self.size if size is None else size)
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors: expected 'pt' or 'np', got {return_tensors!r}")
-        H, W = int(size["height"]), int(size["width"])
         backend = backend or self.backend
         imgs = self._load_all(images, backend, device or self.device)
         if backend == "pil":

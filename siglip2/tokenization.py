@@ -17,7 +17,8 @@ import os
 import numpy as np
 import torch
 
-from .loading import CheckpointError, atomic_write_text, resolve_dir
+from .image_utils import positive_int
+from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 from .processing import BatchFeature, Siglip2ImageProcessor, image_processor_from_pretrained
 
 SPECIAL_KEYS = ("pad_token", "eos_token", "bos_token", "unk_token", "mask_token")
@@ -30,16 +31,20 @@ DEFAULT_SPECIALS = {
 }
 
 
-def _read_json(path: str, required: bool = False) -> dict:
+def _read_json(path: str, required: bool = False, read_from: str | None = None) -> dict:
+    """A JSON object from `path` (read from `read_from` when given); {} when absent and not required."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(read_from or path, encoding="utf-8") as f:
+            d = json.load(f)
     except FileNotFoundError as e:
         if required:
             raise CheckpointError(f"no {os.path.basename(path)} in {os.path.dirname(path)!r}") from e
         return {}
-    except json.JSONDecodeError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got a {type(d).__name__}")
+    return d
 
 
 def _token_str(v):
@@ -48,7 +53,8 @@ def _token_str(v):
 
 def checkpoint_model_type(directory: str) -> str | None:
     """model_type from config.json in `directory`, or None when there is no config.json."""
-    return _read_json(os.path.join(directory, "config.json")).get("model_type")
+    path = os.path.join(directory, "config.json")
+    return _read_json(path, read_from=checkpoint_file(directory, "config.json")).get("model_type")
 
 
 class Siglip2Tokenizer:
@@ -80,14 +86,25 @@ class Siglip2Tokenizer:
         cls, name_or_path, *, model_type: str | None = None, lowercase: bool | None = None, **hub_kwargs
     ) -> "Siglip2Tokenizer":
         """Read tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, config.json) from a
-        directory or hub id. `lowercase` defaults to True for model_type "siglip2" (read from config.json)."""
-        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-        from tokenizers.models import BPE
-
+        directory or hub id. `lowercase` defaults to True for model_type "siglip2" (read from config.json).
+        A malformed file raises a CheckpointError that names it."""
         d = resolve_dir(name_or_path, **hub_kwargs)
         data = _read_json(os.path.join(d, "tokenizer.json"), required=True)
         cfg = _read_json(os.path.join(d, "tokenizer_config.json"))
         smap = _read_json(os.path.join(d, "special_tokens_map.json"))
+        try:
+            return cls._build(d, data, cfg, smap, model_type, lowercase)
+        except CheckpointError:
+            raise
+        except Exception as e:  # KeyError/TypeError/AttributeError on a malformed entry, tokenizers' own errors
+            raise CheckpointError(f"{d}/tokenizer.json (with tokenizer_config.json, special_tokens_map.json): "
+                                  f"malformed ({type(e).__name__}: {e})") from e
+
+    @classmethod
+    def _build(cls, d, data, cfg, smap, model_type, lowercase) -> "Siglip2Tokenizer":
+        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+        from tokenizers.models import BPE
+
         specials = {k: _token_str(cfg.get(k, smap.get(k, DEFAULT_SPECIALS[k]))) for k in SPECIAL_KEYS}
         if lowercase is None:
             model_type = model_type or checkpoint_model_type(d)
@@ -95,11 +112,13 @@ class Siglip2Tokenizer:
                 model_type == "siglip2" if model_type else cfg.get("tokenizer_class") == "Siglip2Tokenizer"
             )
         model = data.get("model", {})
-        if model.get("type") != "BPE":
-            raise CheckpointError(
-                f"{d}/tokenizer.json: expected a BPE (Gemma) model, got {model.get('type')!r}"
-            )
-        vocab = model["vocab"]
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            got = model.get("type") if isinstance(model, dict) else model
+            raise CheckpointError(f"{d}/tokenizer.json: expected a BPE (Gemma) model, got {got!r}")
+        vocab = model.get("vocab")
+        if not isinstance(vocab, dict) or not vocab:
+            raise CheckpointError(f"{d}/tokenizer.json: the BPE model has no vocab (expected a non-empty "
+                                  f"'vocab' object of token -> id, got {type(vocab).__name__})")
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         tok = Tokenizer(
             BPE(
@@ -211,6 +230,8 @@ class Siglip2Tokenizer:
             )
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors: expected 'pt', 'np' or None, got {return_tensors!r}")
+        if max_length is not None:
+            max_length = positive_int("max_length", max_length)
         if max_length is None and (padding == "max_length" or truncation):
             max_length = self.model_max_length
             if max_length is None:
@@ -242,7 +263,12 @@ class Siglip2Tokenizer:
         out = {"input_ids": ids}
         if want_mask:
             out["attention_mask"] = [e.attention_mask for e in enc]
-        if return_tensors is not None:
+        if return_tensors is not None and not ids:  # no texts: (0, max_length) with max_length padding, else (0, 0)
+            width = max_length if padding == "max_length" else 0
+            out = {k: torch.zeros(0, width, dtype=torch.int64) for k in out}
+            if return_tensors == "np":
+                out = {k: v.numpy() for k, v in out.items()}
+        elif return_tensors is not None:
             if len({len(x) for x in ids}) > 1:
                 raise ValueError(
                     "text: sequences have different lengths; pass padding=True or 'max_length' "
