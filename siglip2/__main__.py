@@ -23,6 +23,7 @@ from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed-dataset": ("siglip2.embed_dataset", "embed an image collection (folder, list, table, webdataset) into shards"),
+    "profile": ("siglip2.profile", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
 }
 
 HINT = (
