@@ -12,7 +12,23 @@ import torch
 
 # The timing method lives in the package (siglip2/_timing.py) so that `siglip2 profile` measures exactly as the
 # benchmarks do; these names are re-exported for the bench modules.
-from siglip2._timing import bench_ms, environment, peak_mem_mb  # noqa: F401
+from siglip2._timing import bench_ms as _bench_ms
+from siglip2._timing import environment, peak_mem_mb  # noqa: F401
+
+_progress = None  # bench/run.py's progress bar: called after every timed measurement
+
+
+def set_progress(callback) -> None:
+    global _progress
+    _progress = callback
+
+
+def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> float:
+    """siglip2._timing.bench_ms (median ms; do_bench on CUDA, perf_counter on CPU), ticking run.py's progress."""
+    ms = _bench_ms(fn, warmup=warmup, rep=rep, device=device)
+    if _progress is not None:
+        _progress()
+    return ms
 
 
 # Dense bf16 tensor-core and HBM peaks used for "% of peak" (vendor numbers; the measured copy bandwidth

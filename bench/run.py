@@ -3,9 +3,11 @@
     python bench/run.py                      # everything, on CUDA when available (CPU: small "quick" sizes)
     python bench/run.py --ops attention loss # a subset: attention, patch_embed, loss, preprocess, model
     python bench/run.py --quick --json out.json
+    python bench/run.py --no-plots           # PNGs are written by default when matplotlib is installed
 
 Prints a header (device, versions, date, measured copy bandwidth), one table per op, and writes
-bench/results/<device>-<date>/results.json and results.md. Each op module (bench/bench_<op>.py) states its FLOP or
+bench/results/<device>-<date>/results.json and results.md, and (with matplotlib) the PNGs of bench/plots.py next
+to them. A progress bar on stderr counts the ops and, within each op, its timed measurements. Each op module (bench/bench_<op>.py) states its FLOP or
 byte model in its docstring; every row gives the median time, TFLOP/s or GB/s, % of the device peak, peak memory and
 the speedup over the op's baseline in the same run. The last stdout line is one JSON document.
 """
@@ -20,9 +22,13 @@ import sys
 import traceback
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+
+# Some bench modules import `bench.common`, others `common`: one module object, so one progress hook.
+sys.modules.setdefault("bench.common", common)
 
 OPS = {"attention": "bench_attention", "patch_embed": "bench_patch_embed", "loss": "bench_sigmoid_loss",
        "preprocess": "bench_preprocess", "model": "bench_model"}
@@ -45,6 +51,28 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def _name_transformers_baseline(rows, env) -> None:
+    """The patch-embedding baseline names the transformers version it timed: transformers >= 5.2x resizes the
+    position table with one vectorized matmul, earlier versions with a per-image F.interpolate loop (the
+    `eager-vec` provider stays as the loop-free baseline either way)."""
+    version = env.get("transformers")
+    if version is None:
+        return
+    try:
+        import inspect
+
+        from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
+
+        src = inspect.getsource(Siglip2VisionEmbeddings.resize_positional_embeddings)
+        how = "per-image loop" if "for " in src else "vectorized"
+    except Exception:
+        how = "resize code not inspected"
+    label = f"transformers {version} ({how} position resize)"
+    for r in rows:
+        if r.get("speedup") is not None or r.get("provider") == "transformers":
+            r["baseline"] = label
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
@@ -52,7 +80,18 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes (default on CPU)")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--out", help="results folder (default bench/results/<device>-<date>)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
+                   help="write PNG plots next to results.json (default: when matplotlib is installed)")
     args = p.parse_args(argv)
+    if args.plots is None or args.plots:
+        try:
+            import matplotlib  # noqa: F401
+
+            args.plots = True
+        except ImportError:
+            if args.plots:
+                p.error('--plots needs matplotlib: pip install -e ".[plot]"')
+            args.plots = False
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.quick = args.quick or args.device == "cpu"
     args.dtype = getattr(torch, args.dtype)
@@ -64,20 +103,31 @@ def main(argv=None):
     env["dtype"], env["quick"] = str(args.dtype), args.quick
     print("# " + " | ".join(f"{k}: {v}" for k, v in env.items()))
     results = {"env": env, "ops": {}}
+    bar = tqdm(total=len(args.ops), desc="ops", unit="op", position=0)
     for op in args.ops:
         try:
             mod = importlib.import_module(OPS[op])
         except ModuleNotFoundError as e:
-            print(f"\n## {op}: skipped ({e})")
+            tqdm.write(f"\n## {op}: skipped ({e})")
+            bar.update()
             continue
-        print(f"\n## {op}\n{(mod.__doc__ or '').strip().splitlines()[0]}")
+        tqdm.write(f"\n## {op}\n{(mod.__doc__ or '').strip().splitlines()[0]}")
+        cases = tqdm(desc=f"{op}: timed measurements", unit="case", position=1, leave=False)
+        common.set_progress(cases.update)
         try:
             rows = mod.run(args)
         except Exception:
             traceback.print_exc()
             rows = [{"case": "-", "provider": "-", "note": "benchmark failed: " + traceback.format_exc(limit=1)[-200:]}]
+        finally:
+            common.set_progress(None)
+            cases.close()
+        if op == "patch_embed":
+            _name_transformers_baseline(rows, env)
         results["ops"][op] = rows
-        print(table(rows), flush=True)
+        bar.update()
+        tqdm.write(table(rows))
+    bar.close()
 
     slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"].split("(")[0]).strip("-").lower()
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"{slug}-{env['date']}")
@@ -91,6 +141,11 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
+    if args.plots:
+        from plots import write_bench_plots
+
+        for path in write_bench_plots(results, out):
+            print(f"wrote {path}")
     print(json.dumps({"results": out, "ops": {k: len(v) for k, v in results["ops"].items()}}))
 
 
