@@ -188,6 +188,23 @@ def test_webdataset_captions_tokens_per_batch_and_workers(shards, checkpoint, tm
     assert m["counts"]["shards"] == 2 and m["counts"]["texts"] == 10
 
 
+def test_token_batches_of_the_stream(folder):
+    """The DataLoader stream under --tokens-per-batch: valid tokens per batch <= T, every good image once."""
+    from siglip2.data import open_source
+    from siglip2.embed_dataset import _Stream, plan_units
+    from siglip2.processing import Siglip2ImageProcessor
+
+    src = open_source(folder[0])
+    for T, M in ((16, 16), (37, 16), (50, 9)):
+        s = _Stream(src, plan_units(src, 16), Siglip2ImageProcessor(patch_size=4, max_num_patches=M), M=M,
+                    batch_size=None, tokens=T, fast=False, dtype=None, tokenizer=None)
+        items = list(s)
+        batches = [b for it in items for b in it["batches"]]
+        assert all(int(b["pixel_attention_mask"].sum()) == b["num_tokens"] <= T for b in batches)
+        assert sorted(k for b in batches for k in b["keys"]) == folder[1]
+        assert sum(it["n_inputs"] for it in items) == 40 and sum(len(it["errors"]) for it in items) == 3
+
+
 def test_csv_captions_column(folder, checkpoint, tmp_path, capsys):
     from siglip2.pipeline import embed
 
@@ -206,7 +223,7 @@ def test_csv_captions_column(folder, checkpoint, tmp_path, capsys):
 def test_torchrun_two_ranks_match_one_process(folder_run, checkpoint, folder, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TRITON_INTERPRET="0")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "siglip2", "embed-dataset", str(folder[0]), "--out", str(out), "--model", checkpoint, *ARGS]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
