@@ -474,3 +474,136 @@ def test_cli_embed_directory_of_images(tmp_path):
         assert f.get_tensor("image_embeds").shape[0] == 2 and f.get_tensor("text_embeds").shape[0] == 1
     assert json.loads(meta["images"]) == [str(imgs / "a.jpg"), str(imgs / "b.png")]
     assert json.loads(meta["texts"]) == ["a cat"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Hypothesis: the vision model's inputs against transformers; every invalid input names its argument
+# ----------------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# defect -> the argument its error must name (None: a valid input, compared with transformers)
+DEFECTS = {
+    "h_zero": "spatial_shapes", "w_negative": "spatial_shapes", "too_many_patches": "spatial_shapes",
+    "int32_overflow": "spatial_shapes", "spatial_float": "spatial_shapes", "spatial_rows": "spatial_shapes",
+    "spatial_missing": "spatial_shapes", "mask_disagrees": "pixel_attention_mask",
+    "mask_not_binary": "pixel_attention_mask", "mask_shape": "pixel_attention_mask", "pixels_int": "pixel_values",
+    "pixels_features": "pixel_values", "pixels_ndim": "pixel_values", "no_images": "pixel_values",
+    "pixels_list": "pixel_values",
+}
+
+
+@st.composite
+def vision_inputs(draw, defect):
+    B, L = draw(st.integers(1, 3)), draw(st.integers(1, 20))
+    shapes = []
+    for _ in range(B):
+        h = draw(st.integers(1, L))
+        shapes.append((h, draw(st.integers(1, L // h))))
+    return dict(shapes=shapes, L=L, defect=defect, seed=draw(st.integers(0, 2**16)),
+                pixel_dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
+                shape_dtype=draw(st.sampled_from([torch.int32, torch.int64])),
+                mask_dtype=draw(st.sampled_from([None, torch.int32, torch.int64, torch.bool, torch.float32])))
+
+
+def _build(case):
+    """(pixel_values, pixel_attention_mask, spatial_shapes) of a case, with its defect applied."""
+    shapes, L, defect = [list(s) for s in case["shapes"]], case["L"], case["defect"]
+    B, F = len(shapes), 3 * VISION["patch_size"] ** 2
+    g = torch.Generator().manual_seed(case["seed"])
+    pv = torch.zeros(B, L, F)
+    mask = torch.zeros(B, L, dtype=torch.int64)
+    for i, (h, w) in enumerate(shapes):
+        pv[i, : h * w] = torch.randn(h * w, F, generator=g)
+        mask[i, : h * w] = 1
+    mask_dtype = case["mask_dtype"] or (torch.int32 if defect and defect.startswith("mask") else None)
+    if defect == "mask_not_binary" and mask_dtype == torch.bool:
+        mask_dtype = torch.int32  # a bool mask cannot hold a 2
+    if defect == "h_zero":
+        shapes[0][0] = 0
+    elif defect == "w_negative":
+        shapes[-1][1] = -1
+    elif defect == "too_many_patches":
+        shapes[0] = [L + 1, 1]
+    elif defect == "int32_overflow":
+        shapes[0] = [65536, 65536]
+    elif defect == "mask_disagrees":
+        h, w = shapes[0]
+        mask[0, h * w - 1] = 0
+    elif defect == "mask_not_binary":
+        mask = mask * 2
+    ss = torch.tensor(shapes, dtype=torch.int32 if defect == "int32_overflow" else case["shape_dtype"])
+    pv = pv.to(case["pixel_dtype"])
+    mask = None if mask_dtype is None else mask.to(mask_dtype)
+    if defect == "mask_shape":
+        mask = mask[:, :-1]
+    elif defect == "spatial_float":
+        ss = ss.float()
+    elif defect == "spatial_rows":
+        ss = torch.cat([ss, ss[:1]])
+    elif defect == "spatial_missing":
+        ss = None
+    elif defect == "pixels_int":
+        pv = pv.long()
+    elif defect == "pixels_features":
+        pv = pv[..., :-1]
+    elif defect == "pixels_ndim":
+        pv = pv[None]
+    elif defect == "no_images":
+        pv, ss = pv[:0], ss[:0]
+        mask = None if mask is None else mask[:0]
+    elif defect == "pixels_list":
+        pv = pv.tolist()
+    return pv, mask, ss
+
+
+@pytest.fixture(scope="module")
+def vision_models():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Siglip2VisionConfig(**VISION)
+    hf = transformers.Siglip2VisionModel(cfg).eval()
+    padded = ref.Siglip2VisionModel(cfg).eval()
+    packed = fast.Siglip2VisionModel(cfg, kernel_impl="reference").eval()  # packed path, reference ops (fast on CPU)
+    for m in (padded, packed):
+        m.load_state_dict(hf.state_dict())
+    return hf, padded, packed
+
+
+_SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("defect", [None, *DEFECTS])
+def test_fuzz_vision_inputs(vision_models, defect):
+    """Valid inputs (40 examples: batch sizes, grids, padding, input/mask/shape dtypes) match transformers on both
+    impls; each defect (6 examples each) raises a ValueError/TypeError that names the argument."""
+
+    @settings(max_examples=40 if defect is None else 6, **_SETTINGS)
+    @given(case=vision_inputs(defect))
+    def check(case):
+        event(f"mask dtype: {case['mask_dtype']}")  # shown by --hypothesis-show-statistics
+        _check_case(vision_models, case)
+
+    check()
+
+
+def _check_case(vision_models, case):
+    hf, padded, packed = vision_models
+    pv, mask, ss = _build(case)
+    defect = case["defect"]
+    with torch.no_grad():
+        if defect is not None:
+            for m in (padded, packed):
+                with pytest.raises((ValueError, TypeError)) as e:
+                    m(pv, mask, ss)
+                assert DEFECTS[defect] in str(e.value), (defect, str(e.value))
+            return
+        want = hf(pv, mask, ss.long())
+        for m in (padded, packed):
+            got = m(pv, mask, ss)
+            torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=2e-5, rtol=1e-4)
+            valid = torch.ones(pv.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+            torch.testing.assert_close(got.last_hidden_state[valid], want.last_hidden_state[valid], atol=2e-5, rtol=1e-4)
