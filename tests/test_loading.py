@@ -182,3 +182,42 @@ def test_classifier_fine_tuning_from_dual_encoder_checkpoint(hf_dir):
 def test_unknown_from_pretrained_keyword(hf_dir):
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_lables'"):
         ref.Siglip2ForImageClassification.from_pretrained(hf_dir, num_lables=3)
+
+
+def test_interrupted_save_journal_is_followed_then_completed(tmp_path):
+    """A save stopped after its commit (journal written, nothing renamed yet) loads as the new checkpoint, and the
+    next config or model save completes it first."""
+    import siglip2.saving as saving
+
+    cfg = transformers.Siglip2Config(**tiny_config_dict())
+    old, new = ref.Siglip2Model(cfg), ref.Siglip2Model(cfg)
+    old.save_pretrained(tmp_path)
+    real = saving.finish_pending_save
+    calls = []
+
+    def stop_after_commit(directory):  # the first call (before writing) runs; the second (the swap) "crashes"
+        calls.append(directory)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(directory)
+
+    saving.finish_pending_save = stop_after_commit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            new.save_pretrained(tmp_path, max_shard_size="100KB")
+    finally:
+        saving.finish_pending_save = real
+    assert (tmp_path / ".save-journal.json").exists() and (tmp_path / "model.safetensors").exists()
+    _assert_same_tensors(ref.Siglip2Model.from_pretrained(tmp_path).state_dict(), new.state_dict())
+    new.config.save_pretrained(tmp_path)  # completes the interrupted save before writing config.json
+    assert not (tmp_path / ".save-journal.json").exists() and not (tmp_path / "model.safetensors").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    _assert_same_tensors(ref.Siglip2Model.from_pretrained(tmp_path).state_dict(), new.state_dict())
+    _assert_same_tensors(transformers.Siglip2Model.from_pretrained(tmp_path).state_dict(), new.state_dict())
+
+
+def test_index_that_is_a_list_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config_dict() | {"model_type": "siglip2"}))
+    (tmp_path / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: not a valid safetensors index"):
+        ref.Siglip2Model.from_pretrained(tmp_path)

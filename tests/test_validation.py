@@ -119,3 +119,21 @@ def test_fixres_wrong_resolution():
 
 def test_input_ids_with_three_dims(model):
     _raises(model, ValueError, r"input_ids must have shape \(B, L\) or \(L,\)", input_ids=torch.ones(2, 1, 12, dtype=torch.long))
+
+
+def test_int32_spatial_shapes_do_not_overflow(model):
+    # 65536 * 65536 wraps to 0 in int32: the check must compute h*w in int64
+    _raises(model, ValueError, r"spatial_shapes\[0\] = \(65536, 65536\)",
+            spatial_shapes=torch.tensor([[65536, 65536], [2, 3]], dtype=torch.int32))
+
+
+def test_empty_batches_and_empty_texts(model):
+    kw = _inputs()
+    _raises(model, ValueError, "pixel_values: got a batch of 0 images", pixel_values=kw["pixel_values"][:0],
+            pixel_attention_mask=kw["pixel_attention_mask"][:0], spatial_shapes=kw["spatial_shapes"][:0])
+    _raises(model, ValueError, r"input_ids: sequence length 0 \(shape \(2, 0\)\)",
+            input_ids=torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_position_ids_type(model):
+    _raises(model, TypeError, "position_ids must be an integer tensor", position_ids=torch.zeros(2, 12))
