@@ -74,7 +74,7 @@ def _unsupported(q):
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, *,
-                     impl="auto"):
+                     impl="auto", check_values=True):
     """Non-causal attention over packed sequences.
 
     q: (total_q, H, D); k, v: (total_k, H, D); fp16, bf16 or fp32.
@@ -82,6 +82,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     max_seqlen_q, max_seqlen_k: ints >= the longest query / key sequence (they size the launch grid).
     softmax_scale: defaults to D ** -0.5. Returns (total_q, H, D) in q's dtype; queries whose sequence has no
     keys get zeros. Sequences may have different query and key lengths (e.g. one pooling probe per image).
+    check_values=False skips the value checks of cu_seqlens against the max_seqlens (one host sync): for callers
+    that built them on the host, as the model does once per forward (siglip2.packing.PackedBatch).
     """
     op = "varlen_attention"
     _check_qkv(q, k, v, 3, op)
@@ -95,7 +97,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _check_int("max_seqlen_q", max_seqlen_q, op)
     _check_int("max_seqlen_k", max_seqlen_k, op)
     _check_scale(softmax_scale, op)
-    if not torch.compiler.is_compiling():  # value checks need a host sync; skipped inside compiled graphs
+    if check_values and not torch.compiler.is_compiling():  # one host sync; skipped inside compiled graphs
         for name, cu, t, mx, mx_name in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q, "max_seqlen_q"),
                                          ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k, "max_seqlen_k")):
             longest = _cu_seqlens_max(name, cu, t.shape[0], op)

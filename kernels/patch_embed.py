@@ -25,7 +25,7 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INTS = (torch.int32, torch.int64)
 
 
-def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens):
+def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values=True):
     check_tensor("pixel_values", pixel_values, ndim=3, dtypes=_FLOATS, op=_OP)
     dev = pixel_values.device
     check_tensor("weight", weight, ndim=2, dtypes=_FLOATS, device=dev, op=_OP)
@@ -57,7 +57,7 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
         if cu_seqlens.shape[0] != B + 1:
             raise ValueError(f"{_OP}: cu_seqlens must have shape ({B + 1},) (batch + 1), "
                              f"got {tuple(cu_seqlens.shape)}")
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not check_values:
         return
     # value checks: one host transfer for everything (free when the index tensors are on the CPU)
     vals = [spatial_shapes.to(torch.int64).reshape(-1)]
@@ -83,7 +83,7 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
 
 
 def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *, cu_seqlens=None,
-                       impl="auto"):
+                       impl="auto", num_tokens=None, check_values=True):
     """Linear patch embedding + per-image antialiased bilinear position-grid resize (SigLIP2 NaFlex).
 
     pixel_values: (B, L, C*P*P) pre-patchified, padded, any float dtype (cast to weight's dtype);
@@ -91,8 +91,15 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     weight: (D, C*P*P); bias: (D,); pos_embed: (G*G, D), a row-major G x G grid (same dtype as weight);
     cu_seqlens: optional int32 (B+1,) prefix sums of h*w: return only the valid tokens, packed.
     Returns (B, L, D), or (sum h*w, D) with cu_seqlens, in weight's dtype.
+    num_tokens: with cu_seqlens, the packed length sum(h*w) if the caller knows it (like flash-attn's max_seqlen:
+    it saves the host read of cu_seqlens[-1]). check_values=False skips the value checks of spatial_shapes and
+    cu_seqlens (the caller guarantees them, as the model does after its entry check): with both, and the index
+    tensors on the CPU, the op reads nothing back from the device.
     """
-    _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
+    _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values)
+    if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0) \
+            and not torch.compiler.is_compiling():
+        raise ValueError(f"{_OP}: num_tokens must be None or a non-negative int, got {num_tokens!r}")
     dev = pixel_values.device
     if pixel_values.shape[0] == 0:  # no images: an empty output of the right shape (still connected to weight)
         out = torch.nn.functional.linear(pixel_values.to(weight.dtype), weight, bias)
@@ -109,4 +116,4 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     from . import patch_embed_triton
 
     return patch_embed_triton.naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed,
-                                                 cu_seqlens)
+                                                 cu_seqlens, num_tokens)

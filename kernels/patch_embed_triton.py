@@ -269,7 +269,7 @@ def _debug_empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None):
+def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
     B, L, K = pixel_values.shape
     D = weight.shape[0]
     G = math.isqrt(pos_embed.shape[0])
@@ -277,7 +277,8 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
     packed = cu_seqlens is not None
     if packed:  # the kernel indexes cu_seqlens with unit stride
         cu_seqlens = cu_seqlens.contiguous()
-    total = int(cu_seqlens[-1]) if packed else B * L  # packed: one host sync for the output size
+    if total is None:  # packed: the output size; one host sync unless the caller knows it (the model does)
+        total = int(cu_seqlens[-1]) if packed else B * L
     out = _debug_empty((total, D) if packed else (B, L, D), weight.dtype, x.device)
     if B == 0 or total == 0:
         return out
@@ -357,17 +358,18 @@ def patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, c
 @torch.library.custom_op("siglip2::naflex_patch_embed", mutates_args=())
 def naflex_patch_embed_op(pixel_values: torch.Tensor, spatial_shapes: torch.Tensor, weight: torch.Tensor,
                           bias: torch.Tensor, pos_embed: torch.Tensor,
-                          cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    return patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
+                          cu_seqlens: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
+    return patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, total)
 
 
 @naflex_patch_embed_op.register_fake
-def _(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None):
+def _(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
     B, L, _ = pixel_values.shape
     D = weight.shape[0]
     if cu_seqlens is None:
         return weight.new_empty(B, L, D)
-    total = torch.library.get_ctx().new_dynamic_size()  # sum of h*w is data-dependent
+    if total is None:
+        total = torch.library.get_ctx().new_dynamic_size()  # sum of h*w is data-dependent
     return weight.new_empty(total, D)
 
 
@@ -389,7 +391,7 @@ def _(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, nee
 
 
 def _setup_context(ctx, inputs, output):
-    pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens = inputs
+    pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, _total = inputs
     ctx.save_for_backward(pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens)
 
 
@@ -399,12 +401,12 @@ def _backward(ctx, grad_out):
     grads = naflex_patch_embed_backward_op(grad_out, pixel_values, spatial_shapes, weight, pos_embed,
                                            cu_seqlens, needs)
     dx, dw, db, dpos = (g if n else None for g, n in zip(grads, needs))
-    return dx, None, dw, db, dpos, None
+    return dx, None, dw, db, dpos, None, None
 
 
 torch.library.register_autograd("siglip2::naflex_patch_embed", _backward, setup_context=_setup_context)
 
 
-def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None):
-    """Triton entry point (inputs already validated by kernels.patch_embed)."""
-    return naflex_patch_embed_op(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens)
+def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
+    """Triton entry point (inputs already validated by kernels.patch_embed); `total`: sum of h*w when known."""
+    return naflex_patch_embed_op(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, total)

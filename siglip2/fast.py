@@ -4,10 +4,50 @@
 A drop-in for transformers: `from siglip2.fast import Siglip2Model`. The kernels run compiled on CUDA tensors; on
 CPU the same packed path runs the kernels' PyTorch references (or the Triton interpreter with TRITON_INTERPRET=1).
 `register()` / `patch_transformers(model)` bring the same kernels into a model loaded with transformers
-(siglip2.integrations.transformers).
+(siglip2.integrations.transformers). Each class subclasses its `siglip2.modeling` class (isinstance holds).
 """
-from .integrations.transformers import patch_transformers, register, unpatch_transformers
-from .reference import _NAMES, bind
+from __future__ import annotations
 
-globals().update(bind("triton", __name__))
-__all__ = [*_NAMES, "register", "patch_transformers", "unpatch_transformers"]
+from . import modeling
+from .integrations.transformers import patch_transformers, register, unpatch_transformers
+from .packing import PackedBatch
+
+
+class Siglip2Model(modeling.Siglip2Model):
+    __doc__ = modeling.Siglip2Model.__doc__
+    default_impl = "triton"
+
+
+class Siglip2VisionModel(modeling.Siglip2VisionModel):
+    __doc__ = modeling.Siglip2VisionModel.__doc__
+    default_impl = "triton"
+
+
+class Siglip2TextModel(modeling.Siglip2TextModel):
+    __doc__ = modeling.Siglip2TextModel.__doc__
+    default_impl = "triton"
+
+
+class Siglip2ForImageClassification(modeling.Siglip2ForImageClassification):
+    __doc__ = modeling.Siglip2ForImageClassification.__doc__
+    default_impl = "triton"
+
+
+class SiglipModel(modeling.SiglipModel):
+    __doc__ = modeling.SiglipModel.__doc__
+    default_impl = "triton"
+
+
+class SiglipVisionModel(modeling.SiglipVisionModel):
+    __doc__ = modeling.SiglipVisionModel.__doc__
+    default_impl = "triton"
+
+
+class SiglipTextModel(modeling.SiglipTextModel):
+    __doc__ = modeling.SiglipTextModel.__doc__
+    default_impl = "triton"
+
+
+__all__ = ["Siglip2Model", "Siglip2VisionModel", "Siglip2TextModel", "Siglip2ForImageClassification",
+           "SiglipModel", "SiglipVisionModel", "SiglipTextModel", "PackedBatch", "register", "patch_transformers",
+           "unpatch_transformers"]

@@ -1,7 +1,9 @@
-"""SigLIP2 building blocks with transformers' attribute names, and the two ways an encoder attends.
+"""SigLIP2 building blocks with transformers' attribute names and state-dict keys.
 
-`EagerAttention` is transformers' eager path (the reference impl); `KernelAttention` calls siglip2.kernels on packed
-(varlen, `cu_seqlens`) or padded (key mask) tokens (the triton impl). The models in modeling.py pick one per forward.
+Every block runs one of three ways, chosen by two arguments that the models pass down unchanged:
+  kernel_impl=None                 transformers' eager math on padded (B, L, D) tokens; `mask` is additive
+  kernel_impl=str, packed=None     siglip2.kernels on padded tokens; `mask` is a bool (B, L) key mask (text tower)
+  kernel_impl=str, packed=Packed   siglip2.kernels on packed (N, D) tokens: varlen attention over packed.cu_seqlens
 """
 from __future__ import annotations
 
@@ -12,42 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import naflex_patch_embed, padded_attention, reference, varlen_attention
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention contexts: how an encoder attends, decided once per forward
-# ----------------------------------------------------------------------------------------------
-
-class EagerAttention:
-    """transformers' eager path: (B, H, L, d) scores + additive mask, softmax in fp32, weights returnable."""
-
-    def __init__(self, additive_mask=None, need_weights=False):
-        self.mask, self.need_weights = additive_mask, need_weights
-
-    def __call__(self, q, k, v, scale, dropout):  # q, k, v: (B, L, H, d)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        w = torch.matmul(q, k.transpose(-1, -2)) * scale
-        if self.mask is not None:
-            w = w + self.mask
-        w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
-        w = F.dropout(w, p=dropout, training=dropout > 0)
-        return torch.matmul(w, v).transpose(1, 2), (w if self.need_weights else None)
-
-
-class KernelAttention:
-    """siglip2.kernels attention: packed varlen (cu_seqlens given) or padded with a boolean key mask."""
-
-    def __init__(self, kernel_impl, cu_seqlens=None, max_seqlen=None, key_padding_mask=None):
-        self.impl, self.cu, self.max_seqlen, self.key_mask = kernel_impl, cu_seqlens, max_seqlen, key_padding_mask
-
-    def __call__(self, q, k, v, scale, dropout):
-        if dropout > 0:
-            raise NotImplementedError("the triton impl has no attention dropout; use impl='reference' to train with it")
-        if self.cu is not None:  # q, k, v: (N, H, d)
-            out = varlen_attention(q, k, v, self.cu, self.cu, self.max_seqlen, self.max_seqlen, scale, impl=self.impl)
-            return out, None
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, d)
-        return padded_attention(q, k, v, self.key_mask, scale, impl=self.impl).transpose(1, 2), None
 
 
 def _additive_mask(mask, dtype, query_len=None):
@@ -74,17 +40,47 @@ class Siglip2Attention(nn.Module):
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(self, x, attend):  # x: (B, L, D) padded or (N, D) packed
-        shape = (*x.shape[:-1], self.num_heads, self.head_dim)
-        if isinstance(attend, KernelAttention):
-            # one GEMM reads x once for q, k and v; the kernels take the strided (.., 3, H, d) views as they are
-            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-            q, k, v = F.linear(x, w, b).view(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
-        else:  # transformers' three projections, for its exact numerics
-            q, k, v = (p(x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out, weights = attend(q, k, v, self.scale, self.dropout if self.training else 0.0)
-        return self.out_proj(out.reshape(x.shape)), weights
+    def forward(self, x, mask=None, packed=None, kernel_impl=None, need_weights=False):
+        if kernel_impl is None:  # transformers' eager path: three projections, fp32 softmax, weights returnable
+            shape = (*x.shape[:-1], self.num_heads, self.head_dim)
+            q, k, v = (p(x).view(shape).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+            w = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+            if mask is not None:
+                w = w + mask
+            w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+            w = F.dropout(w, p=self.dropout, training=self.training)
+            out = torch.matmul(w, v).transpose(1, 2)
+            return self.out_proj(out.reshape(x.shape)), (w if need_weights else None)
+        if self.training and self.dropout > 0:
+            raise NotImplementedError("the triton impl has no attention dropout; use impl='reference' to train with it")
+        # one GEMM reads x once for q, k and v; the kernels take the strided (.., 3, H, d) views as they are
+        w, b = self._fused_qkv()
+        q, k, v = F.linear(x, w, b).view(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
+        if packed is not None:  # (N, H, d)
+            L = packed.max_seqlen
+            out = varlen_attention(q, k, v, packed.cu_seqlens, packed.cu_seqlens, L, L, self.scale,
+                                   impl=kernel_impl, check_values=False)
+        else:  # (B, L, H, d) -> the kernel's (B, H, L, d) strided view
+            out = padded_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale,
+                                   impl=kernel_impl).transpose(1, 2)
+        return self.out_proj(out.reshape(x.shape)), None
+
+    def _fused_qkv(self):
+        """[Wq; Wk; Wv] and [bq; bk; bv]. With autograd on, a cat per forward (3*D^2 elements, a few MB: far less
+        than reading the (N, D) activations twice more for separate GEMMs, see docs/design.md). For inference the
+        fused copy is built once and rebuilt when a weight changes (new storage, or an in-place update bumps
+        its version counter, e.g. load_state_dict or an optimizer step)."""
+        ps = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+              self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in ps)):
+            return torch.cat(ps[:3]), torch.cat(ps[3:])
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in ps)
+        cached = self.__dict__.get("_qkv_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, torch.cat(ps[:3]), torch.cat(ps[3:]))
+            self.__dict__["_qkv_cache"] = cached
+        return cached[1], cached[2]
 
 
 class Siglip2MLP(nn.Module):
@@ -107,8 +103,8 @@ class Siglip2EncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = Siglip2MLP(config)
 
-    def forward(self, x, attend):
-        h, weights = self.self_attn(self.layer_norm1(x), attend)
+    def forward(self, x, mask=None, packed=None, kernel_impl=None, need_weights=False):
+        h, weights = self.self_attn(self.layer_norm1(x), mask, packed, kernel_impl, need_weights)
         x = x + h
         return x + self.mlp(self.layer_norm2(x)), weights
 
@@ -118,11 +114,13 @@ class Siglip2Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([Siglip2EncoderLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, x, attend, output_hidden_states=False, output_attentions=False, unpack=None):
-        keep = unpack or (lambda t: t)
+    def forward(self, x, mask=None, packed=None, kernel_impl=None, output_hidden_states=False,
+                output_attentions=False):
+        """Returns (x, hidden_states, attentions); packed hidden states are unpacked to (B, L, D)."""
+        keep = packed.unpack if packed is not None else (lambda t: t)
         hidden, attns = ([keep(x)] if output_hidden_states else None), ([] if output_attentions else None)
         for layer in self.layers:
-            x, w = layer(x, attend)
+            x, w = layer(x, mask, packed, kernel_impl, output_attentions)
             if output_hidden_states:
                 hidden.append(keep(x))
             if output_attentions and w is not None:
@@ -140,11 +138,21 @@ class Siglip2VisionEmbeddings(nn.Module):
         self.position_embedding_size = math.isqrt(self.num_patches)
         self.position_embedding = nn.Embedding(self.num_patches, config.hidden_size)
 
-    def forward(self, pixel_values, spatial_shapes, *, impl="reference", kernel_impl="auto", cu_seqlens=None):
+    def forward(self, pixel_values, spatial_shapes, packed=None, kernel_impl=None):
+        """(B, L, D) padded embeddings; packed (N, D) valid tokens when `packed` has padding to drop."""
         w, b, pos = self.patch_embedding.weight, self.patch_embedding.bias, self.position_embedding.weight
-        if impl == "reference":
-            return reference.naflex_patch_embed(pixel_values, spatial_shapes, w, b, pos, cu_seqlens=cu_seqlens)
-        return naflex_patch_embed(pixel_values, spatial_shapes, w, b, pos, cu_seqlens=cu_seqlens, impl=kernel_impl)
+        if kernel_impl is None:
+            return reference.naflex_patch_embed(pixel_values, spatial_shapes, w, b, pos)
+        return _packed_patch_embed(pixel_values, packed, w, b, pos, kernel_impl)
+
+
+def _packed_patch_embed(pixel_values, packed, weight, bias, pos, kernel_impl):
+    # host-side shapes and prefix sums: the op reads them without a device sync and skips the value checks that
+    # the model's entry check already did
+    cu = packed.cu_seqlens_host() if packed.valid is not None else None
+    x = naflex_patch_embed(pixel_values, packed.spatial_shapes, weight, bias, pos, cu_seqlens=cu,
+                           num_tokens=packed.total if cu is not None else None, impl=kernel_impl, check_values=False)
+    return x if cu is not None else x.reshape(-1, x.shape[-1])
 
 
 class SiglipVisionEmbeddings(nn.Module):
@@ -165,16 +173,14 @@ class SiglipVisionEmbeddings(nn.Module):
         x = pixel_values.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 3, 5, 1)
         return x.reshape(B, (H // P) * (W // P), P * P * C)
 
-    def forward(self, pixel_values, *, impl="reference", kernel_impl="auto"):
-        if impl == "reference":
+    def forward(self, pixel_values, packed=None, kernel_impl=None):
+        if kernel_impl is None:
             x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
             return x + self.position_embedding.weight[None]
-        g = math.isqrt(self.num_positions)
         conv = self.patch_embedding.weight
         weight = conv.permute(0, 2, 3, 1).reshape(conv.shape[0], -1)
-        shapes = torch.tensor([[g, g]], device=pixel_values.device).expand(pixel_values.shape[0], 2)
-        return naflex_patch_embed(self.patchify(pixel_values), shapes, weight, self.patch_embedding.bias,
-                                  self.position_embedding.weight, impl=kernel_impl)
+        return _packed_patch_embed(self.patchify(pixel_values), packed, weight, self.patch_embedding.bias,
+                                   self.position_embedding.weight, kernel_impl)
 
 
 class Siglip2MultiheadAttentionPoolingHead(nn.Module):
@@ -188,8 +194,8 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
         self.mlp = Siglip2MLP(config)
         self.num_heads = config.num_attention_heads
 
-    def forward(self, hidden, attention_mask=None, *, cu_seqlens=None, max_seqlen=None, kernel_impl="auto"):
-        if cu_seqlens is None:
+    def forward(self, hidden, attention_mask=None, packed=None, kernel_impl=None):
+        if packed is None:
             # transformers' path: nn.MultiheadAttention math (q pre-scaled, softmax in the model dtype)
             B, L = hidden.shape[:2]
             probe = self.probe.expand(B, -1, -1)
@@ -199,14 +205,14 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
             x = self.attention(probe, hidden, hidden, attn_mask=mask)[0][:, 0]
         else:
             # packed: one query per image attends to that image's valid tokens (hidden: (N, D))
-            B, D = cu_seqlens.shape[0] - 1, hidden.shape[-1]
+            B, D = packed.batch_size, hidden.shape[-1]
             hd = D // self.num_heads
             w, b = self.attention.in_proj_weight, self.attention.in_proj_bias  # rows [Wq; Wk; Wv]
             q = F.linear(self.probe.reshape(1, D), w[:D], b[:D]).expand(B, D).reshape(B, self.num_heads, hd)
             # k and v in one GEMM over the packed tokens: (N, 2, H, hd) strided views
             k, v = F.linear(hidden, w[D:], b[D:]).view(-1, 2, self.num_heads, hd).unbind(1)
-            cu_q = torch.arange(B + 1, dtype=torch.int32, device=hidden.device)
-            o = varlen_attention(q.contiguous(), k, v, cu_q, cu_seqlens, 1, max_seqlen, impl=kernel_impl)
+            o = varlen_attention(q.contiguous(), k, v, packed.probe_cu_seqlens, packed.cu_seqlens, 1,
+                                 packed.max_seqlen, impl=kernel_impl, check_values=False)
             x = self.attention.out_proj(o.reshape(B, D))
         return x + self.mlp(self.layernorm(x))
 

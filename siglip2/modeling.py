@@ -11,6 +11,8 @@ finite values that depend on the padding; every valid token and every pooled out
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,9 +21,10 @@ from . import loading
 from .kernels import sigmoid_loss
 from .configuration import (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig,
                             SiglipVisionConfig, config_from_any)
-from .layers import (EagerAttention, KernelAttention, Siglip2Attention, Siglip2Encoder, Siglip2EncoderLayer,  # noqa: F401
-                     Siglip2MLP, Siglip2MultiheadAttentionPoolingHead, Siglip2TextEmbeddings, Siglip2VisionEmbeddings,
+from .layers import (Siglip2Attention, Siglip2Encoder, Siglip2EncoderLayer, Siglip2MLP,  # noqa: F401
+                     Siglip2MultiheadAttentionPoolingHead, Siglip2TextEmbeddings, Siglip2VisionEmbeddings,
                      SiglipVisionEmbeddings, _additive_mask)
+from .packing import PackedBatch
 from .outputs import BaseModelOutputWithPooling, ImageClassifierOutput, Siglip2Output
 from .validation import check_text_inputs, check_vision_inputs
 
@@ -77,6 +80,11 @@ class Siglip2PreTrainedModel(nn.Module):
     def save_pretrained(self, save_directory, max_shard_size: int = 5 * 2**30):
         loading.save_pretrained(self, save_directory, max_shard_size=max_shard_size)
 
+    @property
+    def _kernels(self):
+        """The `kernel_impl` the blocks get: None runs transformers' eager math (impl "reference")."""
+        return None if self.impl == "reference" else self.kernel_impl
+
     def _flags(self, output_attentions, output_hidden_states, return_dict, kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}.forward got unexpected keyword arguments: {sorted(kwargs)}")
@@ -110,12 +118,6 @@ def _init_weights(m):
         nn.init.zeros_(m.logit_bias)
 
 
-def _unpacker(mask, B, L):
-    """Packed (N, D) -> padded (B, L, D) with zeros at padding, without a host sync (masked_scatter)."""
-    valid = mask.bool()[..., None]
-    return lambda t: torch.zeros(B, L, t.shape[-1], dtype=t.dtype, device=t.device).masked_scatter(valid, t)
-
-
 class Siglip2VisionModel(Siglip2PreTrainedModel):
     config_class = Siglip2VisionConfig
     checkpoint_prefix = "vision_model."
@@ -133,37 +135,36 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
         self._finish_init()
 
     def forward(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, packed: PackedBatch | None = None, **kwargs):
+        """transformers' arguments; `packed` (impl "triton"): a PackedBatch the caller built for these inputs (from
+        host-side shapes), which skips the entry's value checks and its host sync."""
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        check_vision_inputs(self.config, pixel_values, pixel_attention_mask, spatial_shapes)
-
-        def embed(cu_seqlens):
-            return self.embeddings(pixel_values, spatial_shapes, impl=self.impl, kernel_impl=self.kernel_impl,
-                                   cu_seqlens=cu_seqlens)
-
-        B, L = pixel_values.shape[:2]
-        return self._encode(embed, B, L, pixel_attention_mask, out_attn, out_hidden, return_dict)
-
-    def _encode(self, embed, B, L, mask, out_attn, out_hidden, return_dict):
-        """embed(cu_seqlens) -> (B, L, D) padded embeddings, or (N, D) packed valid tokens when cu_seqlens is given."""
         if self.impl == "reference":
-            x = embed(None)
-            attend = EagerAttention(_additive_mask(mask, x.dtype, L), need_weights=out_attn)
-            x, hidden, attns = self.encoder(x, attend, out_hidden, out_attn)
+            packed = None
+        if packed is None:
+            shapes = check_vision_inputs(self.config, pixel_values, pixel_attention_mask, spatial_shapes)
+            if shapes is None:
+                shapes = spatial_shapes
+            if self.impl == "triton":
+                packed = PackedBatch.from_spatial_shapes(shapes, pixel_values.shape[1], self.post_layernorm.weight.device,
+                                                         pixel_attention_mask)
+        if self.impl == "reference":
+            x = self.embeddings(pixel_values, spatial_shapes)
+        else:
+            x = self.embeddings(pixel_values, spatial_shapes, packed, self.kernel_impl)
+        return self._encode(x, pixel_attention_mask, packed, out_attn, out_hidden, return_dict)
+
+    def _encode(self, x, mask, packed, out_attn, out_hidden, return_dict):
+        if packed is None:  # reference: padded, transformers' eager math
+            L = x.shape[1]
+            x, hidden, attns = self.encoder(x, _additive_mask(mask, x.dtype, L), None, None, out_hidden, out_attn)
             last = self.post_layernorm(x)
             pooled = self.head(last, mask) if self.use_head else None
-        else:
-            # packed: padding tokens never enter the encoder; with no mask every token is valid
-            device = self.post_layernorm.weight.device
-            lengths = mask.sum(1) if mask is not None else torch.full((B,), L, device=device)
-            cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-            x = embed(cu) if mask is not None else embed(None).reshape(B * L, -1)
-            unpack = _unpacker(mask, B, L) if mask is not None else (lambda t: t.reshape(B, L, -1))
-            attend = KernelAttention(self.kernel_impl, cu_seqlens=cu, max_seqlen=L)
-            x, hidden, _ = self.encoder(x, attend, out_hidden, False, unpack)
+        else:  # packed: padding tokens never enter the encoder
+            x, hidden, _ = self.encoder(x, None, packed, self.kernel_impl, out_hidden)
             x = self.post_layernorm(x)
-            pooled = self.head(x, cu_seqlens=cu, max_seqlen=L, kernel_impl=self.kernel_impl) if self.use_head else None
-            last, attns = unpack(x), (() if out_attn else None)  # kernels never materialize attention weights
+            pooled = self.head(x, None, packed, self.kernel_impl) if self.use_head else None
+            last, attns = packed.unpack(x), (() if out_attn else None)  # kernels never materialize attention weights
         out = BaseModelOutputWithPooling(last, pooled, hidden, attns)
         return out if return_dict else out.to_tuple()
 
@@ -180,12 +181,13 @@ class SiglipVisionModel(Siglip2VisionModel):
             raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
         check_vision_inputs(self.config, pixel_values, None, None, fixres=True)
-
-        def embed(cu_seqlens):
-            return self.embeddings(pixel_values, impl=self.impl, kernel_impl=self.kernel_impl)
-
-        return self._encode(embed, pixel_values.shape[0], self.config.num_patches, None, out_attn, out_hidden,
-                            return_dict)
+        packed = None
+        if self.impl == "triton":  # every image is the same full grid: shapes known on the host, nothing to sync
+            g = math.isqrt(self.config.num_patches)
+            packed = PackedBatch.from_spatial_shapes([(g, g)] * pixel_values.shape[0], g * g,
+                                                     self.post_layernorm.weight.device)
+        x = self.embeddings(pixel_values, packed, self._kernels)
+        return self._encode(x, None, packed, out_attn, out_hidden, return_dict)
 
 
 class Siglip2TextModel(Siglip2PreTrainedModel):
@@ -208,11 +210,10 @@ class Siglip2TextModel(Siglip2PreTrainedModel):
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])
         x = self.embeddings(input_ids, position_ids)
         if self.impl == "reference":
-            attend = EagerAttention(_additive_mask(attention_mask, x.dtype, x.shape[1]), need_weights=out_attn)
+            mask = _additive_mask(attention_mask, x.dtype, x.shape[1])
         else:
-            key_mask = None if attention_mask is None else attention_mask.bool()
-            attend = KernelAttention(self.kernel_impl, key_padding_mask=key_mask)
-        x, hidden, attns = self.encoder(x, attend, out_hidden, out_attn)
+            mask = None if attention_mask is None else attention_mask.bool()
+        x, hidden, attns = self.encoder(x, mask, None, self._kernels, out_hidden, out_attn)
         if self.impl != "reference" and out_attn:
             attns = ()
         last = self.final_layer_norm(x)

@@ -1,20 +1,48 @@
 """The SigLIP2 / SigLIP model classes bound to the "reference" impl: pure PyTorch, padded with masks,
-transformers' numerics. Same module tree and state dicts as `siglip2.fast`."""
+transformers' numerics. Same module tree and state dicts as `siglip2.fast`.
+
+Each class is a subclass of its `siglip2.modeling` class (isinstance holds) whose default impl is "reference";
+they are spelled out so that IDEs and type checkers resolve `from siglip2.reference import Siglip2Model`.
+"""
+from __future__ import annotations
+
 from . import modeling
 
-_NAMES = ["Siglip2Model", "Siglip2VisionModel", "Siglip2TextModel", "Siglip2ForImageClassification",
-          "SiglipModel", "SiglipVisionModel", "SiglipTextModel"]
+
+class Siglip2Model(modeling.Siglip2Model):
+    __doc__ = modeling.Siglip2Model.__doc__
+    default_impl = "reference"
 
 
-def bind(impl: str, module_name: str) -> dict:
-    """Subclasses of the modeling classes whose default impl is `impl` (isinstance of the base classes holds)."""
-    out = {}
-    for name in _NAMES:
-        base = getattr(modeling, name)
-        out[name] = type(name, (base,), {"default_impl": impl, "__module__": module_name, "__doc__": base.__doc__,
-                                         "__qualname__": name})
-    return out
+class Siglip2VisionModel(modeling.Siglip2VisionModel):
+    __doc__ = modeling.Siglip2VisionModel.__doc__
+    default_impl = "reference"
 
 
-globals().update(bind("reference", __name__))
-__all__ = list(_NAMES)
+class Siglip2TextModel(modeling.Siglip2TextModel):
+    __doc__ = modeling.Siglip2TextModel.__doc__
+    default_impl = "reference"
+
+
+class Siglip2ForImageClassification(modeling.Siglip2ForImageClassification):
+    __doc__ = modeling.Siglip2ForImageClassification.__doc__
+    default_impl = "reference"
+
+
+class SiglipModel(modeling.SiglipModel):
+    __doc__ = modeling.SiglipModel.__doc__
+    default_impl = "reference"
+
+
+class SiglipVisionModel(modeling.SiglipVisionModel):
+    __doc__ = modeling.SiglipVisionModel.__doc__
+    default_impl = "reference"
+
+
+class SiglipTextModel(modeling.SiglipTextModel):
+    __doc__ = modeling.SiglipTextModel.__doc__
+    default_impl = "reference"
+
+
+__all__ = ["Siglip2Model", "Siglip2VisionModel", "Siglip2TextModel", "Siglip2ForImageClassification",
+           "SiglipModel", "SiglipVisionModel", "SiglipTextModel"]

@@ -29,6 +29,8 @@ def _compiling() -> bool:
 
 
 def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shapes, fixres=False):
+    """Raise on bad vision inputs; return the NaFlex (h, w) per image as host ints (None for FixRes, or while
+    compiling). One host sync in all: the validity flag travels with the shapes."""
     if pixel_values is None:
         raise ValueError("pixel_values is required")
     if fixres:
@@ -58,8 +60,9 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
             raise ValueError(f"pixel_attention_mask must have shape ({B}, {L}) like pixel_values' first two "
                              f"dimensions, got {tuple(pixel_attention_mask.shape)}")
     if _compiling():
-        return
-    # computed where the tensors live; one host sync of a single flag, details fetched only on error.
+        return None
+    # computed where the tensors live; ONE host read of the validity flag together with the shapes (which the packed
+    # path needs on the host anyway); details fetched only on error.
     # int64: h*w of int32 shapes overflows (65536 * 65536 wraps to 0 and would pass the check)
     h, w = spatial_shapes[:, 0].long(), spatial_shapes[:, 1].long()
     bad = (h < 1) | (w < 1) | (h * w > L)
@@ -72,8 +75,9 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
         flag = torch.stack([bad.any().to(m.device), not_binary, wrong.any()]).any()
     else:
         flag = bad.any()
-    if not bool(flag):
-        return
+    host = torch.cat([flag.reshape(1).long().to(spatial_shapes.device), spatial_shapes.reshape(-1).long()]).tolist()
+    if not host[0]:
+        return [(host[1 + 2 * i], host[2 + 2 * i]) for i in range(B)]
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
         raise ValueError(f"spatial_shapes[{i}] = ({int(h[i])}, {int(w[i])}): each (h, w) needs h >= 1, w >= 1 and "
