@@ -123,7 +123,7 @@ def load_model(args, device, dtype, need_weights: bool):
             torch.manual_seed(0)
             model = reference.Siglip2VisionModel(cfg).to(device=device, dtype=dtype)
         proc = Siglip2ImageProcessor(patch_size=cfg.patch_size)
-        label = f"config {name} (random weights)"
+        label = f"config {name}" + (" (random weights)" if need_weights else "")
     if not proc.do_resize:
         raise ValueError("the checkpoint's preprocessor_config.json has do_resize=false; NaFlex profiling needs "
                          "the processor to resize")
@@ -157,8 +157,9 @@ def _timing_auto(args, device, cfg, budgets, batch) -> tuple[bool, str | None]:
     gflop = sum(batch * flops_per_image(cfg, [m])["total"] for m in budgets) * calls / 1e9
     if gflop <= CPU_AUTO_TIMING_GFLOP:
         return True, None
-    return False, (f"timing skipped: on CPU it would run ~{gflop:,.0f} GFLOP of forward passes for this model "
-                   f"(pass --timing to run it anyway, or --config tiny / a GPU)")
+    return False, (f"timing skipped: on CPU it would run ~{gflop:,.0f} GFLOP of forward passes (more than "
+                   f"{CPU_AUTO_TIMING_GFLOP:g}); pass --timing to run it anyway, or use a smaller --batch-size, "
+                   f"fewer budgets, --config tiny or a GPU")
 
 
 def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
