@@ -89,6 +89,8 @@ def _device(name):
         raise ValueError(f"--device: {name!r} requested but torch sees no CUDA device")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {name!r}")
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)  # do_bench and the peak-memory counters use the current device
     return dev
 
 

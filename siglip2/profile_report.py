@@ -114,8 +114,8 @@ def table(result: dict) -> str:
     for e in entries:
         n = e["images"]
         top = ", ".join(f"{h}x{w} {100 * c / n:.0f}%" for h, w, c in e["spatial_shapes_hist"][:3])
-        shapes.append([str(e["max_num_patches"]), f"{e['tokens_mean']:.0f} / {e['tokens_p50']:.0f} / "
-                       f"{e['tokens_p95']:.0f}", f"{100 * e['padding_fraction_padded']:.1f}%",
+        tokens = f"{e['tokens_mean']:.0f} / {e['tokens_p50']:.0f} / {e['tokens_p95']:.0f}"
+        shapes.append([str(e["max_num_patches"]), tokens, f"{100 * e['padding_fraction_padded']:.1f}%",
                        f"{100 * e['padding_fraction_packed']:.1f}%", f"{100 * e['upsampled_fraction']:.0f}%",
                        f"{100 * e['aspect_error_mean']:.1f}% / {100 * e['aspect_error_p95']:.1f}%",
                        str(len(e["spatial_shapes_hist"])), top])
@@ -127,8 +127,8 @@ def table(result: dict) -> str:
     rows = []
     for e in entries:
         f, fp = e["flops_per_image_packed"], e["flops_per_image_padded"]
-        r = [str(e["max_num_patches"]), f"{_g(f['total'] / 1e9)} ({_g(f['linear'] / 1e9)} / "
-             f"{_g(f['attention'] / 1e9)} / {_g(f['patch_embed'] / 1e9)})", _g(fp["total"] / 1e9)]
+        split = "{} ({} / {} / {})".format(*(_g(f[k] / 1e9) for k in ("total", "linear", "attention", "patch_embed")))
+        r = [str(e["max_num_patches"]), split, _g(fp["total"] / 1e9)]
         t = e.get("timing") or {}
         r += [_g(t[m]["images_per_s"]) if m in t else "-" for m in modes]
         if "packed" in t:

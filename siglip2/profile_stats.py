@@ -126,9 +126,13 @@ def grids(images: list[Image], processor, max_num_patches: int) -> np.ndarray:
     """(n, 2) int64 NaFlex grids (h, w in patches): the processor's spatial_shapes for these images."""
     P = processor.patch_size
     out = np.empty((len(images), 2), dtype=np.int64)
+    cache = {}  # real collections repeat a few hundred sizes; the binary search runs once per size
     for i, im in enumerate(images):
-        th, tw = processor.target_size(im.height, im.width, P, max_num_patches)
-        out[i] = th // P, tw // P
+        key = (im.height, im.width)
+        if key not in cache:
+            th, tw = processor.target_size(im.height, im.width, P, max_num_patches)
+            cache[key] = th // P, tw // P
+        out[i] = cache[key]
     return out
 
 

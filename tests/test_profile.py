@@ -228,3 +228,26 @@ def test_recommendation_rules():
     assert recommend(entries, 0.02, 300.0)["max_num_patches"] is None
     assert recommend([e(64, ips=400.0), e(256, ips=200.0)], None, 150.0)["max_num_patches"] == 256
     assert recommend([e(64), e(256)], None, 150.0)["max_num_patches"] is None  # no timing
+
+
+def test_bench_plots_from_a_results_file(tmp_path):
+    """bench/plots.py draws every op of a committed bench/run.py results file."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pytest.skip("matplotlib is not installed (the [plot] extra)")
+    spec = importlib.util.spec_from_file_location("bench_plots", os.path.join(root, "bench", "plots.py"))
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    with open(os.path.join(root, "bench", "results", "cpu-2026-11-23", "results.json")) as f:
+        results = json.load(f)
+    paths = plots.write_bench_plots(results, str(tmp_path))
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "attention_tflops_vs_seqlen.png", "loss_ms_vs_n.png", "model_images_per_s_vs_patches.png",
+        "patch_embed_gbps_vs_batch.png"]
+    for p in paths:
+        with PIL.Image.open(p) as im:
+            assert im.size[0] > 100
