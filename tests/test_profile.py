@@ -251,3 +251,18 @@ def test_bench_plots_from_a_results_file(tmp_path):
     for p in paths:
         with PIL.Image.open(p) as im:
             assert im.size[0] > 100
+
+
+@pytest.mark.gpu
+def test_profile_on_cuda(tmp_path):
+    """On CUDA: every execution mode is timed with do_bench, peak memory is reported, the packed path runs Triton."""
+    out = tmp_path / "g.json"
+    assert _run(["--synthetic", "64", "--config", "tiny", "--max-num-patches", "256,1024", "--device", "cuda",
+                 "--batch-size", "16", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for e in r["budgets"]:
+        t = e["timing"]
+        assert {"padded", "packed"} <= set(t)
+        assert "kernels auto" in t["packed"]["impl"]
+        for mode in t.values():
+            assert mode["images_per_s"] > 0 and mode["peak_mem_mb"] is not None and mode["peak_mem_mb"] >= 0
