@@ -117,6 +117,16 @@ def test_profile_plots_without_matplotlib(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_profile_without_transformers_times_our_modes_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    out = tmp_path / "t.json"
+    assert _run(["--synthetic", "6", "--config", "tiny", "--max-num-patches", "64", "--timing", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["budgets"][0]["timing"]) == {"padded", "packed"}
+    assert "padded-sdpa not timed: transformers not installed" in r["settings"]["timing_note"]
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--max-num-patches", "64,abc"], "--max-num-patches"),
     (["--max-num-patches", "0,64"], "--max-num-patches"),
