@@ -21,4 +21,16 @@ def test_readme_quick_example(checkpoint, tmp_path):  # noqa: F811
     probs = torch.sigmoid(out.logits_per_image)
     assert probs.shape == (1, 2) and torch.isfinite(probs).all()
     res = zero_shot_classify([str(tmp_path / "cat.jpg")], ["cat", "dog"], model=ckpt)
-    assert [r["label"] for r in res[0]] in (["cat", "dog"], ["dog", "cat"])
+    # the expected order, from the reference model on the pipeline's own prompts
+    from siglip2.pipeline import DEFAULT_TEMPLATE
+    from siglip2.reference import Siglip2Model as Reference
+
+    reference = Reference.from_pretrained(ckpt, dtype=torch.float32, device="cpu")
+    prompts = [DEFAULT_TEMPLATE.format(label) for label in ("cat", "dog")]
+    check = processor(images=[Image.open(tmp_path / "cat.jpg")], text=prompts, max_num_patches=16, patch_size=4,
+                      return_tensors="pt")
+    with torch.no_grad():
+        scores = torch.sigmoid(reference(**check).logits_per_image)[0]
+    want = ["cat", "dog"] if scores[0] >= scores[1] else ["dog", "cat"]
+    assert [r["label"] for r in res[0]] == want
+    assert abs(res[0][0]["score"] - scores.max().item()) < 1e-4

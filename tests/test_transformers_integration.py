@@ -15,7 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from launches import count_triton_launches  # noqa: E402
-from tiny import naflex_inputs, text_inputs, tiny_config_dict  # noqa: E402
+from tiny import naflex_inputs, perturb_, text_inputs, tiny_config_dict  # noqa: E402
 
 from siglip2.integrations import transformers as integ  # noqa: E402
 from siglip2.fast import patch_transformers, register, unpatch_transformers  # noqa: E402
@@ -23,17 +23,9 @@ from siglip2.fast import patch_transformers, register, unpatch_transformers  # n
 ATOL = 1e-5
 
 
-def _perturb(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
 def _siglip2(seed=0):
     torch.manual_seed(seed)
-    return _perturb(transformers.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict(hidden=32, heads=2))).eval())
+    return perturb_(transformers.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict(hidden=32, heads=2))).eval())
 
 
 def _siglip_fixres(seed=0):
@@ -41,7 +33,7 @@ def _siglip_fixres(seed=0):
     d = tiny_config_dict(hidden=32, heads=2)
     d["vision_config"] = dict(hidden_size=32, intermediate_size=70, num_hidden_layers=2, num_attention_heads=2,
                               patch_size=2, image_size=8)
-    return _perturb(transformers.SiglipModel(transformers.SiglipConfig(**d)).eval())
+    return perturb_(transformers.SiglipModel(transformers.SiglipConfig(**d)).eval())
 
 
 def _lfm2_vl(seed=0):
@@ -54,7 +46,7 @@ def _lfm2_vl(seed=0):
                          num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
                          max_position_embeddings=64),
         image_token_id=5, projector_hidden_size=48, downsample_factor=2)
-    return _perturb(transformers.Lfm2VlForConditionalGeneration(cfg).eval())
+    return perturb_(transformers.Lfm2VlForConditionalGeneration(cfg).eval())
 
 
 SHAPES = [(3, 4), (4, 4), (1, 5), (2, 2)]  # padded NaFlex rows, a 1xN strip, one full image (L = 16)
@@ -273,3 +265,15 @@ def test_bad_arguments_are_named():
         patch_transformers(_siglip2(), kernel_impl="fast")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         patch_transformers("google/siglip2-base-patch16-naflex")
+
+
+def test_patch_follows_parameters_replaced_after_patching():
+    """load_state_dict(assign=True) swaps Parameter objects: the patched forward must rebind to the new ones."""
+    model = _siglip2().vision_model
+    kw, outputs = _vision_case(model)
+    patch_transformers(model)
+    other = _siglip2(seed=5).vision_model
+    model.load_state_dict(other.state_dict(), assign=True)
+    with torch.no_grad():
+        got, want = outputs(model(**kw)), outputs(other(**kw))
+    assert (got["pooler_output"] - want["pooler_output"]).abs().max() <= ATOL

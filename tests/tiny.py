@@ -12,12 +12,25 @@ def tiny_config_dict(hidden=64, heads=4, layers=2, patch=2, num_patches=16, proj
     return dict(text_config=text, vision_config=vision)
 
 
+def perturb_(model, seed=1, scale=0.1):
+    """Add noise of a realistic size to every parameter, in place. transformers' init leaves biases at 0 or 1e-6,
+    LayerNorms at (1, 0) and logit scale/bias at 0, so a parity test on a fresh model cannot see a dropped bias, a
+    swapped q/k/v bias or a missing norm; with every parameter perturbed it can."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
+    return model
+
+
 def hf_siglip2(seed=0, **kw):
+    """A tiny random transformers.Siglip2Model with every parameter perturbed (see perturb_)."""
     import transformers
 
     torch.manual_seed(seed)
     cfg = transformers.Siglip2Config(**tiny_config_dict(**kw))
     model = transformers.Siglip2Model(cfg).eval()
+    perturb_(model, seed + 1)
     with torch.no_grad():  # transformers inits logit_scale/bias to 0; make them matter
         model.logit_scale.fill_(2.3)
         model.logit_bias.fill_(-1.7)

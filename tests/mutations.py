@@ -1,0 +1,157 @@
+"""Mutation check: break the code on purpose, one line at a time, and see which tests notice.
+
+    python tests/mutations.py              # every mutation (several minutes: the relevant tests run per mutation)
+    python tests/mutations.py --only qkv   # the mutations whose name contains "qkv"
+    python tests/mutations.py --list
+
+Each mutation replaces one exact snippet (which must occur exactly once, or it is reported as STALE: update it
+with the code) in a temporary copy of the package, then runs only the tests relevant to it against that copy.
+Every mutation must be CAUGHT. CI does not run this script; run it before resolving test-quality work and after
+big changes, and paste its table into the closing note.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Mutation:
+    name: str
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    tests: list[str]  # pytest arguments
+
+
+MUTATIONS = [
+    Mutation("auto-always-reference", "kernels/_utils.py",
+             'return "triton" if runnable and triton_available() and unsupported is None else "reference"',
+             'return "reference"',
+             ["tests/test_modeling.py", "-k", "triton"]),
+    Mutation("pooling-head-drops-q-bias", "siglip2/layers.py",
+             "q = F.linear(self.probe.reshape(1, D), w[:D], b[:D])",
+             "q = F.linear(self.probe.reshape(1, D), w[:D])",
+             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
+    Mutation("qkv-bias-order-swapped", "siglip2/layers.py",
+             "return torch.cat(ps[:3]), torch.cat(ps[3:])",
+             "return torch.cat(ps[:3]), torch.cat((ps[4], ps[3], ps[5]))",
+             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
+    Mutation("patch-embed-kernel-drops-bias", "kernels/patch_embed_triton.py",
+             "acc += tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]",
+             "acc += 0.0 * tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]",
+             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
+    Mutation("packed-path-skips-last-layer", "siglip2/layers.py",
+             "        for layer in self.layers:\n            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
+             "        for layer in (self.layers[:-1] if packed is not None else self.layers):\n"
+             "            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
+             ["tests/test_readme_example.py", "tests/test_modeling.py", "-k", "readme or half_precision"]),
+    Mutation("text-kernel-ignores-padding", "siglip2/modeling.py",
+             "mask = None if attention_mask is None else attention_mask.bool()",
+             "mask = None",
+             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
+    Mutation("unpack-inverted", "siglip2/packing.py",
+             "return out.masked_scatter(self.valid[..., None], x)",
+             "return out.masked_scatter(~self.valid[..., None], x[: int((~self.valid).sum())])",
+             ["tests/test_modeling.py", "-k", "triton"]),
+    Mutation("attention-ignores-scale", "kernels/attention.py",
+             "scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5\n    if impl == \"reference\":\n        return reference.varlen_attention",
+             "scale = 1.0\n    if impl == \"reference\":\n        return reference.varlen_attention",
+             ["tests/test_attention.py", "-k", "varlen and triton"]),
+    Mutation("loss-kernel-drops-bias", "kernels/sigmoid_loss_triton.py",
+             "b_logit = b_s * b_scale + b_bias",
+             "b_logit = b_s * b_scale",
+             ["tests/test_sigmoid_loss.py", "-k", "triton"]),
+    Mutation("backend-ignores-padding-mask", "siglip2/integrations/transformers.py",
+             "out = padded_attention(query, key, value, key_mask, scaling, impl=_state[\"impl\"])",
+             "out = padded_attention(query, key, value, None, scaling, impl=_state[\"impl\"])",
+             ["tests/test_transformers_integration.py", "-k", "padding or backend-Siglip2Model"]),
+    Mutation("patched-tower-skips-rebind", "siglip2/integrations/transformers.py",
+             "        if ours_mod._parameters[leaf] is not p:\n            ours_mod._parameters[leaf] = p",
+             "        pass",
+             ["tests/test_transformers_integration.py", "-k", "follows"]),
+    Mutation("entry-check-skipped", "siglip2/validation.py",
+             "    if not host[0]:\n",
+             "    if True:\n",
+             ["tests/test_validation.py"]),
+]
+
+
+def _copy_tree(dst: str) -> str:
+    """The package laid out as installed (kernels/ inside siglip2/), plus tests/ and pyproject.toml."""
+    pkg = os.path.join(dst, "pkg")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(os.path.join(ROOT, "siglip2"), os.path.join(pkg, "siglip2"), ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "kernels"), os.path.join(pkg, "siglip2", "kernels"), ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(dst, "tests"), ignore=ignore)
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), dst)
+    return pkg
+
+
+def _target(pkg: str, dst: str, rel: str) -> str:
+    if rel.startswith("kernels/"):
+        return os.path.join(pkg, "siglip2", rel)
+    if rel.startswith("siglip2/"):
+        return os.path.join(pkg, rel)
+    return os.path.join(dst, rel)
+
+
+def run(m: Mutation, timeout: int) -> tuple[str, float]:
+    with tempfile.TemporaryDirectory(prefix="siglip2-mut-") as dst:
+        pkg = _copy_tree(dst)
+        path = _target(pkg, dst, m.path)
+        with open(path) as f:
+            src = f.read()
+        if src.count(m.old) != 1:
+            return "STALE", 0.0
+        with open(path, "w") as f:
+            f.write(src.replace(m.old, m.new))
+        env = dict(os.environ, PYTHONPATH=pkg + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        check = subprocess.run([sys.executable, "-c", "import siglip2; print(siglip2.__file__)"], env=env, cwd=dst,
+                               capture_output=True, text=True)
+        if not check.stdout.startswith(pkg):
+            raise RuntimeError(f"the mutated copy is not the one imported: {check.stdout or check.stderr}")
+        t0 = time.time()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
+                                  env=env, cwd=dst, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "TIMEOUT", time.time() - t0
+        dt = time.time() - t0
+        if proc.returncode == 5:
+            return "NO TESTS", dt
+        return ("CAUGHT" if proc.returncode != 0 else "NOT CAUGHT"), dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, help="run the mutations whose name contains this")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per mutation")
+    a = ap.parse_args(argv)
+    todo = [m for m in MUTATIONS if a.only is None or a.only in m.name]
+    if a.list:
+        for m in todo:
+            print(f"{m.name:32s} {m.path:40s} {' '.join(m.tests)}")
+        return 0
+    rows = []
+    for m in todo:
+        verdict, dt = run(m, a.timeout)
+        rows.append((m.name, verdict, dt))
+        print(f"{m.name:32s} {verdict:10s} {dt:6.0f} s", flush=True)
+    print("\n| mutation | result | seconds |\n|---|---|---|")
+    for name, verdict, dt in rows:
+        print(f"| {name} | {verdict} | {dt:.0f} |")
+    return 0 if all(v == "CAUGHT" for _, v, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
