@@ -304,8 +304,10 @@ def run(args) -> int:
     rank, world = world_info()
     t0 = time.perf_counter()
     try:
-        device = torch.device(args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                                              if torch.cuda.is_available() else "cpu"))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local)  # one GPU per torchrun process
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
         source = open_source(args.input, image_column=args.image_column, text_column=args.text_column)
         model, directory = load_model(args.model, device=device, dtype=dtype)
@@ -316,8 +318,15 @@ def run(args) -> int:
         if args.tokens_per_batch is not None and args.tokens_per_batch < M:
             raise ValueError(f"--tokens-per-batch: must be at least max_num_patches ({M}), got {args.tokens_per_batch}")
         batch_size = None if args.tokens_per_batch else (args.batch_size or 64)
-        captions = not isinstance(source, FileSource) or source.has_captions
-        tokenizer = Siglip2Tokenizer.from_pretrained(directory) if captions else None
+        tokenizer = None
+        if isinstance(source, FileSource) and source.has_captions:
+            tokenizer = Siglip2Tokenizer.from_pretrained(directory)
+        elif not isinstance(source, FileSource):  # captions are only seen in the tars: embed them if we can
+            if os.path.exists(os.path.join(directory, "tokenizer.json")):
+                tokenizer = Siglip2Tokenizer.from_pretrained(directory)
+            elif rank == 0:
+                print(f"siglip2 embed-dataset: no tokenizer.json in {directory!r}: captions (txt) are not embedded",
+                      file=sys.stderr)
         out = os.path.abspath(args.out)
         run_cfg = {
             "input": os.path.abspath(args.input) if "://" not in args.input else args.input,
@@ -345,7 +354,7 @@ def run(args) -> int:
                          fast=args.fast_decode, dtype=dtype if dtype != torch.float32 else None, tokenizer=tokenizer)
         loader = torch.utils.data.DataLoader(
             _as_iterable_dataset(stream), batch_size=None, num_workers=args.num_workers,
-            pin_memory=device.type == "cuda", prefetch_factor=4 if args.num_workers else None,
+            pin_memory=device.type == "cuda", prefetch_factor=2 if args.num_workers else None,
         )
         total = sum(u.stop - u.start for u in todo) if isinstance(source, FileSource) else None
         bar = tqdm(total=total, unit="img", disable=rank != 0, dynamic_ncols=True, desc=f"embed (rank 0 of {world})")
@@ -359,6 +368,7 @@ def run(args) -> int:
             x = _pooled(x).float()
             return x if args.raw else x / x.norm(p=2, dim=-1, keepdim=True)
 
+        t_loop = time.perf_counter()
         with torch.no_grad():
             for item, b, first, last in _Prefetch(loader, device):
                 buf = bufs.setdefault(item["unit"], {"img": [], "img_keys": [], "txt": [], "txt_keys": [],
@@ -390,6 +400,7 @@ def run(args) -> int:
                         if stop_after and written >= stop_after:
                             raise KeyboardInterrupt(f"{STOP_AFTER_ENV}={stop_after}: stopped after {written} unit(s)")
         bar.close()
+        t_loop = time.perf_counter() - t_loop
         if bufs:
             raise RuntimeError(f"embed-dataset: units {sorted(bufs)} did not finish (a worker ended early)")
         if world > 1:
@@ -399,8 +410,9 @@ def run(args) -> int:
             dt = time.perf_counter() - t0
             c = m["counts"]
             print(f"embed-dataset: {c['images']} images, {c['texts']} texts, {c['errors']} errors ({ERRORS}) "
-                  f"in {len(units)} shards -> {out}; this run: {written} shards, {n_images} images on rank 0 "
-                  f"in {dt:.1f} s ({n_images / dt:.1f} images/s)", file=sys.stderr)
+                  f"in {len(units)} shards -> {out}; this run, rank 0: {written} shards, {n_images} images in "
+                  f"{t_loop:.1f} s ({n_images / max(t_loop, 1e-9):.1f} images/s; {dt:.1f} s with start-up)",
+                  file=sys.stderr)
         return 0
     finally:
         if started_dist and dist.is_initialized():
