@@ -1,0 +1,373 @@
+"""`siglip2 train`: contrastive (SigLIP) training and fine-tuning of `siglip2.fast.Siglip2Model`.
+
+  siglip2 train --data SOURCE --model ID_OR_DIR_OR_SIZE --out DIR [--steps N | --epochs E] [--batch-size B]
+                [--seq-lens 128,256,576,784,1024] [--tokens-per-batch T] [--mixed-budgets] [--lr ...] [--warmup ...]
+                [--precision bf16] [--grad-checkpointing] [--fsdp] [--lock-image] [--resume] [--log-every K]
+                [--save-every K] [--dry-run]
+
+One process, or every rank of `torchrun --nproc-per-node W -m siglip2 train ...`: DDP by default, FSDP2 with
+`--fsdp`. The loss is the global-batch SigLIP loss: `DistributedSigmoidLoss` (a ring, each rank holding only its own
+blocks) across ranks, the fused `sigmoid_loss` in one process. `--batch-size` and `--tokens-per-batch` are per rank;
+the log shows the global batch. `--warmup` is in steps. Batches follow `siglip2.train_data.BatchPlan`; checkpoints
+and resume follow `siglip2.train_utils`. `train(TrainConfig(...))` is the same run from Python.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    model: str
+    out: str
+    tokenizer: str | None = None  # random-init sizes: a directory with tokenizer.json (default: none -> error)
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int | None = None
+    tokens_per_batch: int | None = None
+    seq_lens: tuple = (256,)
+    mixed_budgets: bool = False
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.0
+    warmup: int = 0
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
+    fsdp: bool = False
+    lock_image: bool = False
+    compile: bool = False
+    kernel_impl: str = "auto"
+    resume: bool = False
+    stop_after: int | None = None  # end this invocation after this step (checkpointed), as a preemption would
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    workers: int = 2
+    seed: int = 0
+    device: str | None = None
+    report_to: tuple = field(default_factory=tuple)
+    dry_run: bool = False
+    progress: bool = True
+
+
+def add_arguments(p) -> None:
+    a = p.add_argument
+    a("--data", required=True, help="captioned source: CSV/TSV/JSONL table (image + caption columns), or "
+                                    "webdataset .tar shards with .txt captions")
+    a("--model", required=True, help="checkpoint directory or hub id to fine-tune, or a size to train from random "
+                                     "init: tiny, base, large, so400m (then --tokenizer DIR)")
+    a("--out", required=True, help="output directory (checkpoints, log.jsonl)")
+    a("--tokenizer", default=None, help="directory with tokenizer.json for a random-init size")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--epochs", type=float, default=None)
+    a("--batch-size", type=int, default=None, help="per rank (default 32 unless --tokens-per-batch is given)")
+    a("--tokens-per-batch", type=int, default=None,
+      help="per-rank patch budget: the batch size of a step is this // its max_num_patches")
+    a("--seq-lens", default="256", help="comma-separated max_num_patches buckets, one drawn per step")
+    a("--mixed-budgets", action="store_true", help="draw a budget per sample instead of per step (packed batches)")
+    a("--lr", type=float, default=1e-4)
+    a("--min-lr-ratio", type=float, default=0.0, help="final lr as a fraction of --lr (cosine)")
+    a("--warmup", type=int, default=0, help="linear warm-up steps")
+    a("--weight-decay", type=float, default=0.1)
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off, the norm is still logged)")
+    a("--precision", choices=["fp32", "bf16"], default="fp32")
+    a("--grad-checkpointing", action="store_true", help="recompute each encoder layer in backward")
+    a("--fsdp", action="store_true", help="FSDP2 (fully_shard per encoder layer, then the root) instead of DDP")
+    a("--lock-image", action="store_true", help="freeze the vision tower (locked-image tuning)")
+    a("--compile", action="store_true", help="torch.compile each encoder layer")
+    a("--kernel-impl", choices=["auto", "triton", "reference"], default="auto")
+    a("--resume", action="store_true", help="continue from OUT/latest")
+    a("--stop-after", type=int, default=None,
+      help="checkpoint and exit after this step (the schedule still spans --steps); continue with --resume")
+    a("--log-every", type=int, default=10)
+    a("--save-every", type=int, default=0, help="checkpoint every K steps (and always at the end)")
+    a("--keep-last", type=int, default=2, help="checkpoints to keep")
+    a("--workers", type=int, default=2, help="data loader workers per rank")
+    a("--seed", type=int, default=0)
+    a("--device", default=None)
+    a("--report-to", default="", help="'tensorboard' to also write TensorBoard events under OUT/tb")
+    a("--dry-run", action="store_true", help="print the plan (parameters, tokens, activation memory) and exit")
+
+
+def run(args) -> int:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                         if hasattr(args, f.name)})
+    cfg.seq_lens = _parse_lens(args.seq_lens)
+    cfg.report_to = tuple(s for s in args.report_to.split(",") if s)
+    train(cfg)
+    return 0
+
+
+def _parse_lens(s) -> tuple:
+    try:
+        lens = tuple(int(x) for x in str(s).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--seq-lens: expected comma-separated integers, got {s!r}") from None
+    if not lens or min(lens) <= 0:
+        raise ValueError(f"--seq-lens: expected positive integers, got {s!r}")
+    return lens
+
+
+def _setup_distributed(device_arg):
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" in os.environ and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device_arg != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if device_arg:
+        device = torch.device(device_arg)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _build(cfg, device):
+    """(model, tokenizer, image processor, files to copy next to every saved model) for cfg.model."""
+    import torch
+
+    from .fast import Siglip2Model
+    from .processing import Siglip2ImageProcessor, image_processor_from_pretrained
+    from .tokenization import Siglip2Tokenizer
+    from .train_utils import SIZES, size_config
+
+    if cfg.model in SIZES and not os.path.isdir(cfg.model):
+        if not cfg.tokenizer:
+            raise ValueError(f"--tokenizer: a random-init size ({cfg.model}) needs a directory with tokenizer.json")
+        tok = Siglip2Tokenizer.from_pretrained(cfg.tokenizer, model_type="siglip2")
+        mcfg = size_config(cfg.model, len(tok))
+        torch.manual_seed(cfg.seed)
+        with torch.device("meta") if cfg.dry_run else device:
+            model = Siglip2Model(mcfg)
+        P = mcfg.vision_config.patch_size
+        ip = Siglip2ImageProcessor(patch_size=P, max_num_patches=max(cfg.seq_lens))
+        files = [os.path.join(cfg.tokenizer, f) for f in ("tokenizer.json", "tokenizer_config.json",
+                                                          "special_tokens_map.json")]
+        return model, tok, ip, [f for f in files if os.path.exists(f)]
+    from .loading import resolve_dir
+
+    d = resolve_dir(cfg.model)
+    if cfg.dry_run:  # the plan needs shapes only
+        from .configuration import Siglip2Config
+
+        with torch.device("meta"):
+            model = Siglip2Model(Siglip2Config.from_pretrained(d))
+    else:
+        model = Siglip2Model.from_pretrained(d, device=device)
+    tok = Siglip2Tokenizer.from_pretrained(cfg.tokenizer or d)
+    ip = image_processor_from_pretrained(d)
+    if not isinstance(ip, Siglip2ImageProcessor):
+        raise ValueError(f"--model: {d} is a FixRes (SigLIP) checkpoint; training supports NaFlex (Siglip2Model)")
+    files = [os.path.join(cfg.tokenizer or d, f) for f in ("tokenizer.json", "tokenizer_config.json",
+                                                           "special_tokens_map.json")]
+    files.append(os.path.join(d, "preprocessor_config.json"))
+    return model, tok, ip, [f for f in files if os.path.exists(f)]
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or, with dry_run, plan) a training job; returns a summary dict (steps, final loss, checkpoint)."""
+    import torch
+
+    from . import train_utils as U
+    from .data import FileSource, open_source
+    from .train_data import BatchPlan, CaptionedSamples, Collate, PlanSampler, WebDatasetBatches
+
+    if cfg.batch_size is None and cfg.tokens_per_batch is None:
+        cfg.batch_size = 32
+    if cfg.steps is None and cfg.epochs is None:
+        raise ValueError("--steps / --epochs: give one (how long to train)")
+    for name in ("steps", "log_every", "workers", "warmup", "save_every"):
+        v = getattr(cfg, name)
+        if v is not None and (v < 0 or (name in ("steps", "log_every") and v == 0)):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a {'positive' if name in ('steps', 'log_every') else 'non-negative'} integer, got {v}")
+    source = open_source(cfg.data)
+    if isinstance(source, FileSource) and not source.has_captions:
+        raise ValueError(f"--data: {cfg.data!r} has no captions (a caption or text column is needed to train)")
+    rank, world, device = _setup_distributed(None if cfg.dry_run else cfg.device)
+    plan = BatchPlan(tuple(cfg.seq_lens), world, cfg.batch_size, cfg.tokens_per_batch, cfg.mixed_budgets, cfg.seed)
+    if cfg.steps is not None:
+        total = cfg.steps
+    elif isinstance(source, FileSource):
+        total = plan.steps_for(int(cfg.epochs * len(source)))
+    else:
+        raise ValueError("--epochs: webdataset shards have no known length; give --steps")
+    resume_dir = U.latest_checkpoint(cfg.out) if cfg.resume else None
+    if cfg.resume and resume_dir is None and rank == 0:
+        print(f"siglip2 train: --resume: no checkpoint in {cfg.out} yet, starting from step 0", file=sys.stderr)
+    model, tok, ip, proc_files = _build(cfg, device)
+    if resume_dir:  # exact fp32 weights of the checkpoint
+        from .fast import Siglip2Model
+
+        model = Siglip2Model.from_pretrained(os.path.join(resume_dir, "model"), device=device)
+    model.set_impl("triton", cfg.kernel_impl)
+    if cfg.dry_run:
+        return _dry_run(cfg, model, plan, world, total)
+
+    module = U.ContrastiveForward(model, cfg.lock_image)
+    if cfg.grad_checkpointing:
+        U.apply_activation_checkpointing(model)
+    if cfg.compile:
+        for layer in U.encoder_layers(model):
+            layer.compile()
+    module = U.wrap(module, fsdp=cfg.fsdp, precision=cfg.precision, device=device)
+    optimizer = torch.optim.AdamW(U.param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: U.lr_lambda(s, cfg.warmup, total, cfg.min_lr_ratio))
+    step, cursor, consumed = 0, 0, 0
+    if resume_dir:
+        extra = U.load_training_state(resume_dir, module, optimizer, scheduler)
+        step, cursor, consumed = extra["step"], extra["cursor"], extra.get("consumed", 0)
+        if extra.get("world_size") != world:
+            raise ValueError(f"--resume: the checkpoint was written by {extra.get('world_size')} ranks, this run "
+                             f"has {world}; exact resume needs the same number")
+    os.makedirs(cfg.out, exist_ok=True)
+    log_path = os.path.join(cfg.out, "log.jsonl")
+    if rank == 0:
+        if resume_dir:
+            U.trim_log(log_path, step)
+        elif os.path.exists(log_path):
+            os.remove(log_path)
+
+    P = model.config.vision_config.patch_size
+    collate = Collate(ip, tok)
+    if isinstance(source, FileSource):
+        sampler = PlanSampler(plan, len(source), rank, step, cursor, total)
+        loader = torch.utils.data.DataLoader(CaptionedSamples(source, P), batch_sampler=sampler,
+                                             collate_fn=collate, num_workers=cfg.workers,
+                                             pin_memory=device.type == "cuda",
+                                             persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    else:  # one worker keeps the stream order (and so the resume position) exact
+        loader = torch.utils.data.DataLoader(
+            WebDatasetBatches(source, plan, rank, step, cursor, total, consumed, P, collate), batch_size=None,
+            num_workers=min(cfg.workers, 1))
+    return _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device,
+                 proc_files, log_path)
+
+
+def _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files,
+          log_path):
+    import torch
+
+    from . import train_utils as U
+    from .kernels import sigmoid_loss
+    from .kernels.loss import DistributedSigmoidLoss
+
+    dist_loss = DistributedSigmoidLoss(impl=cfg.kernel_impl) if world > 1 else None
+    params = [p for p in module.parameters() if p.requires_grad]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and not cfg.fsdp)
+    writer = None
+    if rank == 0 and "tensorboard" in cfg.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(cfg.out, "tb"))
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    module.train()
+    acc = torch.zeros(3, dtype=torch.float64)  # images, valid image tokens, loss sum (local) since the last log
+    t0, last, skipped = time.perf_counter(), None, 0
+    cursor = consumed = 0
+    for batch in loader:
+        assert batch["step"] == step, (batch["step"], step)
+        skipped += len(batch["skipped"])
+        keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "spatial_shapes")
+        inputs = [batch[k].to(device, non_blocking=True) if k in batch else None for k in keys]
+        with autocast:
+            img, txt, scale, bias = module(*inputs)
+        if dist_loss is not None:
+            loss = dist_loss(img, txt, scale, bias)
+            (loss * world).backward()  # DDP / FSDP average gradients; the ring's per-rank shares sum to the total
+        else:
+            loss = sigmoid_loss(img, txt, scale, bias, impl=cfg.kernel_impl)
+            loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        if hasattr(gn, "full_tensor"):
+            gn = gn.full_tensor()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, cursor, consumed = step + 1, batch["cursor"], batch.get("consumed", 0)
+        last = float(loss.detach())
+        acc += torch.tensor([img.shape[0], float(batch["pixel_attention_mask"].sum()), 0.0], dtype=torch.float64)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last:.4f}", gbs=batch["global_batch"], L=batch["budget"])
+        if step % cfg.log_every == 0 or step == total:
+            if world > 1:
+                torch.distributed.all_reduce(acc)
+            dt = time.perf_counter() - t0
+            rec = {"step": step, "loss": last, "lr": scheduler.get_last_lr()[0], "grad_norm": float(gn),
+                   "global_batch": batch["global_batch"], "max_num_patches": batch["budget"],
+                   "images_per_s": acc[0].item() / dt, "tokens_per_s": acc[1].item() / dt, "skipped": skipped}
+            if device.type == "cuda":
+                rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            if rank == 0:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if bar is not None:
+                    bar.write(json.dumps(rec))
+                elif cfg.progress:
+                    print(json.dumps(rec), flush=True)
+                if writer is not None:
+                    for k, v in rec.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+            acc.zero_()
+            t0 = time.perf_counter()
+        stop = step == cfg.stop_after
+        if step == total or stop or (cfg.save_every and step % cfg.save_every == 0):
+            extra = {"step": step, "cursor": cursor, "consumed": consumed, "world_size": world}
+            U.save_checkpoint(cfg.out, step, module, model, optimizer, scheduler, extra, proc_files, cfg.keep_last)
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    return {"steps": step, "final_loss": last, "checkpoint": U.latest_checkpoint(cfg.out)}
+
+
+def _dry_run(cfg, model, plan, world, total) -> dict:
+    from .train_utils import activation_bytes
+
+    n_params = sum(p.numel() for p in model.parameters())
+    vis = model.vision_model.parameters()
+    trainable = n_params - (sum(p.numel() for p in vis) if cfg.lock_image else 0)
+    elem = 2 if cfg.precision == "bf16" else 4
+    rows = []
+    for m in plan.seq_lens:
+        n = cfg.batch_size or cfg.tokens_per_batch // m
+        vt, tt = n * m, n * 64
+        act = {ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
+               + activation_bytes(model.config.text_config, tt, elem, ck) for ck in (False, True)}
+        rows.append(dict(max_num_patches=m, batch_per_rank=n, global_batch=n * world, image_tokens_per_rank=vt,
+                         text_tokens_per_rank=tt, activations_gb=act[False] / 2**30,
+                         activations_gb_checkpointed=act[True] / 2**30))
+    summary = {"parameters": n_params, "trainable_parameters": trainable, "world_size": world, "steps": total,
+               "precision": cfg.precision, "buckets": rows}
+    print(f"plan: {n_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), {world} rank(s), "
+          f"{total} steps, {cfg.precision}{', mixed budgets' if cfg.mixed_budgets else ''}")
+    print("max_num_patches  batch/rank  global  image tok/rank  text tok/rank  act GB  act GB (ckpt)")
+    for r in rows:
+        print(f"{r['max_num_patches']:>15}  {r['batch_per_rank']:>10}  {r['global_batch']:>6}  "
+              f"{r['image_tokens_per_rank']:>14}  {r['text_tokens_per_rank']:>13}  {r['activations_gb']:>6.2f}  "
+              f"{r['activations_gb_checkpointed']:>13.2f}")
+    print("(activations: estimated bytes the encoders keep for backward, per rank; weights, optimizer state and "
+          "the loss are not included)")
+    return summary
