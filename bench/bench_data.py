@@ -161,7 +161,7 @@ def bench_e2e(args) -> list[dict]:
     settings and prefetcher. With one worker the wall time should approach max(decode + preprocess, model)
     instead of their sum."""
     from siglip2.data import open_source
-    from siglip2.embed_dataset import _Prefetch, _Stream, _as_iterable_dataset, plan_units
+    from siglip2.embed_dataset import _as_iterable_dataset, _Prefetch, _Stream, plan_units
     from siglip2.processing import Siglip2ImageProcessor
 
     torch.set_num_threads(1)
@@ -262,7 +262,8 @@ def bench_gpu(args) -> list[dict]:
     ckpt = os.path.join(work, "so400m-random")
     cuda = args.device.startswith("cuda")  # on CPU: a tiny model, to smoke-test this function
     dtype, B = (torch.bfloat16, 256) if cuda else (torch.float32, 8)
-    shape = dict(hidden=1152, layers=27, heads=16, inter=4304) if cuda else dict(hidden=64, layers=2, heads=2, inter=128)
+    so400m, tiny = dict(hidden=1152, layers=27, heads=16, inter=4304), dict(hidden=64, layers=2, heads=2, inter=128)
+    shape = so400m if cuda else tiny
     model = _random_model(**shape, dtype=dtype, device=args.device)
     model.save_pretrained(ckpt)
     Siglip2ImageProcessor(patch_size=16, max_num_patches=256).save_pretrained(ckpt)
@@ -309,6 +310,7 @@ def main():
     args = p.parse_args()
     fn = {"decode": bench_decode, "fidelity": bench_fidelity, "e2e": bench_e2e, "gpu": bench_gpu}[args.what]
     import PIL
+
     import siglip2
 
     print(json.dumps({"torch": torch.__version__, "pillow": PIL.__version__, "siglip2": siglip2.__version__,

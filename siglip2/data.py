@@ -30,8 +30,8 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif")
 WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "jfif")
@@ -95,7 +95,7 @@ class WebDatasetSource:
     @staticmethod
     def shard_name(url: str) -> str:
         base = os.path.basename(url.rstrip("/"))
-        return base[:-4] if base.endswith(".tar") else base
+        return base.removesuffix(".tar")
 
     def iter_shard(self, i: int, on_error: Callable[[SampleError], None] | None = None) -> Iterator[Record]:
         """The Records of shard `i`, in tar order. A sample with no image member, or an unreadable tar, becomes a
@@ -388,7 +388,7 @@ def world_info() -> tuple[int, int]:
             return dist.get_rank(), dist.get_world_size()
     except ImportError:
         pass
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _check_rank(rank: int, world_size: int) -> None:

@@ -94,7 +94,7 @@ class _Stream:
             return
         for u in self.units[wid::k]:
             errors: list = []
-            records = self.source.iter_shard(u.index, on_error=lambda e: errors.append((e.key, e.reason)))
+            records = self.source.iter_shard(u.index, on_error=lambda e, errs=errors: errs.append((e.key, e.reason)))
             prev = None
             for chunk in _chunked(records, self.chunk):
                 if prev is not None:
@@ -227,14 +227,16 @@ def _check_run(out: str, run: dict, rank: int) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        diff = [f"{k}: {old.get(k)!r} -> {run.get(k)!r}" for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)]
+        diff = [f"{k}: {old.get(k)!r} -> {run.get(k)!r}"
+                for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)]
         if diff:
             raise ValueError(f"--out {out!r} holds a run with different arguments ({'; '.join(diff)}); "
                              "rerun with the same arguments to resume, or use a new --out")
         return
     stray = [n for n in os.listdir(out) if not n.startswith(".")] if os.path.isdir(out) else []
     if stray:
-        raise ValueError(f"--out {out!r} is not empty and holds no {RUN_FILE} (found {stray[0]!r}); use a new directory")
+        raise ValueError(f"--out {out!r} is not empty and holds no {RUN_FILE} (found {stray[0]!r}); "
+                         "use a new directory")
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         atomic_write_text(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
@@ -276,7 +278,7 @@ def _init_distributed():
 
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         # gloo even on GPUs: only a barrier and a tiny all_reduce cross ranks; ranks may finish hours apart
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
         return True
@@ -304,7 +306,7 @@ def run(args) -> int:
     rank, world = world_info()
     t0 = time.perf_counter()
     try:
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", local)  # one GPU per torchrun process
@@ -360,7 +362,7 @@ def run(args) -> int:
         bar = tqdm(total=total, unit="img", disable=rank != 0, dynamic_ncols=True, desc=f"embed (rank 0 of {world})")
         store_dtype = getattr(torch, args.store_dtype)
         dims = (model.config.vision_config.hidden_size, model.config.text_config.projection_size)
-        stop_after = int(os.environ.get(STOP_AFTER_ENV, 0))
+        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0"))
         bufs, n_errors, n_images, written = {}, 0, 0, 0
         by_index = {u.index: u for u in todo}
 

@@ -218,6 +218,13 @@ def test_csv_captions_column(folder, checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert _main(src / "captions.csv", "--out", tmp_path / "out2", "--model", checkpoint, *ARGS) == 1
     assert "no column 'image'" in capsys.readouterr().err
+    fast = tmp_path / "fast"
+    assert _main(src / "captions.csv", "--out", fast, "--model", checkpoint, "--image-column", "path", *ARGS,
+                 "--fast-decode") == 0
+    mf, img_fast, _ = _read(fast)
+    assert mf["preprocessing"]["fast_decode"] and sorted(img_fast) == sorted(img)
+    # uniform-noise pixels are the worst case for DCT-domain downscaling (photos: docs/benchmarks.md)
+    assert min(float(_cos(img_fast[k], img[k])) for k in img) > 0.9
 
 
 def test_torchrun_two_ranks_match_one_process(folder_run, checkpoint, folder, tmp_path):
