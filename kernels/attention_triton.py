@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import SMEM_LIMIT, interpreting
+from ._configs import INTERPRETER_FAMILY, check_tables, device_family
+from ._utils import interpreting
 
 LOG2E = 1.4426950408889634
 
@@ -344,71 +345,86 @@ def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
     return (full, 0) if 64 + tail >= full else (64, tail)
 
 
-# Block sizes: chosen so every config compiles for sm_80 and sm_90 with no register spills (ptxas STACK == 0,
-# checked by tests/test_attention.py::test_aot_compile); the throughput tuning is owed to a GPU run.
-def fwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
-    if elem_bytes == 4:  # fp32 tiles with IEEE (FMA) dots: small blocks, 8 warps to spread the registers
-        # (32 x 32, 4 warps spills at d 64; 32 x 16, 8 warps spills at d 80/96 under triton 3.6's ptxas 12.8)
-        return dict(BLOCK_M=32, BLOCK_N=32 if d_tile <= 96 else 16, num_warps=4 if d_tile <= 32 else 8, num_stages=2)
-    if max_seqlen_q <= 16:  # one query per image (the pooling head): do not burn a 128-row tile on it
-        return dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3)
-    if d_tile <= 80:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=128 if d_tile <= 96 else 64, BLOCK_N=32 if d_tile <= 96 else 64, num_warps=8, num_stages=3)
+# Launch configs, one table per kernel family, keyed by GPU architecture family (kernels/_configs.py) and then
+# by (dtype class, queries, tile width): dtype class "16bit" (bf16/fp16, tensor-core dots) or "fp32" (IEEE FMA
+# dots); queries "pool" for max_seqlen_q <= 16 (the pooling head: one query per image), else "seq"; tile width
+# BLOCK_D + BLOCK_DT from `head_dim_split` (32, 64, 80 = 64+16, 96 = 64+32, 128).
+# Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
+# == LOCAL == 0) and within the family's shared memory per block, under triton 3.6, 3.8 and 3.9; among those,
+# the largest tile (tests/test_aot.py checks; docs/design.md has the measured table). Throughput tuning on real
+# GPUs is owed: no GPU has timed these.
+# fwd: (BLOCK_M, BLOCK_N, num_warps, num_stages)
+_FWD_BASE = {
+    ("16bit", "seq", 32): (128, 64, 8, 3), ("16bit", "seq", 64): (128, 64, 8, 3),
+    ("16bit", "seq", 80): (128, 64, 8, 3), ("16bit", "seq", 96): (128, 32, 8, 3),
+    ("16bit", "seq", 128): (64, 64, 8, 3),
+    ("16bit", "pool", 32): (16, 64, 8, 3), ("16bit", "pool", 64): (16, 64, 8, 3),
+    ("16bit", "pool", 80): (16, 64, 8, 3), ("16bit", "pool", 96): (16, 64, 8, 3),
+    ("16bit", "pool", 128): (16, 64, 8, 3),
+    # fp32: small blocks, 8 warps to spread the registers (32 x 32 with 4 warps spills at d 64)
+    ("fp32", "seq", 32): (32, 32, 4, 2), ("fp32", "seq", 64): (32, 32, 8, 2), ("fp32", "seq", 80): (32, 32, 8, 2),
+    ("fp32", "seq", 96): (32, 32, 8, 2), ("fp32", "seq", 128): (32, 16, 8, 2),
+}
+# bwd: dK/dV kernel (BLOCK_M queries streamed, BLOCK_N keys held, num_warps), dQ kernel (BLOCK_M2 queries held,
+# BLOCK_N2 keys streamed, num_warps2), num_stages
+_BWD_BASE = {
+    ("16bit", "seq", 32): (32, 128, 8, 128, 32, 8, 2), ("16bit", "seq", 64): (32, 128, 8, 128, 32, 8, 2),
+    ("16bit", "seq", 80): (32, 64, 8, 64, 16, 8, 2), ("16bit", "seq", 96): (16, 64, 8, 64, 16, 8, 2),
+    ("16bit", "seq", 128): (32, 64, 8, 32, 32, 4, 2),
+    ("16bit", "pool", 32): (16, 64, 8, 16, 32, 8, 2), ("16bit", "pool", 64): (16, 64, 8, 16, 32, 8, 2),
+    ("16bit", "pool", 80): (16, 64, 8, 16, 32, 8, 2), ("16bit", "pool", 96): (16, 64, 8, 16, 16, 4, 2),
+    ("16bit", "pool", 128): (16, 64, 8, 16, 16, 4, 2),
+    ("fp32", "seq", 32): (16, 16, 8, 32, 16, 4, 2), ("fp32", "seq", 64): (16, 16, 4, 32, 16, 4, 2),
+    ("fp32", "seq", 80): (16, 16, 4, 32, 16, 8, 2), ("fp32", "seq", 96): (16, 16, 4, 16, 32, 4, 2),
+    ("fp32", "seq", 128): (32, 16, 8, 32, 16, 4, 2),
+}
+# Per-family changes to the base tables (measured, triton 3.9, SigLIP2 shapes; docs/design.md):
+# - sm_86/89 and sm_120 (99 KB, consumer register allocation): at D 72 the 128x64 forward tile spills 40-144 B
+#   and the 32x64 dK/dV tile 16-80 B; 128x32 and 16x64 do not.
+# - sm_100: the 128x64, 8-warp forward at D 64 spills 8 B (padded, no mask) at 128 registers; 128x32 does
+#   not (nor does 64x64 with 4 warps; 128x64 with 4 warps spills 24 B).
+# "default" (unknown architectures) takes both changes: it then compiles spill-free on all six.
+_FWD_CONSUMER = {("16bit", "seq", 80): (128, 32, 8, 3)}
+_BWD_CONSUMER = {("16bit", "seq", 80): (16, 64, 8, 64, 16, 8, 2)}
+_FWD_SM100 = {("16bit", "seq", 64): (128, 32, 8, 3)}
+FWD_CONFIGS = {
+    "sm80": _FWD_BASE,
+    "sm86": {**_FWD_BASE, **_FWD_CONSUMER},
+    "sm90": _FWD_BASE,
+    "sm100": {**_FWD_BASE, **_FWD_SM100},
+    "sm120": {**_FWD_BASE, **_FWD_CONSUMER},
+    "default": {**_FWD_BASE, **_FWD_CONSUMER, **_FWD_SM100},
+}
+BWD_CONFIGS = {
+    "sm80": _BWD_BASE,
+    "sm86": {**_BWD_BASE, **_BWD_CONSUMER},
+    "sm90": _BWD_BASE,
+    "sm100": _BWD_BASE,
+    "sm120": {**_BWD_BASE, **_BWD_CONSUMER},
+    "default": {**_BWD_BASE, **_BWD_CONSUMER},
+}
+# delta = rowsum(dO * O): (BLOCK_M, num_warps). 4 warps spill 28 B at D 72 in fp16 on sm_120 (80 registers).
+PREPROCESS_CONFIG = (32, 8)
+check_tables("attention fwd", FWD_CONFIGS)
+check_tables("attention bwd", BWD_CONFIGS)
 
 
-def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> dict:
+def _key(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> tuple:
+    # fp32 has one class: its tiles are already the small ones
+    dclass = "fp32" if elem_bytes == 4 else "16bit"
+    return dclass, "pool" if max_seqlen_q <= 16 and dclass == "16bit" else "seq", d_tile
+
+
+def fwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int, family: str = INTERPRETER_FAMILY) -> dict:
+    bm, bn, w, s = FWD_CONFIGS[family][_key(d_tile, elem_bytes, max_seqlen_q)]
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+
+
+def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int, family: str = INTERPRETER_FAMILY) -> dict:
     """dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed (num_warps);
     dQ kernel: BLOCK_M2 queries held, BLOCK_N2 keys streamed (num_warps2)."""
-    if elem_bytes == 4:
-        # dK/dV: 4 warps from d 33 to 96 (8 spill at d 64). dQ: 32 x 16 with 4 warps spills at d 80 and 96 under
-        # triton 3.6, so d 80 takes 8 warps and d 96 a 16 x 32 tile (32 x 16 with 8 warps still spills there)
-        return dict(BLOCK_M=16 if d_tile <= 96 else 32, BLOCK_N=16, BLOCK_M2=16 if d_tile == 96 else 32,
-                    BLOCK_N2=32 if d_tile == 96 else 16, num_warps=8 if d_tile <= 32 or d_tile > 96 else 4,
-                    num_warps2=8 if d_tile == 80 else 4, num_stages=2)
-    if max_seqlen_q <= 16:
-        # dQ past d 80: 16 x 32 with 8 warps spills in padded+mask mode on sm_90 under triton 3.6; 16 x 16, 4 warps
-        wide = d_tile > 80
-        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_M2=16, BLOCK_N2=16 if wide else 32, num_warps=8,
-                    num_warps2=4 if wide else 8, num_stages=2)
-    if d_tile <= 64:
-        return dict(BLOCK_M=32, BLOCK_N=128, BLOCK_M2=128, BLOCK_N2=32, num_warps=8, num_warps2=8, num_stages=2)
-    if d_tile <= 96:
-        return dict(BLOCK_M=32 if d_tile <= 80 else 16, BLOCK_N=64, BLOCK_M2=64, BLOCK_N2=16, num_warps=8,
-                    num_warps2=8, num_stages=2)
-    return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_M2=32, BLOCK_N2=32, num_warps=8, num_warps2=4, num_stages=2)
-
-
-def launch_configs():
-    """Every (kernel, constexprs, num_warps, num_stages, dtype) the launchers can pick, for the AOT test.
-
-    HEAD_DIM is given as the tile width (BLOCK_D + BLOCK_DT); the launcher passes the true head dim, which only
-    changes the masks: the AOT test also compiles each entry with a masked HEAD_DIM."""
-    seen, out = set(), []
-    for dtype in (torch.bfloat16, torch.float32):
-        eb = torch.tensor([], dtype=dtype).element_size()
-        for d in range(1, MAX_HEAD_DIM + 1):
-            for mode in ("split", "pad"):
-                bd, bdt = head_dim_split(d, mode)
-                for lq in (1, 4096):
-                    f, b = fwd_config(bd + bdt, eb, lq), bwd_config(bd + bdt, eb, lq)
-                    common = dict(HEAD_DIM=bd + bdt, BLOCK_D=bd, BLOCK_DT=bdt)
-                    flags = dict(IS_VARLEN=True, HAS_MASK=False, DOT_FP32=False, PRECISION=_precision(dtype))
-                    cands = [
-                        ("fwd", dict(common, BLOCK_M=f["BLOCK_M"], BLOCK_N=f["BLOCK_N"], **flags), f),
-                        ("dkdv", dict(common, BLOCK_M=b["BLOCK_M"], BLOCK_N=b["BLOCK_N"], **flags), b),
-                        ("dq", dict(common, BLOCK_M=b["BLOCK_M2"], BLOCK_N=b["BLOCK_N2"], **flags),
-                         dict(b, num_warps=b["num_warps2"])),
-                        ("preprocess", dict(HEAD_DIM=bd + bdt, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=32,
-                                            IS_VARLEN=True), dict(num_warps=4, num_stages=1)),
-                    ]
-                    for name, cx, cfg in cands:
-                        key = (name, str(dtype), tuple(sorted(cx.items())), cfg["num_warps"], cfg["num_stages"])
-                        if key not in seen:
-                            seen.add(key)
-                            out.append(dict(kernel=name, constexprs=cx, num_warps=cfg["num_warps"],
-                                            num_stages=cfg["num_stages"], dtype=dtype))
-    return out
+    bm, bn, w, bm2, bn2, w2, s = BWD_CONFIGS[family][_key(d_tile, elem_bytes, max_seqlen_q)]
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, BLOCK_M2=bm2, BLOCK_N2=bn2, num_warps2=w2, num_stages=s)
 
 
 KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel,
@@ -463,7 +479,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, m
     cu_k = cu_seqlens_k.contiguous() if is_varlen else cu_q
     o, lse = _empty_like(q), _empty_like(q, torch.float32, lse_shape)
     bd, bdt = head_dim_split(D, head_dim_mode)
-    cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q)
+    cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
     grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), B, H)
     if q.numel() == 0 or grid[0] == 0:
         return o.zero_(), lse.fill_(float("inf"))
@@ -486,15 +502,16 @@ def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max
     cu_k = cu_seqlens_k.contiguous() if is_varlen else cu_q
     dq, dk, dv, delta = _empty_like(q), _empty_like(k), _empty_like(v), _empty_like(lse)
     bd, bdt = head_dim_split(D, head_dim_mode)
-    cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q)
+    cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
     L_q, L_k = (0, 0) if is_varlen else (q.shape[2], k.shape[2])
     lay_q, lay_k, lay_v, lay_do = (_layout(t, is_varlen) for t in (q, k, v, do))
     flags = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None,
                  DOT_FP32=interpreting(), PRECISION=_precision(q.dtype), num_stages=cfg["num_stages"])
     if q.numel() and max_seqlen_q > 0:
-        _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen_q, 32), B, H)](
+        pm, pw = PREPROCESS_CONFIG
+        _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen_q, pm), B, H)](
             o, do, delta, cu_q, *_layout(o, is_varlen), *lay_do, *s_l, L_q,
-            HEAD_DIM=D, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=32, IS_VARLEN=is_varlen, num_warps=4, num_stages=1,
+            HEAD_DIM=D, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=is_varlen, num_warps=pw, num_stages=1,
         )
         _attn_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"]), B, H)](
             q, k, v, do, lse, delta, dq, cu_q, cu_k, km, *lay_q, *lay_k, *lay_v, *lay_do, *_layout(dq, is_varlen),

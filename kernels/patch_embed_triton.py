@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._configs import check_tables, device_family
 from ._utils import interpreting
 
 # ----------------------------------------------------------------------------------------------
@@ -205,24 +206,32 @@ def _pos_adjoint_kernel(
 # Launchers
 # ----------------------------------------------------------------------------------------------
 
-# Forward configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), keyed by (weight dtype class, aligned).
+# Launch configs per GPU architecture family (kernels/_configs.py); every entry compiles with no register spills
+# and within the family's shared memory on each of its architectures under triton 3.6/3.8/3.9 (tests/test_aot.py).
+# Forward: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), keyed by (weight dtype class, aligned).
 # "aligned": K and D multiples of 16 and 16-byte aligned pointers (NaFlex P=16: K = 768). Triton then
 # vectorizes the loads and pipelines them with cp.async; 16-bit: a 128x128 tile, 3 stages of 64-wide K slices
 # (96 KiB of shared memory on sm_90, 64 KiB on sm_80). Unaligned rows (P=14: K = 588) load element by element
 # with a 64-bit address each, and anything larger than 64x64 spills. fp32 models get exact fp32 dots ("ieee",
 # FMA, no tensor cores), whose operand fragments need 16-wide K slices to stay spill-free.
-# Every entry compiles for sm_80/sm_90 without spills (tests/test_patch_embed.py, test_aot_compile_*).
-FWD_CONFIGS = {
+_FWD_BASE = {
     ("16bit", True): (128, 128, 64, 8, 3),
     ("16bit", False): (64, 64, 32, 4, 3),
     ("fp32", True): (64, 64, 16, 4, 2),
     ("fp32", False): (32, 64, 16, 4, 2),
 }
+FWD_CONFIGS = {"sm80": _FWD_BASE, "sm86": _FWD_BASE, "sm90": _FWD_BASE, "sm100": {**_FWD_BASE},
+               "sm120": _FWD_BASE, "default": _FWD_BASE}
 FWD_INTERPRET_CONFIG = (32, 32, 32, 4, 1)  # small blocks keep the CPU interpreter fast
-# Adjoint configs: (BLOCK_M, BLOCK_N, num_warps, num_stages). 32 tokens per step: with 64, triton 3.6's ptxas
-# (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few loop-invariant values.
-ADJ_CONFIG = (32, 64, 4, 2)
+# Adjoint: (BLOCK_M, BLOCK_N, num_warps, num_stages), keyed by grad dtype class. 32 tokens per step: with 64,
+# triton 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few
+# loop-invariant values.
+_ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 4, 2)}
+ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": {**_ADJ_BASE}, "sm100": _ADJ_BASE,
+               "sm120": _ADJ_BASE, "default": _ADJ_BASE}
 ADJ_INTERPRET_CONFIG = (32, 32, 4, 1)
+check_tables("patch_embed fwd", FWD_CONFIGS)
+check_tables("patch_embed adjoint", ADJ_CONFIGS)
 # Images per program in the adjoint: bounds the partial buffer to ~ADJ_MAX_CHUNKS x G*G x D fp32.
 ADJ_MAX_CHUNKS = 32
 
@@ -236,10 +245,20 @@ def _aligned(K, D, *tensors) -> bool:
     return K % 16 == 0 and D % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
-def fwd_config(dtype: torch.dtype, aligned: bool):
+def _dclass(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def fwd_config(dtype: torch.dtype, aligned: bool, family: str):
     if interpreting():
         return FWD_INTERPRET_CONFIG
-    return FWD_CONFIGS[("fp32" if dtype == torch.float32 else "16bit", aligned)]
+    return FWD_CONFIGS[family][(_dclass(dtype), aligned)]
+
+
+def adj_config(dtype: torch.dtype, family: str):
+    if interpreting():
+        return ADJ_INTERPRET_CONFIG
+    return ADJ_CONFIGS[family][_dclass(dtype)]
 
 
 def precisions(dtype: torch.dtype):
@@ -284,7 +303,7 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
         return out
     weight, bias, pos_embed = weight.contiguous(), bias.contiguous(), pos_embed.contiguous()
     aligned = _aligned(K, D, x, weight, bias, pos_embed, out)
-    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = fwd_config(weight.dtype, aligned)
+    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = fwd_config(weight.dtype, aligned, device_family(x.device))
     main_prec, pos_prec = precisions(weight.dtype)
     grid = (triton.cdiv(D, BLOCK_N), triton.cdiv(L, BLOCK_M), B)
     _patch_embed_fwd_kernel[grid](
@@ -307,7 +326,7 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
         cu_seqlens = cu_seqlens.contiguous()
     if B == 0:
         return torch.zeros(G * G, D, dtype=out_dtype, device=grad_out.device)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = ADJ_INTERPRET_CONFIG if interpreting() else ADJ_CONFIG
+    BLOCK_M, BLOCK_N, num_warps, num_stages = adj_config(grad_out.dtype, device_family(grad_out.device))
     imgs = triton.cdiv(B, ADJ_MAX_CHUNKS)
     n_chunks = triton.cdiv(B, imgs)
     part = _debug_empty((n_chunks, G * G, D), torch.float32, grad_out.device)

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._configs import INTERPRETER_FAMILY, check_tables, device_family
 from ._utils import interpreting
 
 # Upper bound of the G tile buffer (chunk x n elements in the input dtype). 512 MiB keeps the loss under
@@ -31,10 +32,14 @@ DEBUG_NAN_FILL = os.environ.get("SIGLIP2_DEBUG_NAN_FILL", "0") not in ("", "0")
 # 16-bit: 128 x 64 x 64 tiles with 8 warps, no stack use on sm_80/sm_90 (128 x 128 and 64 x 128 spill there);
 # 2 stages: with 3, triton 3.6 (ptxas 12.8) spills the HAS_POS=False variant on sm_80 (128 registers + 8 B stack).
 # fp32 runs the dot in IEEE fp32 (no tf32, to match eager fp32), so smaller tiles keep registers in check.
-CONFIGS = {
+# One table per GPU architecture family (kernels/_configs.py); every entry compiles with no register spills and
+# within the family's shared memory on each of its architectures under triton 3.6/3.8/3.9 (tests/test_aot.py).
+_BASE = {
     2: (128, 64, 64, 8, 2),
     4: (64, 64, 32, 4, 3),
 }
+CONFIGS = {"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": {**_BASE}, "sm120": _BASE, "default": _BASE}
+check_tables("sigmoid_loss", CONFIGS)
 # The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there.
 INTERPRET_CONFIG = (128, 128, 128, 4, 1)
 
@@ -136,16 +141,17 @@ def _sigmoid_loss_fwd_kernel(
 # Launcher
 # ----------------------------------------------------------------------------------------------
 
-def launch_config(dtype: torch.dtype) -> tuple:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher uses for `dtype`."""
+def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher uses for `dtype` on `device`."""
     if interpreting():
         return INTERPRET_CONFIG
-    return CONFIGS[torch.empty((), dtype=dtype).element_size()]
+    fam = device_family(device) if device is not None else INTERPRETER_FAMILY
+    return CONFIGS[fam][torch.empty((), dtype=dtype).element_size()]
 
 
-def chunk_rows(M: int, N: int, dtype: torch.dtype) -> int:
+def chunk_rows(M: int, N: int, dtype: torch.dtype, device: torch.device | None = None) -> int:
     """Text rows per G buffer: as many as G_BUFFER_BYTES allows, a multiple of BLOCK_M, at least one block."""
-    block_m = launch_config(dtype)[0]
+    block_m = launch_config(dtype, device)[0]
     rows = G_BUFFER_BYTES // (max(N, 1) * torch.empty((), dtype=dtype).element_size())
     return min(M, max(block_m, rows // block_m * block_m))
 
@@ -170,8 +176,8 @@ def sigmoid_loss_block(image, text, logit_scale, logit_bias, positives: bool, no
     if max(M, N) * max(D, 1) >= 2**31:
         raise ValueError(f"sigmoid_loss: n * d must stay below 2**31 elements, got n={max(M, N)}, d={D}")
     device, dtype = text.device, text.dtype
-    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = launch_config(dtype)
-    chunk = chunk_rows(M, N, dtype)
+    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = launch_config(dtype, device)
+    chunk = chunk_rows(M, N, dtype, device)
     n_chunks = triton.cdiv(M, chunk)
     grid_n = triton.cdiv(N, BLOCK_N)
     # chunk is a multiple of BLOCK_M (or all of M), so the chunks' row blocks tile M exactly once

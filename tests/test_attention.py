@@ -334,64 +334,6 @@ def test_triton_limits(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile: every launcher config builds for sm_80 / sm_90 with no spills
-# ----------------------------------------------------------------------------------------------
-
-def _signature(fn, constexprs, dtype):
-    from siglip2.kernels._utils import _jit_function
-
-    ptr = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
-    return {n: ("*fp32" if n in ("lse", "delta") else "*i32" if n.startswith("cu_seqlens") else
-                "*u8" if n == "key_mask" else "fp32" if n in ("qk_scale", "sm_scale") else
-                "i32" if n[:2] in ("s_", "L_") else ptr)
-            for n in _jit_function(fn).arg_names if n not in constexprs}
-
-
-def _aot_cases():
-    """Every launcher config, each compiled twice: HEAD_DIM = tile width with every pointer and integer argument
-    divisible by 16 (a D = 64/80/96/128 launch), and HEAD_DIM = tile width - 1 with none (masked odd tail,
-    scalar loads: the least specialized launch); the (64, 16) class also at D = 72 (SigLIP2 so400m) with
-    aligned pointers. Padded mode with a key mask only changes the prologue and one load per block: compiled
-    for the largest tiles. The trivial preprocess kernel compiles once per tile."""
-    from siglip2.kernels import attention_triton as T
-
-    out = []
-    for c in T.launch_configs():
-        fn, cx = T.KERNELS[c["kernel"]], c["constexprs"]
-        full = cx["HEAD_DIM"]
-        variants = [(full, True)]
-        if c["kernel"] != "preprocess":
-            variants.append((full - 1, False))
-            if (cx["BLOCK_D"], cx["BLOCK_DT"]) == (64, 16):
-                variants.append((72, "pointers"))
-            if full >= 80:
-                variants.append((full, "masked"))
-        for D, how in variants:
-            x = dict(cx, HEAD_DIM=D)
-            if how == "masked":
-                x.update(IS_VARLEN=False, HAS_MASK=True)
-            sig = _signature(fn, x, c["dtype"])
-            aligned = (True if how == "pointers" else
-                       [n for n, t in sig.items() if t.startswith("*") or t == "i32"] if how is True else False)
-            tiles = "-".join(f"{k}{v}" for k, v in cx.items() if k.startswith("BLOCK"))
-            name = (f"{c['kernel']}-{str(c['dtype'])[6:]}-D{D}-{tiles}-w{c['num_warps']}s{c['num_stages']}"
-                    f"-{how if isinstance(how, str) else 'aligned' if how else 'unaligned'}")
-            out.append(dict(name=name, fn=fn, signature=sig, constexprs=x, num_warps=c["num_warps"],
-                            num_stages=c["num_stages"], aligned=aligned))
-    return out
-
-
-def test_aot_compile():
-    """Every config the launchers can pick compiles for sm_80 and sm_90 with no spills and fits shared memory
-    (compiled in subprocesses without TRITON_INTERPRET, see kernels._utils.aot_run)."""
-    pytest.importorskip("triton")
-    from siglip2.kernels._utils import aot_offenders
-
-    bad = aot_offenders(_aot_cases(), ccs=(80, 90))
-    assert not bad, "configs that fail, spill or exceed shared memory:\n" + "\n".join(map(str, bad))
-
-
-# ----------------------------------------------------------------------------------------------
 # GPU: real sizes, bf16/fp16 against fp32
 # ----------------------------------------------------------------------------------------------
 

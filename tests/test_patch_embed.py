@@ -351,66 +351,6 @@ def test_torch_compile_fullgraph(packed):
 
 
 # ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile of every launcher config for sm_80 / sm_90
-# ----------------------------------------------------------------------------------------------
-
-def _aot_cases():
-    """Every config a launcher can pick, for each dtype and layout, as kernels._utils.aot_run cases.
-
-    aligned: Triton's divisibility-by-16 specialization of the pointers and of K and D, as a launch with such
-    arguments gets (the launcher picks the aligned forward config exactly then); unaligned: none (the worst
-    case). The *_INTERPRET_CONFIG entries are left out: the launchers pick them only under TRITON_INTERPRET."""
-    from siglip2.kernels import patch_embed_triton as pt
-
-    ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    cases = []
-
-    def add(name, fn, sig, consts, cfg, aligned):
-        nw, ns, maxnreg = cfg
-        div16 = [n for n, t in sig.items() if t.startswith("*")] + [n for n in ("K", "D") if n in sig]
-        cases.append(dict(name=f"{name}-{'aligned' if aligned else 'unaligned'}", fn=fn, signature=sig,
-                          constexprs=consts, num_warps=nw, num_stages=ns, maxnreg=maxnreg,
-                          aligned=div16 if aligned else False))
-
-    for (key, aligned), (bm, bn, bk, nw, ns) in pt.FWD_CONFIGS.items():
-        for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
-            main_prec, pos_prec = pt.precisions(dtype)
-            for packed in (False, True):
-                t = "*" + ty[dtype]
-                sig = dict(x=t, weight=t, bias=t, pos=t, shapes="*i64", cu_seqlens="*i32", y=t, L="i32", K="i32",
-                           D="i32", total_rows="i32")
-                consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed, UPCAST=False,
-                              MAIN_PREC=main_prec, POS_PREC=pos_prec)
-                add(f"fwd-{ty[dtype]}-{bm}x{bn}x{bk}-{'packed' if packed else 'padded'}", pt._patch_embed_fwd_kernel,
-                    sig, consts, (nw, ns, None), aligned)
-    bm, bn, nw, ns = pt.ADJ_CONFIG
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for packed in (False, True):
-            for aligned in (True, False):  # the adjoint has no alignment switch: any launch can be either
-                sig = dict(dy="*" + ty[dtype], shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32", B="i32",
-                           L="i32", D="i32", IMGS_PER_PROG="i32")
-                consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
-                              POS_PREC=pt.adjoint_precision(dtype))
-                add(f"adj-{ty[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}", pt._pos_adjoint_kernel, sig,
-                    consts, (nw, ns, None), aligned)
-    # a launch passes an int argument equal to 1 as a constexpr (so no .to() on it): one image of one patch
-    add("adj-bf16-L1-B1-padded", pt._pos_adjoint_kernel, dict(sig, dy="*bf16"),
-        dict(consts, POS_PREC="tf32", PACKED=False, L=1, B=1, IMGS_PER_PROG=1), (nw, ns, None), True)
-    return cases
-
-
-@pytest.mark.parametrize("cc", [80, 90])
-def test_aot_compile_all_configs(cc):
-    """Every config compiles for sm_<cc> with no spills (STACK == LOCAL == 0) and fits shared memory
-    (in subprocesses without TRITON_INTERPRET, see kernels._utils.aot_run)."""
-    pytest.importorskip("triton")
-    from siglip2.kernels._utils import aot_offenders
-
-    bad = aot_offenders(_aot_cases(), ccs=(cc,))
-    assert not bad, "\n".join(map(str, bad))
-
-
-# ----------------------------------------------------------------------------------------------
 # GPU tests at real sizes
 # ----------------------------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Triton runs through the CPU interpreter (fp32, fp16) and is checked, like the reference, against the
 float64 materialized loss: value and all four gradients within 2x the eager error at the same precision.
-Also: finiteness at extreme scale/bias, validation errors, torch.compile(fullgraph), the AOT sm_80/sm_90
-build of every launcher config, transformers parity, and the gloo ring with 2 and 4 processes.
+Also: finiteness at extreme scale/bias, validation errors, torch.compile(fullgraph) (the AOT build of every
+launcher config is in tests/test_aot.py), transformers parity, and the gloo ring with 2 and 4 processes.
 """
 import os
 import socket
@@ -193,7 +193,7 @@ def test_api_module_imports_without_triton():
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.compile, AOT, transformers parity
+# torch.compile, transformers parity
 # ----------------------------------------------------------------------------------------------
 
 def test_torch_compile_fullgraph(nan_fill):
@@ -209,44 +209,6 @@ def test_torch_compile_fullgraph(nan_fill):
     torch.testing.assert_close(compiled, eager)
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b)
-
-
-def _aot_cases():
-    """Every launcher config (K.CONFIGS; INTERPRET_CONFIG is only picked under TRITON_INTERPRET) with the
-    constexpr variants a launch can produce. EVEN_K cases get the divisibility-by-16 attributes a real launch
-    gets there (torch-allocated pointers, BLOCK_K | D; `part` is aligned for the first G chunk, the only one
-    below n ~ 4k at d 768); the EVEN_K=False case compiles with none."""
-    from siglip2.kernels import sigmoid_loss_triton as K
-
-    ty = {2: ["bf16", "fp16"], 4: ["fp32"]}
-    cases = []
-    for size, (bm, bn, bk, nw, ns) in K.CONFIGS.items():
-        for t in ty[size]:
-            for even_k, has_pos, store_g in [(True, True, True), (False, True, True), (True, False, True),
-                                             (True, True, False)]:
-                if t == "fp16" and not (has_pos and store_g and even_k):
-                    continue  # fp16 compiles exactly like bf16; one variant proves the dtype
-                sig = dict(t="*" + t, i="*" + t, g="*" + t, part="*fp32", scale="*fp32", bias="*fp32",
-                           M="i32", N="i32", D="i32", diag0="i32", s_t="i32", s_i="i32", s_g="i32", s_p="i32",
-                           g_mul="fp32")
-                consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=even_k, HAS_POS=has_pos,
-                              STORE_G=store_g, DOT_FP32=False, PRECISION="ieee" if size == 4 else "tf32")
-                aligned = ["t", "i", "g", "part", "scale", "bias", "D", "s_t", "s_i"] if even_k else False
-                cases.append(dict(name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}",
-                                  fn=K._sigmoid_loss_fwd_kernel, signature=sig, constexprs=consts, num_warps=nw,
-                                  num_stages=ns, aligned=aligned))
-    return cases
-
-
-@pytest.mark.parametrize("cc", [80, 90])
-def test_aot_compile_all_configs(cc):
-    """Every config compiles for sm_<cc> with no spills (STACK == LOCAL == 0) and fits shared memory
-    (in subprocesses without TRITON_INTERPRET, see kernels._utils.aot_run)."""
-    pytest.importorskip("triton")
-    from siglip2.kernels._utils import aot_offenders
-
-    bad = aot_offenders(_aot_cases(), ccs=(cc,))
-    assert not bad, "\n".join(map(str, bad))
 
 
 def test_transformers_parity():

@@ -1,0 +1,203 @@
+"""The ahead-of-time compile cases: every launch-config table entry of every op, per target architecture.
+
+A case (see kernels/_aot.py `aot_run`) is one kernel specialization as a real launch would build it, for one
+`sm_<cc>`: the config comes from the table of that cc's family (kernels/_configs.py), and the "default" table
+is compiled for every cc too (it is what an unknown architecture gets). Each case carries `required`: True for
+the shapes SigLIP2 runs (attention head dims 64 and 72 in fp16 and bf16: varlen, varlen with one query per
+image (pooling head), padded with and without a key mask, forward and backward; the patch-embedding and loss
+configs of B/16, L/16, So400m/14 and So400m/16). A required case must not spill; every case must compile and
+fit shared memory. `siglip2_only=True` builds the required cases alone; `all_cases(tier="ci")` a subset of them
+sized to CI's time budget.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._configs import AOT_CCS, family
+
+_TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+SIGLIP2_HEAD_DIMS = (64, 72)  # B/16, L/16: 768/12, 1024/16; So400m: 1152/16
+
+
+def _dedupe(cases):
+    seen, out = set(), []
+    for c in cases:
+        key = (c["name"], c["cc"])
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def _families(cc):
+    return (family(cc), "default") if family(cc) != "default" else ("default",)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+def _attn_signature(fn, constexprs, dtype):
+    from ._aot import _jit_function
+
+    ptr = "*" + _TY[dtype]
+    return {n: ("*fp32" if n in ("lse", "delta") else "*i32" if n.startswith("cu_seqlens") else
+                "*u8" if n == "key_mask" else "fp32" if n in ("qk_scale", "sm_scale") else
+                "i32" if n[:2] in ("s_", "L_") else ptr)
+            for n in _jit_function(fn).arg_names if n not in constexprs}
+
+
+def _attn_variants(dclass, queries, tile, siglip2_only):
+    """(dtype, head dim, layout, alignment, required) to compile for one table key."""
+    out = []
+    siglip2_d = {64: 64, 80: 72}.get(tile) if dclass == "16bit" else None
+    layouts = ("varlen",) if queries == "pool" else ("varlen", "padded+mask", "padded")
+    if siglip2_d is not None:
+        # D 64: every pointer and stride divisible by 16; D 72: strides are not (s_qh = 72), pointers are
+        how = "aligned" if siglip2_d == 64 else "pointers"
+        out += [(dt, siglip2_d, lay, how, True) for dt in (torch.bfloat16, torch.float16) for lay in layouts]
+    if not siglip2_only:
+        dt = torch.float32 if dclass == "fp32" else torch.bfloat16
+        out += [(dt, tile, "varlen", "aligned", False), (dt, tile - 1, "varlen", "unaligned", False),
+                (dt, tile, "padded+mask", "aligned", False)]
+    return out
+
+
+def attention_cases(ccs=AOT_CCS, siglip2_only=False):
+    from . import attention_triton as T
+
+    split = {32: (32, 0), 64: (64, 0), 80: (64, 16), 96: (64, 32), 128: (128, 0)}
+    cases = []
+    for cc in ccs:
+        for fam in _families(cc):
+            for key, (bm, bn, w, s) in T.FWD_CONFIGS[fam].items():
+                bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
+                dclass, queries, tile = key
+                bd, bdt = split[tile]
+                kernels = [("fwd", T._attn_fwd_kernel, bm, bn, w, s), ("dkdv", T._attn_bwd_dkdv_kernel, bm_, bn_, w_, s_),
+                           ("dq", T._attn_bwd_dq_kernel, bm2, bn2, w2, s_)]
+                for dtype, D, layout, how, required in _attn_variants(dclass, queries, tile, siglip2_only):
+                    flags = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=layout == "varlen",
+                                 HAS_MASK=layout == "padded+mask", DOT_FP32=False, PRECISION=T._precision(dtype))
+                    for kname, fn, m, n, nw, ns in kernels:
+                        cx = dict(flags, BLOCK_M=m, BLOCK_N=n)
+                        sig = _attn_signature(fn, cx, dtype)
+                        aligned = {"aligned": [a for a, t in sig.items() if t.startswith("*") or t == "i32"],
+                                   "pointers": True, "unaligned": False}[how]
+                        name = (f"{kname}-{_TY[dtype]}-D{D}-{queries}-{layout}-{how}-"
+                                f"{m}x{n}{'+' + str(bdt) if bdt else ''}-w{nw}s{ns}")
+                        cases.append(dict(name=name, cc=cc, family=fam, op="attention", kernel=kname,
+                                          dtype=_TY[dtype], head_dim=D, layout=layout, queries=queries,
+                                          tile=f"{m}x{n}", num_warps=nw, num_stages=ns, required=required, fn=fn,
+                                          signature=sig, constexprs=cx, aligned=aligned))
+                    if queries == "seq" and layout == "varlen":  # the trivial delta kernel, once per head dim
+                        pm, pw = T.PREPROCESS_CONFIG
+                        cx = dict(HEAD_DIM=D, BLOCK_DP=T._next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=True)
+                        sig = _attn_signature(T._attn_bwd_preprocess_kernel, cx, dtype)
+                        cases.append(dict(name=f"preprocess-{_TY[dtype]}-D{D}-{how}-{pm}-w{pw}", cc=cc, family=fam,
+                                          op="attention", kernel="preprocess", dtype=_TY[dtype], head_dim=D,
+                                          layout=layout, queries=queries, tile=str(pm), num_warps=pw, num_stages=1,
+                                          required=required, fn=T._attn_bwd_preprocess_kernel, signature=sig,
+                                          constexprs=cx, aligned=True if how != "unaligned" else False))
+    return _dedupe(cases)
+
+
+# ---------------------------------------------------------------------------------------------- patch embedding
+
+def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
+    """Every table entry is a SigLIP2 config: 16-bit aligned (P=16: K 768; B/16, L/16, So400m/16), 16-bit
+    unaligned (P=14: K 588; So400m/14), fp32 both; G = 16 (256 position embeddings) in all four models."""
+    from . import patch_embed_triton as pt
+
+    cases = []
+
+    def add(cc, fam, name, fn, sig, consts, nw, ns, aligned, required=True):
+        div16 = [n for n, t in sig.items() if t.startswith("*")] + [n for n in ("K", "D") if n in sig]
+        cases.append(dict(name=f"{name}-{'aligned' if aligned else 'unaligned'}-w{nw}s{ns}", cc=cc, family=fam,
+                          op="patch_embed", required=required, fn=fn, signature=sig, constexprs=consts,
+                          num_warps=nw, num_stages=ns, aligned=div16 if aligned else False))
+
+    for cc in ccs:
+        for fam in _families(cc):
+            for (key, aligned), (bm, bn, bk, nw, ns) in pt.FWD_CONFIGS[fam].items():
+                for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
+                    main_prec, pos_prec = pt.precisions(dtype)
+                    for packed in (False, True):
+                        t = "*" + _TY[dtype]
+                        sig = dict(x=t, weight=t, bias=t, pos=t, shapes="*i64", cu_seqlens="*i32", y=t, L="i32",
+                                   K="i32", D="i32", total_rows="i32")
+                        consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed,
+                                      UPCAST=False, MAIN_PREC=main_prec, POS_PREC=pos_prec)
+                        add(cc, fam, f"fwd-{_TY[dtype]}-{bm}x{bn}x{bk}-{'packed' if packed else 'padded'}",
+                            pt._patch_embed_fwd_kernel, sig, consts, nw, ns, aligned)
+            for key, (bm, bn, nw, ns) in pt.ADJ_CONFIGS[fam].items():
+                for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
+                    for packed in (False, True):
+                        for aligned in (True, False):  # the adjoint has no alignment switch: a launch is either
+                            sig = dict(dy="*" + _TY[dtype], shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32",
+                                       B="i32", L="i32", D="i32", IMGS_PER_PROG="i32")
+                            consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
+                                          POS_PREC=pt.adjoint_precision(dtype))
+                            add(cc, fam, f"adj-{_TY[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}",
+                                pt._pos_adjoint_kernel, sig, consts, nw, ns, aligned, required=aligned)
+            if not siglip2_only:
+                # a launch passes an int argument equal to 1 as a constexpr: one image of one patch
+                bm, bn, nw, ns = pt.ADJ_CONFIGS[fam]["16bit"]
+                sig = dict(dy="*bf16", shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32", D="i32")
+                consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, POS_PREC="tf32", PACKED=False, L=1, B=1,
+                              IMGS_PER_PROG=1)
+                add(cc, fam, f"adj-bf16-L1-B1-{bm}x{bn}-padded", pt._pos_adjoint_kernel, sig, consts, nw, ns, True,
+                    required=False)
+    if siglip2_only:
+        cases = [c for c in cases if c["required"]]
+    return _dedupe(cases)
+
+
+# ---------------------------------------------------------------------------------------------- sigmoid loss
+
+def loss_cases(ccs=AOT_CCS, siglip2_only=False):
+    """EVEN_K (D % BLOCK_K == 0: d 768, 1024, 1152) is the SigLIP2 case, with the divisibility-by-16 attributes
+    a real launch gets (torch-allocated pointers, BLOCK_K | D); EVEN_K=False compiles with none."""
+    from . import sigmoid_loss_triton as K
+
+    cases = []
+    for cc in ccs:
+        for fam in _families(cc):
+            for size, (bm, bn, bk, nw, ns) in K.CONFIGS[fam].items():
+                for t in ({2: ["bf16", "fp16"], 4: ["fp32"]}[size]):
+                    for even_k, has_pos, store_g in [(True, True, True), (True, False, True), (True, True, False),
+                                                     (False, True, True)]:
+                        if (siglip2_only and not even_k) or (t == "fp16" and not (has_pos and store_g)):
+                            continue  # fp16 compiles like bf16: the two EVEN_K variants prove the dtype
+                        sig = dict(t="*" + t, i="*" + t, g="*" + t, part="*fp32", scale="*fp32", bias="*fp32",
+                                   M="i32", N="i32", D="i32", diag0="i32", s_t="i32", s_i="i32", s_g="i32",
+                                   s_p="i32", g_mul="fp32")
+                        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=even_k, HAS_POS=has_pos,
+                                      STORE_G=store_g, DOT_FP32=False, PRECISION="ieee" if size == 4 else "tf32")
+                        aligned = ["t", "i", "g", "part", "scale", "bias", "D", "s_t", "s_i"] if even_k else False
+                        cases.append(dict(name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}-{bm}x{bn}x{bk}"
+                                               f"-w{nw}s{ns}", cc=cc, family=fam, op="loss", required=even_k,
+                                          fn=K._sigmoid_loss_fwd_kernel, signature=sig, constexprs=consts,
+                                          num_warps=nw, num_stages=ns, aligned=aligned))
+    return _dedupe(cases)
+
+
+def _in_ci(c) -> bool:
+    """The CI tier, a subset of the SigLIP2 shapes sized to CI's budget (~1.3 CPU s per compile): bf16 in every
+    layout; fp16, which compiles like bf16 but for the element type, in the varlen forward and backward; the
+    packed patch embedding; the loss with and without its positive diagonal and gradient tile. The "default"
+    table's attention entries, on the architectures whose own table differs, in bf16 varlen."""
+    if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
+        return c["dtype"] == "bf16" and c["layout"] == "varlen"
+    if c["op"] == "attention":
+        return c["dtype"] == "bf16" or (c["layout"] == "varlen" and c["queries"] == "seq")
+    if c["op"] == "patch_embed":
+        return "-packed-" in c["name"]
+    return c["name"].startswith("bf16") or "-pos1-g1-" in c["name"]
+
+
+def all_cases(ccs=AOT_CCS, tier="siglip2"):
+    """tier "ci" (tests/test_aot.py in CI), "siglip2" (every required case) or "all" (every table entry)."""
+    if tier not in ("ci", "siglip2", "all"):
+        raise ValueError(f"tier must be 'ci', 'siglip2' or 'all', got {tier!r}")
+    only = tier != "all"
+    cases = attention_cases(ccs, only) + patch_embed_cases(ccs, only) + loss_cases(ccs, only)
+    return [c for c in cases if tier != "ci" or _in_ci(c)]

@@ -1,0 +1,68 @@
+"""Ahead-of-time compile of every launch-config table for sm_80, 86, 89, 90, 100 and 120 (no GPU needed).
+
+The compute capability comes from the compile target (kernels/_aot.py), never from this machine. The cases
+(kernels/_aot_cases.py) are the table entries of each architecture's family plus the "default" table (what an
+unknown architecture gets), each compiled as a real launch specializes it.
+- `test_aot_siglip2_shapes` (CI): the CI tier of the shapes SigLIP2 runs (kernels/_aot_cases.py `_in_ci`:
+  bf16 in every layout, fp16 varlen). Fails on a compile error, on shared memory over the architecture's
+  per-block limit, and on any register spill (STACK or LOCAL > 0).
+- `test_aot_all_configs` (`SIGLIP2_AOT_FULL=1`, ~30 min on 2 cores): every SigLIP2 shape (fp16 in every layout
+  too) with the same rules, and every other table entry at every head-dim class, aligned and unaligned, which
+  fails only on a compile error or shared memory: their spills are printed as a table.
+Both run under whichever triton is importable; .ci/run runs this file under a second version (triton 3.8).
+Standalone: `python -m siglip2.kernels._aot [--full] [--ccs 80,120] [--all]`.
+"""
+import os
+
+import pytest
+
+pytest.importorskip("triton")
+
+from siglip2.kernels import _configs  # noqa: E402
+
+
+def test_family_lookup():
+    assert [_configs.family(cc) for cc in _configs.AOT_CCS] == ["sm80", "sm86", "sm86", "sm90", "sm100", "sm120"]
+    assert _configs.family(75) == _configs.family(130) == "default"  # unknown: the table that fits everywhere
+    assert _configs.smem_limit(120) == _configs.smem_limit(86) == 99 * 1024
+    assert _configs.smem_limit(80) == 163 * 1024 and _configs.smem_limit(100) == 227 * 1024
+    from siglip2.kernels import attention_triton as T, patch_embed_triton as P, sigmoid_loss_triton as L
+
+    for tables in (T.FWD_CONFIGS, T.BWD_CONFIGS, P.FWD_CONFIGS, P.ADJ_CONFIGS, L.CONFIGS):
+        assert set(tables) == set(_configs.FAMILIES)
+        assert all(set(t) == set(tables["default"]) for t in tables.values())
+
+
+def test_check_tables_names_the_missing_entry():
+    with pytest.raises(KeyError, match="sm120"):
+        _configs.check_tables("op", {f: {1: 0} for f in _configs.FAMILIES if f != "sm120"})
+    with pytest.raises(KeyError, match="keys differ"):
+        _configs.check_tables("op", {f: ({1: 0, 2: 0} if f == "sm90" else {1: 0}) for f in _configs.FAMILIES})
+
+
+def _run(tier):
+    import triton
+
+    from siglip2.kernels._aot import aot_run, spill_table
+    from siglip2.kernels._aot_cases import all_cases
+
+    res = aot_run(all_cases(tier=tier))
+    fail = [r for r in res if "error" in r or r["shared"] > _configs.smem_limit(r["cc"])
+            or (r["required"] and (r["stack"] or r["local"]))]
+    spills = [r for r in res if "error" not in r and not r["required"] and (r["stack"] or r["local"])]
+    print(f"triton {triton.__version__}: {len(res)} cases, {sum(r['cpu'] for r in res):.0f} CPU s of compiling")
+    if spills:
+        print(f"configs outside the SigLIP2 shapes that spill ({len(spills)}, not a failure):")
+        print(spill_table(spills))
+    assert not fail, ("configs that fail to compile, exceed shared memory, or spill in a SigLIP2 shape:\n"
+                      + spill_table(fail) + "\n" + "\n".join(r.get("ptxas", "") for r in fail if r.get("ptxas")))
+
+
+def test_aot_siglip2_shapes():
+    _run("ci")
+
+
+@pytest.mark.skipif(os.environ.get("SIGLIP2_AOT_FULL", "0") in ("", "0"),
+                    reason="the full sweep of every config x arch takes ~30 min: set SIGLIP2_AOT_FULL=1")
+def test_aot_all_configs():
+    _run("all")
