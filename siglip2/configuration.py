@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from .loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
+
 def _config(cls):
     """@dataclass, plus a `num_labels=` constructor keyword (as transformers' configs take) that sets id2label."""
     cls = dataclass(cls)
@@ -113,7 +114,7 @@ class _Config:
         return {v: k for k, v in self.id2label.items()}
 
     @classmethod
-    def from_dict(cls, d: dict | Any) -> "_Config":
+    def from_dict(cls, d: dict | Any) -> _Config:
         """Build from a config.json dict (or a transformers config object). Unknown keys go to `extra`."""
         if not isinstance(d, dict):
             if not hasattr(d, "to_dict"):
@@ -161,7 +162,7 @@ class _Config:
         atomic_write_text(os.path.join(save_directory, CONFIG_NAME), text)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **hub_kwargs) -> "_Config":
+    def from_pretrained(cls, name_or_path, **hub_kwargs) -> _Config:
         """Read `config.json` from a directory or hub id. A sub-config class reads its part of a full config."""
         directory = resolve_dir(name_or_path, **hub_kwargs)
         path = os.path.join(directory, CONFIG_NAME)

@@ -24,8 +24,16 @@ import json
 import os
 import re
 
-from .loading import (CONFIG_NAME, INDEX_NAME, JOURNAL_NAME, SINGLE_NAME, CheckpointError, _write_text,
-                      pending_save, read_index)
+from .loading import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    JOURNAL_NAME,
+    SINGLE_NAME,
+    CheckpointError,
+    _write_text,
+    pending_save,
+    read_index,
+)
 
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
 # temp files of interrupted saves: "<final name>.tmp-<8 hex>" (saves) or ".tmp-<pid>" (atomic_write_text)
