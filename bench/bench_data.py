@@ -9,7 +9,8 @@
   python bench/bench_data.py gpu       # on CUDA: `siglip2 embed-dataset` images/s, So400m shape, 256 patches, bf16
 
 Photos: scikit-image's color photos, upscaled to 4000x3000 (bicubic) with mild sensor noise (sigma 3) so the
-JPEGs carry fine detail, saved at quality 90 (12 MP). Timings are medians over files (one core: torch threads 1).
+JPEGs carry fine detail, saved at quality 90 (12 MP). Timings are medians over files and repeats, the providers
+interleaved (one core: torch threads 1).
 Random weights are a stand-in where no real checkpoint is reachable; a real one is passed with --model.
 """
 
@@ -66,16 +67,6 @@ def _synthetic_photo(rng, h=480, w=640):
     return np.clip((a - a.min()) / (a.max() - a.min()) * 255, 0, 255).astype(np.uint8)
 
 
-def _median_s(fn, paths, rep=3):
-    times = []
-    for _ in range(rep):
-        for p in paths:
-            t = time.perf_counter()
-            fn(p)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench_decode(args) -> list[dict]:
     from siglip2 import data
     from siglip2.processing import Siglip2ImageProcessor
@@ -96,13 +87,22 @@ def bench_decode(args) -> list[dict]:
         from transformers.image_utils import load_image
 
         hf = Siglip2ImageProcessorPil()
+        providers["transformers: load_image only"] = load_image
         providers["transformers: load_image + Siglip2ImageProcessorPil"] = lambda p: hf(
             load_image(p), max_num_patches=M, return_tensors="pt")
     except ImportError:
         print("transformers not installed: no baseline row", file=sys.stderr)
-    for name, fn in providers.items():
+    times = {name: [] for name in providers}
+    for fn in providers.values():
         fn(paths[0])
-        s = _median_s(fn, paths, rep=args.rep)
+    for _ in range(args.rep):  # providers interleaved per file, so a shared machine's load hits them alike
+        for p in paths:
+            for name, fn in providers.items():
+                t = time.perf_counter()
+                fn(p)
+                times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        s = statistics.median(ts)
         rows.append({"case": f"{len(paths)} x 12 MP JPEG, M={M}", "provider": name, "ms": s * 1e3,
                      "images_per_s_per_core": 1 / s})
     base = next((r["ms"] for r in rows if r["provider"].startswith("exact: decode +")), None)

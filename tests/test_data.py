@@ -113,6 +113,11 @@ def test_collate_matches_processor_and_tokenizer(tmp_path):
         assert b["keys"] == ["a", "b"] and b["has_caption"].tolist() == [True, False]
         assert torch.equal(b["input_ids"], tok(["a cat", ""], padding="max_length", max_length=64, truncation=True)
                            ["input_ids"])
+    # arrays, tensors and gray / RGBA PIL images go through the processor's RGB conversion
+    arr = np.array(imgs[1])
+    others = [arr, torch.from_numpy(arr).permute(2, 0, 1), imgs[1].convert("RGBA"), imgs[1].convert("L")]
+    b = data.naflex_collate([(str(i), im) for i, im in enumerate(others)], ip)
+    assert torch.equal(b["pixel_values"], ip(others)["pixel_values"])
     half = data.naflex_collate([("a", imgs[0])], ip, dtype=torch.bfloat16)
     assert half["pixel_values"].dtype == torch.bfloat16 and "input_ids" not in half
     with pytest.raises(ValueError, match="empty"):
@@ -139,8 +144,10 @@ def test_fast_decode_keeps_the_exact_naflex_size(tmp_path):
     assert (be["pixel_values"] - bf["pixel_values"]).abs().mean() < 0.05  # in [-1, 1] units
     mixed = data.naflex_collate([("f", fast), ("e", exact)], ip)
     assert torch.equal(mixed["pixel_values"], torch.cat([bf["pixel_values"], be["pixel_values"]]))
-    # another budget than the one it was drafted for: the processor resizes it from its decoded size
-    assert data.naflex_collate([("f", fast)], ip, max_num_patches=16)["pixel_attention_mask"].sum() <= 16
+    # another budget than the one it was drafted for: still the target of the full size
+    for M in (16, 100):
+        shapes = [data.naflex_collate([("k", im)], ip, max_num_patches=M)["spatial_shapes"] for im in (exact, fast)]
+        assert torch.equal(*shapes)
 
 
 def test_rank_slices_are_disjoint_and_cover():
