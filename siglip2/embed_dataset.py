@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch-size", type=int, default=None, help="images per batch (default 64)")
     g.add_argument("--tokens-per-batch", type=int, default=None, help="pack images until valid tokens reach T")
-    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    per_rank = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: cores per process
+    p.add_argument("--num-workers", type=int, default=max(1, min(8, per_rank)),
+                   help="DataLoader workers per process (default: the process's share of the cores, at most 8)")
     p.add_argument("--image-column", default="image", help="CSV/JSONL image column (default image)")
     p.add_argument("--text-column", default=None, help="CSV/JSONL caption column (default caption, else text)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -223,6 +225,8 @@ def _check_run(out: str, run: dict, rank: int) -> None:
     """Record the run's arguments in out/run.json, or refuse when a different run is there."""
     from .loading import atomic_write_text
 
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out: {out!r} is a file; give a directory")
     path = os.path.join(out, RUN_FILE)
     if os.path.exists(path):
         with open(path) as f:

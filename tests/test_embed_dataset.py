@@ -168,6 +168,8 @@ def test_resume_after_interrupt_is_identical_and_other_args_refused(folder_run, 
     assert _main(folder[0], "--out", out, "--model", checkpoint, *ARGS, "--max-num-patches", "9") == 1
     err = capsys.readouterr().err
     assert "different arguments" in err and "max_num_patches: 16 -> 9" in err
+    assert _main(folder[0], "--out", folder[0], "--model", checkpoint, *ARGS) == 1  # someone else's directory
+    assert "holds no run.json" in capsys.readouterr().err
 
 
 def test_webdataset_captions_tokens_per_batch_and_workers(shards, checkpoint, tmp_path):
