@@ -220,15 +220,21 @@ _FWD_BASE = {
     ("fp32", True): (64, 64, 16, 4, 2),
     ("fp32", False): (32, 64, 16, 4, 2),
 }
-FWD_CONFIGS = {"sm80": _FWD_BASE, "sm86": _FWD_BASE, "sm90": _FWD_BASE, "sm100": {**_FWD_BASE},
-               "sm120": _FWD_BASE, "default": _FWD_BASE}
+# sm_100 (ptxas-blackwell, triton 3.9): fp16 unaligned 64x64x32 with 4 warps and fp32 aligned 64x64x16 with 4
+# warps each spill 8 B (bf16 does not); the same tiles with 8 warps do not.
+_FWD_SM100 = {("16bit", False): (64, 64, 32, 8, 3), ("fp32", True): (64, 64, 16, 8, 2)}
+# sm_120 under triton 3.8: fp16 aligned 128x128x64 spills 40 B (2 stages: 32 B); 128x64x64 does not.
+_FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 3)}
+FWD_CONFIGS = {"sm80": _FWD_BASE, "sm86": _FWD_BASE, "sm90": _FWD_BASE, "sm100": {**_FWD_BASE, **_FWD_SM100},
+               "sm120": {**_FWD_BASE, **_FWD_SM120}, "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120}}
 FWD_INTERPRET_CONFIG = (32, 32, 32, 4, 1)  # small blocks keep the CPU interpreter fast
 # Adjoint: (BLOCK_M, BLOCK_N, num_warps, num_stages), keyed by grad dtype class. 32 tokens per step: with 64,
 # triton 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few
 # loop-invariant values.
+# sm_90 under triton 3.8: the fp32 adjoint with 4 warps spills 8 B; 8 warps do not.
 _ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 4, 2)}
-ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": {**_ADJ_BASE}, "sm100": _ADJ_BASE,
-               "sm120": _ADJ_BASE, "default": _ADJ_BASE}
+ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": {**_ADJ_BASE, "fp32": (32, 64, 8, 2)},
+               "sm100": _ADJ_BASE, "sm120": _ADJ_BASE, "default": _ADJ_BASE}
 ADJ_INTERPRET_CONFIG = (32, 32, 4, 1)
 check_tables("patch_embed fwd", FWD_CONFIGS)
 check_tables("patch_embed adjoint", ADJ_CONFIGS)
