@@ -356,7 +356,7 @@ def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
 # fwd: (BLOCK_M, BLOCK_N, num_warps, num_stages)
 _FWD_BASE = {
     ("16bit", "seq", 32): (128, 64, 8, 3), ("16bit", "seq", 64): (128, 64, 8, 3),
-    ("16bit", "seq", 80): (128, 32, 8, 3), ("16bit", "seq", 96): (128, 32, 8, 3),
+    ("16bit", "seq", 80): (64, 64, 8, 3), ("16bit", "seq", 96): (128, 32, 8, 3),
     ("16bit", "seq", 128): (64, 64, 8, 3),
     ("16bit", "pool", 32): (16, 64, 8, 3), ("16bit", "pool", 64): (16, 64, 8, 3),
     ("16bit", "pool", 80): (16, 64, 8, 3), ("16bit", "pool", 96): (16, 64, 8, 3),
@@ -379,25 +379,27 @@ _BWD_BASE = {
     ("fp32", "seq", 128): (32, 16, 8, 32, 16, 4, 2),
 }
 # Per-family changes to the base tables (measured, triton 3.9, SigLIP2 shapes; docs/design.md):
-# - D 72 forward: 128x64 spills on sm_80 (8 B, padded+mask), sm_86 (40-144 B) and sm_120 (88 B), so the base
-#   has 128x32; sm_90 keeps 128x64 (spill-free there). On sm_86/89 under triton 3.8, 128x32 still spills
-#   56 B (padded, no mask), as do 128x32 with 2 stages and 64x32 with 4 warps; 64x64 with 8 warps does not.
+# - D 72 forward: 128x64 spills on sm_80 (8 B, padded+mask), sm_86 (40-144 B) and sm_120 (88 B); 128x32
+#   still spills on sm_80 (32 B, padded without mask, 3.9) and sm_86 (56 B, 3.8), as do 128x32 with 2 stages
+#   and 64x32 with 4 warps on sm_86; the base has 64x64 with 8 warps. sm_90 keeps 128x64 (spill-free there);
+#   sm_120 takes 128x32 (64x64 spills 48-64 B there, padded+mask). So "default" (64x64) spills on sm_120 in
+#   padded+mask; it is spill-free on the other five and in varlen on all six.
 # - sm_86/89 and sm_120 (99 KB, consumer register allocation): at D 72 the 32x64 dK/dV tile spills 16-80 B;
 #   16x64 does not.
 # - sm_100: the 128x64, 8-warp forward at D 64 spills 8 B (padded, no mask) at 128 registers; 128x32 does
 #   not (nor does 64x64 with 4 warps; 128x64 with 4 warps spills 24 B).
-# "default" (unknown architectures) takes the sm_86, sm_100 and consumer changes.
+# "default" (unknown architectures) takes the sm_100 and consumer changes.
 _FWD_SM90 = {("16bit", "seq", 80): (128, 64, 8, 3)}
-_FWD_SM86 = {("16bit", "seq", 80): (64, 64, 8, 3)}
+_FWD_SM120 = {("16bit", "seq", 80): (128, 32, 8, 3)}
 _BWD_CONSUMER = {("16bit", "seq", 80): (16, 64, 8, 64, 16, 8, 2)}
 _FWD_SM100 = {("16bit", "seq", 64): (128, 32, 8, 3)}
 FWD_CONFIGS = {
     "sm80": _FWD_BASE,
-    "sm86": {**_FWD_BASE, **_FWD_SM86},
+    "sm86": _FWD_BASE,
     "sm90": {**_FWD_BASE, **_FWD_SM90},
     "sm100": {**_FWD_BASE, **_FWD_SM100},
-    "sm120": _FWD_BASE,
-    "default": {**_FWD_BASE, **_FWD_SM86, **_FWD_SM100},
+    "sm120": {**_FWD_BASE, **_FWD_SM120},
+    "default": {**_FWD_BASE, **_FWD_SM100},
 }
 BWD_CONFIGS = {
     "sm80": _BWD_BASE,
