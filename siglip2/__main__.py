@@ -24,6 +24,7 @@ from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed-dataset": ("siglip2.embed_dataset", "embed an image collection (folder, list, table, webdataset) into shards"),
     "profile": ("siglip2.profile", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
+    "train": ("siglip2.train", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
 }
 
 HINT = (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -154,6 +155,9 @@ def _build(cfg, device):
         torch.manual_seed(cfg.seed)
         with torch.device("meta") if cfg.dry_run else device:
             model = Siglip2Model(mcfg)
+        with torch.no_grad():  # the SigLIP paper's init (t' = log 10, b = -10): transformers' zeros train slowly
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-10.0)
         P = mcfg.vision_config.patch_size
         ip = Siglip2ImageProcessor(patch_size=P, max_num_patches=max(cfg.seq_lens))
         files = [os.path.join(cfg.tokenizer, f) for f in ("tokenizer.json", "tokenizer_config.json",
