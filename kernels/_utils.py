@@ -1,4 +1,6 @@
-"""Shared plumbing for the kernels: impl resolution, lazy Triton import, input checks.
+"""Shared plumbing for the kernels, written once (the Liger-Kernel `ops/utils.py` idiom): impl resolution, the
+lazy Triton import, input checks, the one output allocator with its NaN-fill test switch, the one dot-precision
+rule, the one interpreter flag, and the one head-dim limit.
 
 Nothing here imports Triton at module import time, so `import siglip2` works on machines without it.
 """
@@ -9,11 +11,35 @@ import os
 import torch
 
 IMPLS = ("auto", "triton", "reference")
+# The attention kernels hold a head-dim row of q/k/v in registers; past 128 every config spills (docs/design.md).
+MAX_HEAD_DIM = 128
+# Tests set this (or monkeypatch `NAN_FILL`) so that every output buffer starts as NaN: an element that no program
+# writes then fails the test instead of passing on whatever the allocator left there.
+NAN_FILL = os.environ.get("SIGLIP2_KERNELS_NAN_FILL", "0") not in ("", "0")
 
 
 def interpreting() -> bool:
     """True when Triton runs kernels through its CPU interpreter (`TRITON_INTERPRET=1`)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def dot_fp32() -> bool:
+    """The one interpreter flag, passed to every kernel as the constexpr `DOT_FP32`: upcast tl.dot operands to fp32
+    when interpreting, because the triton 3.9 interpreter's bf16 tl.dot multiplies raw bit patterns (garbage)."""
+    return interpreting()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The one precision rule for tl.dot's `input_precision`: fp32 operands get IEEE FMA dots (TF32 would make the
+    fp32 path ~1e-3 accurate, worse than the eager reference); 16-bit operands run on tensor cores, where the
+    argument has no effect ("tf32" is Triton's default spelling)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def new_empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The one output allocator of the launchers: torch.empty, or NaN-filled under the test switch `NAN_FILL`."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return out.fill_(float("nan")) if NAN_FILL and out.is_floating_point() else out
 
 
 _TRITON_OK = None
