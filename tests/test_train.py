@@ -5,8 +5,8 @@
   zero-shot accuracy on held-out images beats chance (1/12) by far; the Triton kernels' backward is covered by
   test_attention / test_patch_embed / test_sigmoid_loss and, end to end, by `test_triton_kernels_train_like_reference`
   (two interpreted training steps equal the reference-kernel steps);
-- distributed equivalence under torchrun is NOT tested yet (owed: the 2-rank gloo run hung in its first attempt;
-  the ring loss itself is tested with unequal batches in tests/test_ring_unequal.py);
+- distributed equivalence under torchrun (DDP, FSDP2, resume) is tests/test_train_dist.py; the ring loss with
+  unequal local batches is tests/test_ring_unequal.py;
 - resume: stop after k steps, resume, and the parameters after n steps are bit-exact vs an uninterrupted run;
 - the batch plan (one bucket per step on every rank, flat token budget, mixed budgets), the dry-run estimate
   against the bytes autograd really saves, and argument errors.
