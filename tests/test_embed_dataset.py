@@ -30,18 +30,14 @@ def _reference_kernels():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from siglip2.configuration import Siglip2Config
+    from tiny import PIPELINE, our_model
+
     from siglip2.modeling import Siglip2Model
 
     d = tmp_path_factory.mktemp("tiny-siglip2")
-    torch.manual_seed(0)
-    text = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=64)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=4,
-                  num_patches=16)
-    Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).save_pretrained(d)
+    our_model(Siglip2Model, **dict(PIPELINE, heads=2, layers=1)).save_pretrained(d)
     make_tokenizer_dir(d, model_type=None)
-    _image_processor_dir(d, P=4, M=16)
+    _image_processor_dir(d, P=PIPELINE["patch"], M=PIPELINE["num_patches"])
     return str(d)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from launches import count_triton_launches
 from syncs import count_host_syncs
-from tiny import naflex_inputs, tiny_config_dict
+from tiny import naflex_inputs, perturb_, tiny_config_dict
 
 from siglip2.fast import PackedBatch, Siglip2VisionModel
 
@@ -15,8 +15,8 @@ SHAPES = [(3, 4), (4, 4), (1, 5)]
 @pytest.fixture(scope="module")
 def tower():
     torch.manual_seed(0)
-    return Siglip2VisionModel(tiny_config_dict(hidden=32, heads=2, layers=4)["vision_config"],
-                              kernel_impl="triton").eval()
+    return perturb_(Siglip2VisionModel(tiny_config_dict(hidden=32, heads=2, layers=4)["vision_config"],
+                                      kernel_impl="triton").eval())
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])

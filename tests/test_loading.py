@@ -1,15 +1,16 @@
 """Checkpoints: transformers <-> ours round trips, sharding, tower prefixes, strict key reports, clear errors,
-atomic saves."""
+atomic saves. Every model comes from tests/tiny.py with its parameters perturbed, so a loader that dropped or
+zeroed a bias, or swapped two tensors of one shape, changes a tensor that the bit-exact comparisons read."""
 import json
 import os
 
 import pytest
 import torch
 import transformers
+from tiny import hf_model, hf_siglip2, our_model, tiny_config_dict
 
 import siglip2.reference as ref
 from siglip2.loading import CheckpointError
-from tiny import hf_siglip2, tiny_config_dict
 
 
 def _assert_same_tensors(a: dict, b: dict):
@@ -33,7 +34,7 @@ def test_transformers_to_ours(hf_dir):
 
 
 def test_ours_to_transformers(tmp_path):
-    src = ref.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict()))
+    src = our_model(ref.Siglip2Model)
     src.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Siglip2Model"]
     theirs = transformers.Siglip2Model.from_pretrained(tmp_path)
@@ -42,7 +43,7 @@ def test_ours_to_transformers(tmp_path):
 
 
 def test_sharded_save_and_load(tmp_path):
-    src = ref.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict()))
+    src = our_model(ref.Siglip2Model)
     src.save_pretrained(tmp_path, max_shard_size=100_000)
     shards = [p for p in os.listdir(tmp_path) if p.startswith("model-")]
     assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").exists()
@@ -68,8 +69,7 @@ def test_vision_and_text_towers_from_full_checkpoint(hf_dir):
 def test_standalone_tower_with_or_without_prefix(tmp_path, prefixed):
     from safetensors.torch import save_file
 
-    cfg = transformers.Siglip2VisionConfig(**tiny_config_dict()["vision_config"])
-    hf = transformers.Siglip2VisionModel(cfg)
+    hf = hf_model("Siglip2VisionModel")
     hf.save_pretrained(tmp_path)  # transformers 5 saves without a prefix
     if prefixed:  # transformers 4.x layout
         state = {f"vision_model.{k}": v.contiguous() for k, v in hf.state_dict().items()}
@@ -89,7 +89,8 @@ def test_wrong_shape_and_unexpected_keys_reported(tmp_path, hf_dir):
     with pytest.raises(CheckpointError) as e:
         ref.Siglip2Model.from_pretrained(tmp_path)
     msg = str(e.value)
-    assert "wrong shape for logit_bias: checkpoint (2,), model (1,)" in msg and "unexpected keys (1): extra.weight" in msg
+    assert "wrong shape for logit_bias: checkpoint (2,), model (1,)" in msg
+    assert "unexpected keys (1): extra.weight" in msg
 
 
 def test_missing_directory_names_it(tmp_path):
@@ -121,7 +122,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     """A crash while writing leaves the previous checkpoint intact and no stray temp files."""
     import safetensors.torch
 
-    m = ref.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict()))
+    m = our_model(ref.Siglip2Model)
     m.save_pretrained(tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
 
@@ -143,10 +144,9 @@ def test_resave_sharded_crash_leaves_previous_checkpoint(tmp_path, monkeypatch):
     """Re-saving a sharded checkpoint that crashes halfway leaves the previous one loadable and unmixed."""
     import safetensors.torch
 
-    cfg = transformers.Siglip2Config(**tiny_config_dict())
-    a = ref.Siglip2Model(cfg)
+    a = our_model(ref.Siglip2Model, seed=0)
     a.save_pretrained(tmp_path, max_shard_size="100KB")
-    b = ref.Siglip2Model(cfg)
+    b = our_model(ref.Siglip2Model, seed=1)
     real, calls = safetensors.torch.save_file, []
 
     def crash_on_third(tensors, filename, metadata=None):
@@ -166,7 +166,7 @@ def test_resave_sharded_crash_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_bad_max_shard_size():
-    m = ref.Siglip2Model(transformers.Siglip2Config(**tiny_config_dict()))
+    m = our_model(ref.Siglip2Model)
     with pytest.raises(ValueError, match="max_shard_size must be"):
         m.save_pretrained("/tmp/never-written", max_shard_size="lots")
 
@@ -189,8 +189,7 @@ def test_interrupted_save_journal_is_followed_then_completed(tmp_path):
     next config or model save completes it first."""
     import siglip2.saving as saving
 
-    cfg = transformers.Siglip2Config(**tiny_config_dict())
-    old, new = ref.Siglip2Model(cfg), ref.Siglip2Model(cfg)
+    old, new = our_model(ref.Siglip2Model, seed=0), our_model(ref.Siglip2Model, seed=1)
     old.save_pretrained(tmp_path)
     real = saving.finish_pending_save
     calls = []

@@ -1,8 +1,10 @@
 """Zero-shot pipeline and command line on a tiny local checkpoint (no network).
 
 Run: `pytest tests/test_pipeline_cli.py` (~20 s: two subprocess runs import torch). The checkpoint is a random
-transformers Siglip2Model (hidden 32, patch 4, 16 patches) saved with our tokenizer files and a
-preprocessor_config.json; pipeline scores are checked against transformers' zero-shot pipeline.
+transformers Siglip2Model (hidden 32, patch 4, 16 patches, every parameter perturbed: tests/tiny.py) saved with our
+tokenizer files and a preprocessor_config.json; pipeline scores are checked against transformers' zero-shot
+pipeline. Every run of our fast model (pipeline, CLI in-process and in a subprocess) counts its Triton launches: on
+CPU the kernels run through the interpreter, and a path that fell back to the PyTorch reference fails.
 """
 
 import json
@@ -14,48 +16,26 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from test_tokenization import _image_processor_dir as image_processor_dir
-from test_tokenization import make_tokenizer_dir
+from launches import count_triton_launches
+from tiny import save_pipeline_checkpoint
 
 LABELS = ["cat", "dog", "red circle", "Blue Square"]
+# What one zero-shot run of our fast model must launch at least: the patch embedding, and one attention per layer
+# of each tower (2 each) plus the pooling head. Fewer: some op ran on its PyTorch reference.
+FAST = {"_patch_embed_fwd_kernel": 1, "_attn_fwd_kernel": 2 + 1 + 2}
 
 
-def _tiny_config(model_type="siglip2"):
-    text = dict(
-        vocab_size=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-    )
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=4
-    )
-    if model_type == "siglip2":
-        from transformers import Siglip2Config
-
-        return Siglip2Config(text_config=text, vision_config=dict(vision, num_patches=16))
-    from transformers import SiglipConfig
-
-    return SiglipConfig(text_config=text, vision_config=dict(vision, image_size=16))
+def assert_fast_path_ran(launches, need=None):
+    need = FAST if need is None else need
+    short = {k: (launches.get(k, 0), n) for k, n in need.items() if launches.get(k, 0) < n}
+    assert not short, f"Triton launches (got, needed) below the minimum: {short}; all: {dict(launches)}"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """(directory, transformers model) for a tiny NaFlex checkpoint."""
-    from transformers import Siglip2Model
-
     d = tmp_path_factory.mktemp("tiny-siglip2")
-    torch.manual_seed(0)
-    model = Siglip2Model(_tiny_config()).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(2.0)
-        model.logit_bias.fill_(-1.0)
-    model.save_pretrained(d)
-    make_tokenizer_dir(d, model_type=None)  # config.json comes from save_pretrained
-    image_processor_dir(d, P=4, M=16)
-    return str(d), model
+    return str(d), save_pipeline_checkpoint(d)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +65,7 @@ def _hf_pipeline_scores(checkpoint, paths):
 
 
 def _assert_results_close(ours, ref, atol=1e-5):
+    """Same labels in the same order, fp32 scores in [0, 1] within 1e-5 (measured differences: <= 3e-7)."""
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
         assert [x["label"] for x in a] == [x["label"] for x in b]
@@ -107,8 +88,10 @@ def test_pipeline_with_transformers_model_matches_hf_pipeline(checkpoint, images
 def test_pipeline_with_our_model_from_directory(checkpoint, images):
     from siglip2.pipeline import zero_shot_classify
 
-    ours = zero_shot_classify(images, ",".join(LABELS), model=checkpoint[0])
-    _assert_results_close(ours, _hf_pipeline_scores(checkpoint, images), atol=1e-4)
+    with count_triton_launches() as launches:
+        ours = zero_shot_classify(images, ",".join(LABELS), model=checkpoint[0])
+    assert_fast_path_ran(launches)
+    _assert_results_close(ours, _hf_pipeline_scores(checkpoint, images))
 
 
 def test_pipeline_exif_transpose_and_errors(checkpoint, tmp_path):
@@ -130,11 +113,28 @@ def test_pipeline_exif_transpose_and_errors(checkpoint, tmp_path):
         zero_shot_classify(img, LABELS, model=d, template="no placeholder")
 
 
-def _cli(*args, env=None):
+# `python -m siglip2 ARGS` with the Triton launches counted and written to the file $SIGLIP2_TEST_LAUNCHES
+_COUNTED_MAIN = """
+import json, os, runpy, sys
+sys.path.insert(0, sys.argv.pop(1))
+from launches import count_triton_launches
+try:
+    with count_triton_launches() as launches:
+        runpy.run_module("siglip2", run_name="__main__", alter_sys=True)
+finally:
+    with open(os.environ["SIGLIP2_TEST_LAUNCHES"], "w") as f:
+        json.dump(dict(launches), f)
+"""
+
+
+def _cli(*args, env=None, launches=None):
+    """Run the command line in a subprocess; with `launches` (a path), count its Triton launches into that file."""
     e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "siglip2", *args], capture_output=True, text=True, env=e, timeout=300
-    )
+    cmd = [sys.executable, "-m", "siglip2", *args]
+    if launches is not None:
+        e["SIGLIP2_TEST_LAUNCHES"] = str(launches)
+        cmd = [sys.executable, "-c", _COUNTED_MAIN, os.path.dirname(os.path.abspath(__file__)), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=300)
 
 
 def test_cli_classify_and_embed(checkpoint, images, tmp_path):
@@ -144,10 +144,13 @@ def test_cli_classify_and_embed(checkpoint, images, tmp_path):
 
     d, model = checkpoint
     out = tmp_path / "emb" / "e.safetensors"
+    counted = tmp_path / "launches.json"
     r = _cli(
-        "embed", images[0], "a photo of a cat", "dog", "--model", d, "--out", str(out), "--device", "cpu"
+        "embed", images[0], "a photo of a cat", "dog", "--model", d, "--out", str(out), "--device", "cpu",
+        launches=counted,
     )
     assert r.returncode == 0, r.stderr
+    assert_fast_path_ran(json.loads(counted.read_text()))
     with safe_open(str(out), "pt") as f:
         meta, img, txt = f.metadata(), f.get_tensor("image_embeds"), f.get_tensor("text_embeds")
     assert json.loads(meta["images"]) == [images[0]] and json.loads(meta["texts"]) == [
@@ -163,25 +166,25 @@ def test_cli_classify_and_embed(checkpoint, images, tmp_path):
     with torch.no_grad():
         ref = model.get_image_features(**proc.image_processor(PIL.Image.open(images[0])))
     ref = getattr(ref, "pooler_output", ref)
-    assert torch.allclose(img, ref / ref.norm(dim=-1, keepdim=True), atol=1e-4)
+    assert torch.allclose(img, ref / ref.norm(dim=-1, keepdim=True), atol=1e-5)
 
-    rc = main(["classify", *images, "--labels", ",".join(LABELS), "--model", d, "--json", "--device", "cpu"])
+    with count_triton_launches() as launches:
+        rc = main(["classify", *images, "--labels", ",".join(LABELS), "--model", d, "--json", "--device", "cpu"])
     assert rc == 0
+    assert_fast_path_ran(launches)
 
 
 def test_cli_classify_json_output(checkpoint, images, capsys):
     from siglip2.__main__ import main
 
     d, _ = checkpoint
-    assert (
-        main(
-            ["classify", *images[:2], "--labels", ",".join(LABELS), "--model", d, "--json", "--device", "cpu"]
-        )
-        == 0
-    )
+    with count_triton_launches() as launches:
+        rc = main(["classify", *images[:2], "--labels", ",".join(LABELS), "--model", d, "--json", "--device", "cpu"])
+    assert rc == 0
+    assert_fast_path_ran(launches)
     data = json.loads(capsys.readouterr().out)
     assert [x["image"] for x in data] == images[:2]
-    _assert_results_close([x["scores"] for x in data], _hf_pipeline_scores(checkpoint, images[:2]), atol=1e-4)
+    _assert_results_close([x["scores"] for x in data], _hf_pipeline_scores(checkpoint, images[:2]))
     assert main(["classify", images[0], "--labels", "cat,dog", "--model", d, "--device", "cpu"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == images[0] and len(table) == 3
@@ -210,14 +213,11 @@ def test_cli_bad_inputs(checkpoint, tmp_path, capsys):
 
 def test_fixres_checkpoint_pipeline(tmp_path, images):
     """model_type "siglip": no lowercasing, (B, 3, H, W) pixels, our SiglipModel loaded from the directory."""
-    from transformers import AutoTokenizer, SiglipImageProcessorPil, SiglipModel, pipeline
+    from transformers import AutoTokenizer, SiglipImageProcessorPil, pipeline
 
     from siglip2.pipeline import zero_shot_classify
 
-    torch.manual_seed(1)
-    model = SiglipModel(_tiny_config("siglip")).eval()
-    model.save_pretrained(tmp_path)
-    make_tokenizer_dir(tmp_path, model_type=None)
+    model = save_pipeline_checkpoint(tmp_path, "SiglipModel", seed=1)
     (tmp_path / "preprocessor_config.json").write_text(
         json.dumps(
             {
@@ -242,7 +242,10 @@ def test_fixres_checkpoint_pipeline(tmp_path, images):
         device="cpu",
     )
     ref = [pipe(PIL.Image.open(p), candidate_labels=LABELS) for p in images]
-    _assert_results_close(zero_shot_classify(images, LABELS, model=str(tmp_path)), ref, atol=1e-4)
+    with count_triton_launches() as launches:
+        ours = zero_shot_classify(images, LABELS, model=str(tmp_path))
+    assert_fast_path_ran(launches)
+    _assert_results_close(ours, ref)
 
 
 @pytest.mark.gpu
@@ -259,7 +262,9 @@ def test_pipeline_on_cuda(checkpoint, images):
 def test_embed_single_text_and_image_are_not_split(checkpoint, images):
     from siglip2.pipeline import embed
 
-    out = embed(images=images[0], texts="a cat", model=checkpoint[0])
+    with count_triton_launches() as launches:
+        out = embed(images=images[0], texts="a cat", model=checkpoint[0])
+    assert_fast_path_ran(launches)
     assert out["text_embeds"].shape[0] == 1 and out["image_embeds"].shape[0] == 1
 
 

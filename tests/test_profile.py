@@ -156,14 +156,12 @@ def test_profile_default_invocation_is_quick(capsys):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from test_tokenization import _image_processor_dir
-    from tiny import tiny_config_dict
+    from tiny import our_model
 
-    from siglip2.configuration import Siglip2Config
     from siglip2.reference import Siglip2Model
 
     d = tmp_path_factory.mktemp("tiny-profile-ckpt")
-    torch.manual_seed(0)
-    Siglip2Model(Siglip2Config(**tiny_config_dict(hidden=32, patch=4, num_patches=16))).save_pretrained(d)
+    our_model(Siglip2Model, hidden=32, patch=4, num_patches=16).save_pretrained(d)
     _image_processor_dir(d, P=4, M=16)
     return d
 

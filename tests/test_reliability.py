@@ -18,14 +18,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny import hf_model, our_model, tiny_config_dict
 
 import siglip2.reference as ref
 from siglip2 import fast
 from siglip2.configuration import Siglip2TextConfig, Siglip2VisionConfig
 from siglip2.loading import CheckpointError
 
-VISION = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2, patch_size=2,
-              num_patches=16)
+# every model here comes from tests/tiny.py (one place for tiny configs; parameters perturbed)
+SMALL = dict(hidden=32, heads=2, layers=1, intermediate=40)
+VISION = tiny_config_dict(**SMALL)["vision_config"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,8 +100,7 @@ class _Injector:
 
 
 def _model(layers, seed):
-    torch.manual_seed(seed)
-    return ref.Siglip2VisionModel(Siglip2VisionConfig(**dict(VISION, num_hidden_layers=layers)))
+    return our_model(ref.Siglip2VisionModel, seed, **dict(SMALL, layers=layers))
 
 
 def _same(state_a, state_b):
@@ -336,8 +337,7 @@ def test_empty_batches_named(mod):
     m = mod.Siglip2VisionModel(Siglip2VisionConfig(**VISION)).eval()
     with pytest.raises(ValueError, match="pixel_values: got a batch of 0 images"):
         m(torch.zeros(0, 16, 12), torch.zeros(0, 16, dtype=torch.int32), torch.zeros(0, 2, dtype=torch.long))
-    t = mod.Siglip2TextModel(Siglip2TextConfig(vocab_size=50, hidden_size=32, intermediate_size=40,
-                                               num_hidden_layers=1, num_attention_heads=2)).eval()
+    t = mod.Siglip2TextModel(Siglip2TextConfig(**tiny_config_dict(**SMALL, vocab=50)["text_config"])).eval()
     with pytest.raises(ValueError, match=r"input_ids: sequence length 0 \(shape \(2, 0\)\)"):
         t(torch.zeros(2, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="input_ids: got a batch of 0 texts"):
@@ -449,15 +449,10 @@ def test_cli_embed_directory_of_images(tmp_path):
     """`siglip2 embed DIR` embeds DIR's images (sorted), not the word DIR: a real subprocess on a tiny checkpoint."""
     import PIL.Image
     from safetensors import safe_open
-    from test_pipeline_cli import _tiny_config
-    from test_tokenization import _image_processor_dir, make_tokenizer_dir
-    from transformers import Siglip2Model
+    from tiny import save_pipeline_checkpoint
 
     ck = tmp_path / "ck"
-    torch.manual_seed(0)
-    Siglip2Model(_tiny_config()).save_pretrained(ck)
-    make_tokenizer_dir(ck, model_type=None)
-    _image_processor_dir(ck, P=4, M=16)
+    save_pipeline_checkpoint(ck)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for name, color in (("b.png", "red"), ("a.jpg", "blue")):
@@ -558,11 +553,8 @@ def _build(case):
 
 @pytest.fixture(scope="module")
 def vision_models():
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.Siglip2VisionConfig(**VISION)
-    hf = transformers.Siglip2VisionModel(cfg).eval()
+    hf = hf_model("Siglip2VisionModel", **SMALL)
+    cfg = hf.config
     padded = ref.Siglip2VisionModel(cfg).eval()
     packed = fast.Siglip2VisionModel(cfg, kernel_impl="reference").eval()  # packed path, reference ops (fast on CPU)
     for m in (padded, packed):
