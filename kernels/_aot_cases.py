@@ -61,33 +61,54 @@ def _attn_variants(dclass, queries, tile, siglip2_only):
     return out
 
 
+_SPLIT = {32: (32, 0), 64: (64, 0), 80: (64, 16), 96: (64, 32), 128: (128, 0)}  # tile -> (BLOCK_D, BLOCK_DT)
+
+
+def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
+    """One attention kernel ("fwd", "dkdv" or "dq") as the launcher builds it from table `fam`'s entry `key`."""
+    from . import attention_triton as T
+    from ._utils import dot_precision
+
+    dclass, queries, tile = key
+    bd, bdt = _SPLIT[tile]
+    bm, bn, w, s = T.FWD_CONFIGS[fam][key]
+    bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
+    fn, m, n, nw, ns = {"fwd": (T._attn_fwd_kernel, bm, bn, w, s), "dkdv": (T._attn_bwd_dkdv_kernel, bm_, bn_, w_, s_),
+                        "dq": (T._attn_bwd_dq_kernel, bm2, bn2, w2, s_)}[kname]
+    cx = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=layout == "varlen", HAS_MASK=layout == "padded+mask",
+              DOT_FP32=False, PRECISION=dot_precision(dtype), BLOCK_M=m, BLOCK_N=n)
+    sig = _attn_signature(fn, cx, dtype)
+    aligned = {"aligned": [a for a, t in sig.items() if t.startswith("*") or t == "i32"],
+               "pointers": True, "unaligned": False}[how]
+    name = f"{kname}-{_TY[dtype]}-D{D}-{queries}-{layout}-{how}-{m}x{n}{'+' + str(bdt) if bdt else ''}-w{nw}s{ns}"
+    return dict(name=name, cc=cc, family=fam, op="attention", kernel=kname, dtype=_TY[dtype], head_dim=D,
+                layout=layout, queries=queries, tile=f"{m}x{n}", block_d=bd, block_dt=bdt, block_m=m, block_n=n,
+                num_warps=nw, num_stages=ns, required=required, fn=fn, signature=sig, constexprs=cx, aligned=aligned)
+
+
+def attention_kernel_case(kname, cc, head_dim, dtype=torch.bfloat16, layout="varlen", queries="seq"):
+    """The case a launch on `sm_<cc>` compiles for kernel `kname` at a SigLIP2 head dim (64 or 72), with the
+    alignment a real launch gets (bench/sass_report.py)."""
+    from . import attention_triton as T
+
+    bd, bdt = T.head_dim_split(head_dim)
+    key = ("fp32" if dtype == torch.float32 else "16bit", queries, bd + bdt)
+    how = "aligned" if head_dim % 16 == 0 else "pointers"
+    return _attn_kernel_case(cc, family(cc), key, kname, dtype, head_dim, layout, how, True)
+
+
 def attention_cases(ccs=AOT_CCS, siglip2_only=False):
     from . import attention_triton as T
 
-    split = {32: (32, 0), 64: (64, 0), 80: (64, 16), 96: (64, 32), 128: (128, 0)}
     cases = []
     for cc in ccs:
         for fam in _families(cc):
-            for key, (bm, bn, w, s) in T.FWD_CONFIGS[fam].items():
-                bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
+            for key in T.FWD_CONFIGS[fam]:
                 dclass, queries, tile = key
-                bd, bdt = split[tile]
-                kernels = [("fwd", T._attn_fwd_kernel, bm, bn, w, s), ("dkdv", T._attn_bwd_dkdv_kernel, bm_, bn_, w_, s_),
-                           ("dq", T._attn_bwd_dq_kernel, bm2, bn2, w2, s_)]
+                bd, bdt = _SPLIT[tile]
                 for dtype, D, layout, how, required in _attn_variants(dclass, queries, tile, siglip2_only):
-                    flags = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=layout == "varlen",
-                                 HAS_MASK=layout == "padded+mask", DOT_FP32=False, PRECISION=T._precision(dtype))
-                    for kname, fn, m, n, nw, ns in kernels:
-                        cx = dict(flags, BLOCK_M=m, BLOCK_N=n)
-                        sig = _attn_signature(fn, cx, dtype)
-                        aligned = {"aligned": [a for a, t in sig.items() if t.startswith("*") or t == "i32"],
-                                   "pointers": True, "unaligned": False}[how]
-                        name = (f"{kname}-{_TY[dtype]}-D{D}-{queries}-{layout}-{how}-"
-                                f"{m}x{n}{'+' + str(bdt) if bdt else ''}-w{nw}s{ns}")
-                        cases.append(dict(name=name, cc=cc, family=fam, op="attention", kernel=kname,
-                                          dtype=_TY[dtype], head_dim=D, layout=layout, queries=queries,
-                                          tile=f"{m}x{n}", num_warps=nw, num_stages=ns, required=required, fn=fn,
-                                          signature=sig, constexprs=cx, aligned=aligned))
+                    for kname in ("fwd", "dkdv", "dq"):
+                        cases.append(_attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required))
                     if queries == "seq" and layout == "varlen":  # the trivial delta kernel, once per head dim
                         pm, pw = T.PREPROCESS_CONFIG
                         cx = dict(HEAD_DIM=D, BLOCK_DP=T._next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=True)

@@ -2,8 +2,9 @@
 padded attention with a boolean key mask. Both validate, then dispatch with impl="auto"|"triton"|"reference".
 
 Semantics (shared with kernels/reference.py): non-causal, softmax in fp32, sequence i's queries see only
-sequence i's (unmasked) keys, and a query with no visible key returns zeros. The Triton path lives in
-attention_triton.py and is imported only when dispatched to, so this module imports without Triton.
+sequence i's (unmasked) keys, and a query with no visible key returns zeros. The Triton path is
+attention_triton.attention_op (a torch.library custom op with autograd), imported only when dispatched to, so this
+module imports without Triton.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import numbers
 import torch
 
 from . import reference
-from ._utils import check_tensor, resolve_impl
+from ._utils import MAX_HEAD_DIM, check_tensor, resolve_impl
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # float64: reference only
-TRITON_MAX_HEAD_DIM = 128
 
 
 def _check_qkv(q, k, v, ndim, op):
@@ -68,8 +68,8 @@ def _unsupported(q):
     """What the Triton kernels cannot do for these inputs (auto then uses the reference), or None."""
     if q.dtype == torch.float64:
         return "float64 inputs"
-    if q.shape[-1] > TRITON_MAX_HEAD_DIM:
-        return f"head dims above {TRITON_MAX_HEAD_DIM} (got {q.shape[-1]})"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dims above {MAX_HEAD_DIM} (got {q.shape[-1]})"
     return None
 
 
@@ -109,7 +109,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         return reference.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
     from . import attention_triton
 
-    return attention_triton.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+    return attention_triton.attention_op(q, k, v, cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q, max_seqlen_k,
+                                         scale)[0]
 
 
 def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None, *, impl="auto"):
@@ -136,4 +137,4 @@ def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None, *, impl
         return reference.padded_attention(q, k, v, key_padding_mask, scale)
     from . import attention_triton
 
-    return attention_triton.padded_attention(q, k, v, key_padding_mask, scale)
+    return attention_triton.attention_op(q, k, v, None, None, key_padding_mask, q.shape[2], k.shape[2], scale)[0]

@@ -5,22 +5,24 @@ varlen reads (total, H, D) with int32 cu_seqlens; padded reads (B, H, L, D) stri
 per-key bool mask (any pattern, not only a prefix). Softmax statistics are fp32 in base 2: the kernels
 fold log2(e) into the scale and use exp2, and the saved LSE is log2-sum-exp2 (internal, never returned).
 A query with no visible key has LSE = +inf, so the output and every gradient it touches are exactly 0.
-Head dims that are not a power of two are split into a power-of-two main tile plus a >=16-wide tail
-(72 = 64 + 16, 96 = 64 + 32, 40 = 32 + 16) instead of one padded power-of-two tile (see `head_dim_split`).
+Head dims above 64 that are not a power of two are split into a power-of-two main tile plus a >=16-wide tail
+(72 = 64 + 16, 96 = 64 + 32) instead of one padded power-of-two tile; dims <= 64 pad to 32 or 64 (40 runs in a 64
+tile). See `head_dim_split`.
 Backward: delta = rowsum(dO * O), then a dK/dV kernel looping over query blocks and a dQ kernel looping
 over key blocks, both recomputing P from the LSE (no atomics, no O(L^2) memory).
+Launchers: `attention_fwd`, `attention_bwd`; `attention_op` is the torch.library custom op
+(`siglip2::attention_fwd`, differentiable) that kernels/attention.py calls.
 """
 from __future__ import annotations
 
-import math
-import os
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
 from ._configs import INTERPRETER_FAMILY, check_tables, device_family
-from ._utils import interpreting
+from ._utils import dot_fp32, dot_precision, new_empty
 
 LOG2E = 1.4426950408889634
 
@@ -320,10 +322,6 @@ def _attn_bwd_dq_kernel(
 # Launchers: block sizes, grids, allocation
 # ----------------------------------------------------------------------------------------------
 
-MAX_HEAD_DIM = 128
-NAN_FILL = os.environ.get("SIGLIP2_KERNELS_NAN_FILL", "0") == "1"  # tests: NaN-prefill every output buffer
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -437,64 +435,72 @@ KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_b
            "preprocess": _attn_bwd_preprocess_kernel}
 
 
-def _precision(dtype) -> str:
-    # fp32 inputs get IEEE dots: TF32 would make the fp32 path ~1e-3 accurate, worse than the eager reference
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _empty_like(t, dtype=None, shape=None):
-    if shape is not None:
-        out = torch.empty(shape, dtype=dtype or t.dtype, device=t.device)
-    else:
-        out = torch.empty_like(t, dtype=dtype)
-    return out.fill_(float("nan")) if NAN_FILL else out
-
-
-def _layout(t, is_varlen):
-    """(batch, token, head) strides of a (total, H, D) or (B, H, L, D) tensor; its last dim must be unit-stride."""
-    return (0, t.stride(0), t.stride(1)) if is_varlen else (t.stride(0), t.stride(2), t.stride(1))
-
-
 def _unit_last(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _prep(q, cu_seqlens_q, key_mask, max_seqlen_q):
-    is_varlen = cu_seqlens_q is not None
-    if is_varlen:
-        B, (total_q, H, D) = cu_seqlens_q.numel() - 1, q.shape
-        lse_shape, s_lb, s_lh = (H, total_q), 0, total_q
-    else:
-        B, H, L, D = q.shape
-        lse_shape, s_lb, s_lh = (B, H, L), H * L, L
-    if B > 65535 or H > 65535:
-        raise ValueError(f"attention: batch ({B}) and heads ({H}) must each be <= 65535 (CUDA grid limit)")
-    dummy = torch.empty(0, dtype=torch.int32, device=q.device)
-    cu_q = cu_seqlens_q.contiguous() if is_varlen else dummy  # indexed with unit stride
-    key_mask = _unit_last(key_mask) if key_mask is not None else None
-    km = key_mask.view(torch.uint8) if key_mask is not None else dummy.view(torch.uint8)
-    s_mb = key_mask.stride(0) if key_mask is not None else 0
-    return is_varlen, B, H, D, lse_shape, (s_lb, s_lh), cu_q, km, s_mb, dummy
+def _new_like(t):
+    """`new_empty` in t's memory layout: torch.empty_like's strides, which the fake impls report too. The model's
+    (B, H, L, D) views of (B, L, H, D) activations then get outputs that transpose back without a copy."""
+    strides = torch.empty_like(t, device="meta").stride()
+    return new_empty((t.numel(),), t.dtype, t.device).as_strided(t.shape, strides)
+
+
+def _strides(name: str, t, is_varlen: bool) -> dict:
+    """Kernel arguments s_<name>b, s_<name>t, s_<name>h: (batch, token, head) strides of a (total, H, D) or
+    (B, H, L, D) tensor (its last dim is unit-stride)."""
+    b, tok, h = (0, t.stride(0), t.stride(1)) if is_varlen else (t.stride(0), t.stride(2), t.stride(1))
+    return {f"s_{name}b": b, f"s_{name}t": tok, f"s_{name}h": h}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """What every attention kernel launch of one call shares: the layout, sizes, sequence bounds and key mask."""
+    is_varlen: bool
+    B: int
+    H: int
+    D: int
+    lse_shape: tuple
+    args: dict  # kernel arguments common to the forward, dK/dV and dQ kernels
+
+    @staticmethod
+    def of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask) -> "_Launch":
+        is_varlen = cu_seqlens_q is not None
+        if is_varlen:
+            B, (total_q, H, D) = cu_seqlens_q.numel() - 1, q.shape
+            lse_shape, s_lb, s_lh, L_q, L_k = (H, total_q), 0, total_q, 0, 0
+        else:
+            B, H, L, D = q.shape
+            lse_shape, s_lb, s_lh, L_q, L_k = (B, H, L), H * L, L, L, k.shape[2]
+        if B > 65535 or H > 65535:
+            raise ValueError(f"attention: batch ({B}) and heads ({H}) must each be <= 65535 (CUDA grid limit)")
+        dummy = torch.empty(0, dtype=torch.int32, device=q.device)
+        key_mask = _unit_last(key_mask) if key_mask is not None else None
+        args = dict(
+            cu_seqlens_q=cu_seqlens_q.contiguous() if is_varlen else dummy,  # indexed with unit stride
+            cu_seqlens_k=cu_seqlens_k.contiguous() if is_varlen else dummy,
+            key_mask=key_mask.view(torch.uint8) if key_mask is not None else dummy.view(torch.uint8),
+            s_mb=key_mask.stride(0) if key_mask is not None else 0, s_lb=s_lb, s_lh=s_lh, L_Q=L_q, L_K=L_k,
+            HEAD_DIM=D, IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None, DOT_FP32=dot_fp32(),
+            PRECISION=dot_precision(q.dtype))
+        return _Launch(is_varlen, B, H, D, lse_shape, args)
 
 
 def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale,
                   *, head_dim_mode="split", config=None):
     """Returns (o like q, lse fp32 base-2: (H, total_q) varlen / (B, H, Lq) padded)."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    is_varlen, B, H, D, lse_shape, s_l, cu_q, km, s_mb, _ = _prep(q, cu_seqlens_q, key_mask, max_seqlen_q)
-    cu_k = cu_seqlens_k.contiguous() if is_varlen else cu_q
-    o, lse = _empty_like(q), _empty_like(q, torch.float32, lse_shape)
-    bd, bdt = head_dim_split(D, head_dim_mode)
+    la = _Launch.of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask)
+    o, lse = _new_like(q), new_empty(la.lse_shape, torch.float32, q.device)
+    bd, bdt = head_dim_split(la.D, head_dim_mode)
     cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
-    grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), B, H)
+    grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), la.B, la.H)
     if q.numel() == 0 or grid[0] == 0:
         return o.zero_(), lse.fill_(float("inf"))
-    L_q, L_k = (0, 0) if is_varlen else (q.shape[2], k.shape[2])
     _attn_fwd_kernel[grid](
-        q, k, v, o, lse, cu_q, cu_k, km, *_layout(q, is_varlen), *_layout(k, is_varlen), *_layout(v, is_varlen),
-        *_layout(o, is_varlen), *s_l, s_mb, L_q, L_k, scale * LOG2E,
-        HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None, DOT_FP32=interpreting(), PRECISION=_precision(q.dtype),
+        q=q, k=k, v=v, o=o, lse=lse, **la.args, **_strides("q", q, la.is_varlen), **_strides("k", k, la.is_varlen),
+        **_strides("v", v, la.is_varlen), **_strides("o", o, la.is_varlen), qk_scale=scale * LOG2E,
+        BLOCK_D=bd, BLOCK_DT=bdt, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o, lse
@@ -504,33 +510,33 @@ def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max
                   *, head_dim_mode="split", config=None):
     """Returns (dq, dk, dv) like (q, k, v)."""
     do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
-    is_varlen, B, H, D, _, s_l, cu_q, km, s_mb, _ = _prep(q, cu_seqlens_q, key_mask, max_seqlen_q)
-    cu_k = cu_seqlens_k.contiguous() if is_varlen else cu_q
-    dq, dk, dv, delta = _empty_like(q), _empty_like(k), _empty_like(v), _empty_like(lse)
-    bd, bdt = head_dim_split(D, head_dim_mode)
+    la = _Launch.of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask)
+    dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
+    delta = new_empty(lse.shape, torch.float32, lse.device)
+    bd, bdt = head_dim_split(la.D, head_dim_mode)
     cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
-    L_q, L_k = (0, 0) if is_varlen else (q.shape[2], k.shape[2])
-    lay_q, lay_k, lay_v, lay_do = (_layout(t, is_varlen) for t in (q, k, v, do))
-    flags = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None,
-                 DOT_FP32=interpreting(), PRECISION=_precision(q.dtype), num_stages=cfg["num_stages"])
+    strides = {**_strides("q", q, la.is_varlen), **_strides("k", k, la.is_varlen), **_strides("v", v, la.is_varlen),
+               **_strides("d", do, la.is_varlen)}
+    common = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, **la.args, **strides, qk_scale=scale * LOG2E,
+                  sm_scale=scale, BLOCK_D=bd, BLOCK_DT=bdt, num_stages=cfg["num_stages"])
     if q.numel() and max_seqlen_q > 0:
         pm, pw = PREPROCESS_CONFIG
-        _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen_q, pm), B, H)](
-            o, do, delta, cu_q, *_layout(o, is_varlen), *lay_do, *s_l, L_q,
-            HEAD_DIM=D, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=is_varlen, num_warps=pw, num_stages=1,
+        _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen_q, pm), la.B, la.H)](
+            o=o, do=do, delta=delta, cu_seqlens_q=la.args["cu_seqlens_q"], **_strides("o", o, la.is_varlen),
+            **_strides("d", do, la.is_varlen), s_lb=la.args["s_lb"], s_lh=la.args["s_lh"], L_Q=la.args["L_Q"],
+            HEAD_DIM=la.D, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=la.is_varlen, num_warps=pw,
+            num_stages=1,
         )
-        _attn_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"]), B, H)](
-            q, k, v, do, lse, delta, dq, cu_q, cu_k, km, *lay_q, *lay_k, *lay_v, *lay_do, *_layout(dq, is_varlen),
-            *s_l, s_mb, L_q, L_k, scale * LOG2E, scale, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"],
-            num_warps=cfg["num_warps2"], **flags,
+        _attn_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"]), la.B, la.H)](
+            dq=dq, **_strides("dq", dq, la.is_varlen), **common, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"],
+            num_warps=cfg["num_warps2"],
         )
     else:
         dq.zero_()
     if k.numel() and max_seqlen_k > 0:
-        _attn_bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), B, H)](
-            q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, km, *lay_q, *lay_k, *lay_v, *lay_do,
-            *_layout(dk, is_varlen), *_layout(dv, is_varlen), *s_l, s_mb, L_q, L_k, scale * LOG2E, scale,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], **flags,
+        _attn_bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), la.B, la.H)](
+            dk=dk, dv=dv, **_strides("dk", dk, la.is_varlen), **_strides("dv", dv, la.is_varlen), **common,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
         )
     else:
         dk.zero_(), dv.zero_()
@@ -542,13 +548,14 @@ def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max
 # ----------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("siglip2::attention_fwd", mutates_args=())
-def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor | None,
-                      cu_seqlens_k: torch.Tensor | None, key_mask: torch.Tensor | None, max_seqlen_q: int,
-                      max_seqlen_k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor | None,
+                 cu_seqlens_k: torch.Tensor | None, key_mask: torch.Tensor | None, max_seqlen_q: int,
+                 max_seqlen_k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable (o, lse): varlen with cu_seqlens (key_mask None), padded with cu_seqlens None."""
     return attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale)
 
 
-@_attention_fwd_op.register_fake
+@attention_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale):
     shape = (q.shape[1], q.shape[0]) if cu_seqlens_q is not None else q.shape[:3]
     return torch.empty_like(_unit_last(q)), q.new_empty(shape, dtype=torch.float32)  # as attention_fwd allocates
@@ -581,12 +588,4 @@ def _backward(ctx, do, _dlse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
-    return _attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q, max_seqlen_k, scale)[0]
-
-
-def padded_attention(q, k, v, key_padding_mask, scale):
-    return _attention_fwd_op(q, k, v, None, None, key_padding_mask, q.shape[2], k.shape[2], scale)[0]
+attention_op.register_autograd(_backward, setup_context=_setup_context)

@@ -3,7 +3,7 @@
 Run: `pytest tests/test_attention.py --durations=10` (CPU: Triton interpreter, ~2 min; GPU tests skip without CUDA).
 Every kernel result is compared with a float64 per-sequence loop (the oracle): its error may be at most 2x the
 error of the eager reference run at the same precision (tests/numerics.py). Kernel outputs are NaN-prefilled
-(attention_triton.NAN_FILL), so an element no program writes fails the test. bf16 runs only on GPU (the 3.9
+(kernels._utils.NAN_FILL), so an element no program writes fails the test. bf16 runs only on GPU (the 3.9
 interpreter's bf16 dot is broken).
 """
 import subprocess
@@ -22,9 +22,9 @@ DEV = "cuda" if GPU else "cpu"
 
 @pytest.fixture(autouse=True)
 def _nan_fill(monkeypatch):
-    from siglip2.kernels import attention_triton
+    from siglip2.kernels import _utils
 
-    monkeypatch.setattr(attention_triton, "NAN_FILL", True)
+    monkeypatch.setattr(_utils, "NAN_FILL", True)
 
 
 def _assert(name, out, oracle, baseline, atol=1e-6):
