@@ -43,14 +43,15 @@ def _python_function(fn):
 
 
 def aot_compile(fn, signature: dict, constexprs: dict, cc: int, num_warps: int = 4, num_stages: int = 2,
-                aligned=False, maxnreg: int | None = None, keep_asm: bool = False) -> dict:
+                aligned=False, maxnreg: int | None = None, keep_asm: bool = False, sass: bool = False) -> dict:
     """Compile a @triton.jit kernel for `sm_<cc>` and report its resource usage.
 
     `signature` maps argument names to Triton types ("*bf16", "i32", "fp32"); names in `constexprs` may be left
     out (they become "constexpr"). `aligned` adds the divisibility-by-16 specialization a real launch gets:
     True for every pointer argument, or an iterable of the argument names (pointers or integers) to mark.
     `maxnreg` is the launch option of that name (PTX .maxnreg), for configs that set it.
-    Returns {"regs", "stack", "local", "shared"} (bytes), plus "ptx" with `keep_asm`. ptxas puts register
+    Returns {"regs", "stack", "local", "shared"} (bytes), plus "ptx" with `keep_asm` and the disassembly
+    (`cuobjdump -sass`) as "sass" with `sass` (bench/sass_report.py). ptxas puts register
     spills in the stack frame (cuobjdump STACK; LOCAL stays 0), so a no-spill check needs both to be 0.
     Kernels that call other @triton.jit helpers cannot be compiled while TRITON_INTERPRET=1 is set (the helpers
     are InterpretedFunctions): use `aot_run`, which compiles in subprocesses without it.
@@ -76,6 +77,8 @@ def aot_compile(fn, signature: dict, constexprs: dict, cc: int, num_warps: int =
     usage["shared"] = max(usage.get("shared", 0), int(k.metadata.shared))
     if keep_asm:
         usage["ptx"] = k.asm["ptx"]
+    if sass:
+        usage["sass"] = cubin_sass(k.asm["cubin"])
     return usage
 
 
@@ -89,11 +92,20 @@ def cuobjdump_path() -> str:
     return _nvidia_tool("cuobjdump")
 
 
-def cubin_resource_usage(cubin: bytes) -> dict:
+def _cuobjdump(cubin: bytes, flag: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([cuobjdump_path(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([cuobjdump_path(), flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def cubin_sass(cubin: bytes) -> str:
+    """The cubin's machine code as `cuobjdump -sass` prints it."""
+    return _cuobjdump(cubin, "-sass")
+
+
+def cubin_resource_usage(cubin: bytes) -> dict:
+    out = _cuobjdump(cubin, "-res-usage")
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
     return {"regs": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]),
             "shared": int(fields["SHARED"])}
@@ -142,7 +154,8 @@ def _aot_worker() -> None:
         cc, t0, c0 = case["cc"], time.perf_counter(), cpu()
         try:
             u = aot_compile(fn, case["signature"], case["constexprs"], cc, case["num_warps"], case["num_stages"],
-                            case.get("aligned", False), case.get("maxnreg"), keep_asm=True)
+                            case.get("aligned", False), case.get("maxnreg"), keep_asm=True,
+                            sass=case.get("sass", False))
         except Exception as e:  # report it as an offender rather than killing the whole shard
             u = {"error": f"{type(e).__name__}: {str(e)[-2000:]}"}
         ptx = u.pop("ptx", None)
@@ -157,7 +170,7 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
     """Compile every case in `jobs` subprocesses (default: one per CPU) without TRITON_INTERPRET.
 
     A case is a dict: name, cc (the target `sm_<cc>`), fn (the @triton.jit kernel), signature, constexprs,
-    num_warps, num_stages and optionally aligned and maxnreg (see `aot_compile`); any other keys (e.g.
+    num_warps, num_stages and optionally aligned, maxnreg and sass (see `aot_compile`); any other keys (e.g.
     "required", "family", "kernel") are passed through. Returns one dict per case, in order: the case's own
     keys but fn/signature/constexprs/aligned, plus regs, stack, local, shared (or error), secs and cpu (the
     compile's wall and CPU seconds), and ptxas's spill/stack line where stack or local is nonzero.
