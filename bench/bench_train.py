@@ -4,23 +4,27 @@
                                           # photo-like JPEGs through the training loader: median ms of data wait,
                                           # forward, loss, backward, optimizer; images/s, tokens/s, peak memory
   python bench/bench_train.py buckets     # the same per-rank patch budget (8 x 256) as a fixed-length run, as
-                                          # --seq-lens 64,128,256 buckets, and as mixed budgets: one `step` process each
-  torchrun --nproc-per-node W bench/bench_train.py step --size so400m --synthetic --global-batch 4096 --precision bf16 \\
-      --grad-checkpointing                # GPU: So400m/16 at 256 patches, the global batch split over W ranks
+                                          # --seq-lens 64,128,256 buckets, and as mixed budgets (a process each)
+  torchrun --nproc-per-node W bench/bench_train.py step --size so400m --synthetic --global-batch 4096 \\
+      --precision bf16 --grad-checkpointing   # GPU: So400m/16 at 256 patches, the global batch split over W ranks
   torchrun --nproc-per-node W bench/bench_train.py ring --local-batch 4096
                                           # per-rank peak memory and time of the ring loss (fwd + bwd) for world
                                           # sizes 1, 2, 4 .. W at a fixed local batch, against an all-gather loss
 
 `step` runs what `siglip2 train` runs (ContrastiveForward, DDP / FSDP2 wrap, AdamW groups, the warm-up/cosine
 schedule, clipping, the PlanSampler + Collate loader with `--workers` processes) with a device sync between the
-phases, so each phase's time is its own: data = waiting for the loader + the host-to-device copy; loss includes
-its backward under the ring (which computes gradients in the forward) but not in one process; backward includes
-the recomputation under --grad-checkpointing. The first `--warmup-steps` steps are not timed. `data serial` is what
-one batch costs to decode, resize and tokenize in one process: the work the loader workers hide. Peak memory:
+phases, so each phase's time is its own (wall `*_ms`, and this process's CPU time `*_cpu_ms`, which a shared
+machine's load disturbs less; with one torch thread the two agree on an idle machine). data = waiting for the
+loader + the host-to-device copy; loss includes its backward under the ring (which computes gradients in the
+forward) but not in one process; backward includes the recomputation under --grad-checkpointing. The first
+`--warmup-steps` steps are not timed. `data serial` is what one batch costs to decode, resize and tokenize in one
+process: the work the loader workers hide. Peak memory:
 `torch.cuda.max_memory_allocated` on CUDA, the process's peak RSS (`ru_maxrss`, everything the process touched) on
-CPU, which is why `buckets` runs every case in a process of its own. `--synthetic` feeds random full-budget
-batches (no loader: the GPU step alone). Output: one JSON line per result (with device, versions, date), then a
-table.
+CPU, which is why `buckets` runs every case in a process of its own. tokens/s counts valid image patches and
+text_tokens/s the text tower's tokens (64 per image, so a flat patch budget gives small buckets more text);
+pad_fraction is the padding of the padded host layout (the packed model does not compute it). `--synthetic` feeds
+random full-budget batches (no loader: the GPU step alone). Output: one JSON line per result (with device,
+versions, date, load average), then a table.
 """
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-SMALL = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, patch_size=16,
-             num_patches=256)
+SMALL = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
+         "patch_size": 16, "num_patches": 256}
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
@@ -60,7 +64,6 @@ def make_data(directory, n=256, seed=0):
     import csv
 
     import PIL.Image
-
     from bench_data import _synthetic_photo
 
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
@@ -100,7 +103,7 @@ def _synthetic_batches(n, m, patch, vocab, device, seed=0):
     """One random full-budget batch, made on the device once (no loader, no copy): n images of an (h, w) grid of
     h * w <= m patches, and n texts of 64 ids."""
     g = torch.Generator().manual_seed(seed)
-    h = int(math.isqrt(m))
+    h = math.isqrt(m)
     w = m // h
     batch = {"pixel_values": torch.randn(n, m, 3 * patch * patch, generator=g),
              "pixel_attention_mask": torch.zeros(n, m, dtype=torch.long),
@@ -114,9 +117,10 @@ def _synthetic_batches(n, m, patch, vocab, device, seed=0):
 
 
 def bench_step(args) -> dict:
-    from siglip2 import train_utils as U
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
+
+    from siglip2 import train_utils as U
     from siglip2.train import _setup_distributed
     from siglip2.train_data import BatchPlan, CaptionedSamples, Collate, PlanSampler
 
@@ -180,33 +184,34 @@ def bench_step(args) -> dict:
         if step == args.warmup_steps and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = next(batches)
         inputs = [batch[k].to(device, non_blocking=True) if k in batch else None for k in keys]
         sync()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         with autocast:
             img, txt, scale, bias = module(*inputs)
         sync()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         loss = dist_loss(img, txt, scale, bias) if dist_loss else sigmoid_loss(img, txt, scale, bias,
                                                                                 impl=args.kernel_impl)
         sync()
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         (loss * world).backward()
         sync()
-        t4 = time.perf_counter()
+        t4, c4 = time.perf_counter(), time.process_time()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         sync()
-        t5 = time.perf_counter()
+        t5, c5 = time.perf_counter(), time.process_time()
         if step >= args.warmup_steps:
             n, valid = img.shape[0], int(batch["pixel_attention_mask"].sum())
             rows.append(dict(zip(PHASES, np.diff([t0, t1, t2, t3, t4, t5]) * 1e3), step=(t5 - t0) * 1e3,
+                             cpu=dict(zip(PHASES, np.diff([c0, c1, c2, c3, c4, c5]) * 1e3)), step_cpu=(c5 - c0) * 1e3,
                              images=n, tokens=valid, slots=batch["pixel_attention_mask"].numel(),
-                             budget=batch["budget"]))
+                             text_tokens=inputs[0].numel(), budget=batch["budget"]))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:  # Linux reports KiB
@@ -218,9 +223,13 @@ def bench_step(args) -> dict:
            "steps_timed": len(rows), "workers": args.workers,
            **{f"{p}_ms": statistics.median(r[p] for r in rows) for p in PHASES},
            "step_ms": statistics.median(r["step"] for r in rows),
+           **{f"{p}_cpu_ms": statistics.median(r["cpu"][p] for r in rows) for p in PHASES},
+           "step_cpu_ms": statistics.median(r["step_cpu"] for r in rows),
            "images_per_s": world * sum(r["images"] for r in rows) / wall,
            "tokens_per_s": world * sum(r["tokens"] for r in rows) / wall,
-           "padding": 1 - sum(r["tokens"] for r in rows) / sum(r["slots"] for r in rows),
+           "text_tokens_per_s": world * sum(r["text_tokens"] for r in rows) / wall,
+           "pad_fraction": 1 - sum(r["tokens"] for r in rows) / sum(r["slots"] for r in rows),
+           "load_avg": os.getloadavg()[0],
            "peak_mem_gb": peak, "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process RSS",
            "data_serial_ms": serial_ms,
            "step_ms_by_budget": {m: statistics.median(r["step"] for r in rows if r["budget"] == m)
@@ -239,8 +248,10 @@ def bench_buckets(args) -> list[dict]:
               str(args.num_images)]
     rows = []
     for name, extra in cases:
-        r = subprocess.run([sys.executable, __file__, "step", *common, *extra], check=True, capture_output=True,
-                           text=True)
+        r = subprocess.run([sys.executable, __file__, "step", *common, *extra], capture_output=True, text=True,
+                           check=False)
+        if r.returncode:
+            raise SystemExit(f"buckets: case {name!r} failed:\n{r.stderr[-3000:]}")
         rows.append({"case": name, **json.loads(r.stdout.strip().splitlines()[-1])})
     return rows
 
@@ -249,67 +260,73 @@ def bench_ring(args) -> list[dict]:
     """Ring loss vs an all-gather loss (text embeddings gathered with autograd, (n_local x N) logits materialized)
     at a fixed local batch, for world sizes 1, 2, 4 .. W (subgroups of the launched ranks)."""
     import torch.distributed as dist
-    import torch.distributed.nn.functional as dnn
-    import torch.nn.functional as F
 
-    from siglip2.kernels.loss import DistributedSigmoidLoss
     from siglip2.train import _setup_distributed
 
     rank, world, device = _setup_distributed(args.device)
     if not dist.is_initialized():
         raise SystemExit("ring: run under torchrun (torchrun --nproc-per-node W bench/bench_train.py ring)")
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sizes, rows = [w for w in (1, 2, 4, 8, 16, 32, 64) if w <= world], []
-    for w in sizes:
+    rows = []
+    for w in [w for w in (1, 2, 4, 8, 16, 32, 64) if w <= world]:
         group = dist.new_group(list(range(w)))  # every rank takes part in creating every group
         if rank < w:
-            g = torch.Generator(device=device).manual_seed(rank)
-            n, d = args.local_batch, args.dim
-            img = F.normalize(torch.randn(n, d, generator=g, device=device), dim=-1).to(dtype).requires_grad_()
-            txt = F.normalize(torch.randn(n, d, generator=g, device=device), dim=-1).to(dtype).requires_grad_()
-            s = torch.tensor(math.log(10.0), device=device, requires_grad=True)
-            b = torch.tensor(-10.0, device=device, requires_grad=True)
-            ring = DistributedSigmoidLoss(group=group, impl=args.kernel_impl)
-
-            def ring_step():
-                loss = ring(img, txt, s, b)
-                loss.backward()
-                return loss
-
-            def gather_step():
-                every = torch.cat(dnn.all_gather(txt, group=group))  # (N, d)
-                logits = (img @ every.t()).float() * s.exp() + b  # (n, N)
-                labels = -torch.ones_like(logits)
-                r = dist.get_rank(group)
-                labels[:, r * n:(r + 1) * n] += 2 * torch.eye(n, device=device)
-                loss = F.logsigmoid(labels * logits).sum() / (-n * w)  # this rank's share of the global loss
-                loss.backward()
-                total = loss.detach().clone()
-                dist.all_reduce(total, group=group)
-                return total
-
-            for name, fn in (("ring", ring_step), ("all-gather", gather_step)):
-                times, peak = [], None
-                for i in range(args.warmup_steps + args.steps):
-                    if i == args.warmup_steps and device.type == "cuda":
-                        sync()
-                        torch.cuda.reset_peak_memory_stats(device)
-                        base = torch.cuda.memory_allocated(device)
-                    dist.barrier(group)
-                    t = time.perf_counter()
-                    value = float(fn())
-                    sync()
-                    times.append((time.perf_counter() - t) * 1e3)
-                    img.grad = txt.grad = s.grad = b.grad = None
-                if device.type == "cuda":
-                    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-                if rank == 0:
-                    rows.append({"loss": name, "world_size": w, "local_batch": n, "global_batch": n * w, "dim": d,
-                                 "dtype": str(dtype).replace("torch.", ""),
-                                 "loss_value": value, "ms": statistics.median(times[args.warmup_steps:]),
-                                 "peak_mem_mb": peak})
+            rows += _ring_case(args, w, group, rank, device)
         dist.barrier()
+    return rows if rank == 0 else []
+
+
+def _ring_case(args, w, group, rank, device) -> list[dict]:
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dnn
+    import torch.nn.functional as F
+    from siglip2.kernels.loss import DistributedSigmoidLoss
+
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    g = torch.Generator(device=device).manual_seed(rank)
+    n, d = args.local_batch, args.dim
+    img = F.normalize(torch.randn(n, d, generator=g, device=device), dim=-1).to(dtype).requires_grad_()
+    txt = F.normalize(torch.randn(n, d, generator=g, device=device), dim=-1).to(dtype).requires_grad_()
+    s = torch.tensor(math.log(10.0), device=device, requires_grad=True)
+    b = torch.tensor(-10.0, device=device, requires_grad=True)
+    ring = DistributedSigmoidLoss(group=group, impl=args.kernel_impl)
+
+    def ring_step():
+        loss = ring(img, txt, s, b)
+        loss.backward()
+        return loss
+
+    def gather_step():
+        every = torch.cat(dnn.all_gather(txt, group=group))  # (N, d)
+        logits = (img @ every.t()).float() * s.exp() + b  # (n, N)
+        labels = -torch.ones_like(logits)
+        r = dist.get_rank(group)
+        labels[:, r * n:(r + 1) * n] += 2 * torch.eye(n, device=device)
+        loss = F.logsigmoid(labels * logits).sum() / (-n * w)  # this rank's share of the global loss
+        loss.backward()
+        total = loss.detach().clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    rows = []
+    for name, fn in (("ring", ring_step), ("all-gather", gather_step)):
+        times, peak, base = [], None, 0
+        for i in range(args.warmup_steps + args.steps):
+            if i == args.warmup_steps and device.type == "cuda":
+                sync()
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            dist.barrier(group)
+            t = time.perf_counter()
+            value = float(fn())
+            sync()
+            times.append((time.perf_counter() - t) * 1e3)
+            img.grad = txt.grad = s.grad = b.grad = None
+        if device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        rows.append({"loss": name, "world_size": w, "local_batch": n, "global_batch": n * w, "dim": d,
+                     "dtype": str(dtype).replace("torch.", ""), "loss_value": value,
+                     "ms": statistics.median(times[args.warmup_steps:]), "peak_mem_mb": peak})
     return rows
 
 

@@ -139,7 +139,8 @@ def _setup_distributed(device_arg):
 
 
 def _build(cfg, device):
-    """(model, tokenizer, image processor, files to copy next to every saved model) for cfg.model."""
+    """(model, tokenizer, image processor, what to save next to every saved model: file paths to copy, or
+    processors to save_pretrained) for cfg.model."""
     import torch
 
     from .fast import Siglip2Model
@@ -162,7 +163,7 @@ def _build(cfg, device):
         ip = Siglip2ImageProcessor(patch_size=P, max_num_patches=max(cfg.seq_lens))
         files = [os.path.join(cfg.tokenizer, f) for f in ("tokenizer.json", "tokenizer_config.json",
                                                           "special_tokens_map.json")]
-        return model, tok, ip, [f for f in files if os.path.exists(f)]
+        return model, tok, ip, [f for f in files if os.path.exists(f)] + [ip]  # ip: written as preprocessor_config
     from .loading import resolve_dir
 
     d = resolve_dir(cfg.model)
@@ -198,7 +199,8 @@ def train(cfg: TrainConfig) -> dict:
     for name in ("steps", "log_every", "workers", "warmup", "save_every"):
         v = getattr(cfg, name)
         if v is not None and (v < 0 or (name in ("steps", "log_every") and v == 0)):
-            raise ValueError(f"--{name.replace('_', '-')}: expected a {'positive' if name in ('steps', 'log_every') else 'non-negative'} integer, got {v}")
+            kind = "positive" if name in ("steps", "log_every") else "non-negative"
+            raise ValueError(f"--{name.replace('_', '-')}: expected a {kind} integer, got {v}")
     source = open_source(cfg.data)
     if isinstance(source, FileSource) and not source.has_captions:
         raise ValueError(f"--data: {cfg.data!r} has no captions (a caption or text column is needed to train)")
@@ -218,6 +220,11 @@ def train(cfg: TrainConfig) -> dict:
         from .fast import Siglip2Model
 
         model = Siglip2Model.from_pretrained(os.path.join(resume_dir, "model"), device=device)
+    if not cfg.dry_run:
+        with torch.no_grad():  # own storage: tensors loaded from safetensors alias the file at arbitrary offsets,
+            # where CPU kernels take other vectorized paths and round differently (resume would not be bit-exact)
+            for t in [*model.parameters(), *model.buffers()]:
+                t.data = t.data.clone()
     model.set_impl("triton", cfg.kernel_impl)
     if cfg.dry_run:
         return _dry_run(cfg, model, plan, world, total)

@@ -213,7 +213,10 @@ def _save_model(base_model, state, directory, processor_files):
     shell.load_state_dict(state, assign=True, strict=True)
     shell.save_pretrained(directory)
     for src in processor_files:
-        shutil.copy2(src, os.path.join(directory, os.path.basename(src)))
+        if hasattr(src, "save_pretrained"):
+            src.save_pretrained(directory)
+        else:
+            shutil.copy2(src, os.path.join(directory, os.path.basename(src)))
 
 
 def latest_checkpoint(out_dir) -> str | None:

@@ -185,3 +185,88 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
 def test_argument_errors(shapes, tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
         train(_cfg(shapes, tmp_path / "e", **kw))
+
+
+def _init_params(shapes):
+    """The random init `siglip2 train --model tiny` starts from (seed 0)."""
+    import math
+
+    from siglip2.fast import Siglip2Model
+    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.train_utils import size_config
+
+    tok = Siglip2Tokenizer.from_pretrained(shapes["tok"], model_type="siglip2")
+    torch.manual_seed(0)
+    model = Siglip2Model(size_config("tiny", len(tok)))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def test_lock_image_bf16_and_classify_the_checkpoint(shapes, tmp_path, one_thread, capsys):
+    from siglip2.__main__ import main
+
+    kw = {"steps": 2, "batch_size": 4, "seq_lens": (16,), "lr": 1e-2}
+    locked = train(_cfg(shapes, tmp_path / "lock", lock_image=True, **kw))
+    init, got = _init_params(shapes), _params(locked["checkpoint"])
+    vision = [k for k in got if k.startswith("vision_model.")]
+    text = [k for k in got if k.startswith("text_model.") and k.endswith(".weight")]
+    assert vision and all(torch.equal(got[k], init[k]) for k in vision)  # frozen: no update, no weight decay
+    assert all(not torch.equal(got[k], init[k]) for k in text)
+    bf16 = train(_cfg(shapes, tmp_path / "bf16", precision="bf16", **kw))
+    a, b = _log(tmp_path / "lock")[0], _log(tmp_path / "bf16")[0]
+    # step 1 runs the same forward in both runs (the frozen tower only changes the update); bf16 autocast keeps the
+    # loss within bf16's rounding of the fp32 one, and far from the other step's loss
+    assert abs(a["loss"] - b["loss"]) <= 2e-2 * a["loss"], (a, b)
+    assert all(torch.isfinite(v).all() for v in _params(bf16["checkpoint"]).values())
+    # the saved model directory is a checkpoint for the CLI (weights, tokenizer, preprocessor_config.json)
+    capsys.readouterr()
+    img = os.path.join(shapes["root"], "test", "00000.png")
+    assert main(["classify", img, "--labels", "a red circle,a blue square", "--json",
+                 "--model", os.path.join(locked["checkpoint"], "model")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(r["label"] for r in out[0]["scores"]) == ["a blue square", "a red circle"], out
+
+
+def test_tensorboard_events(shapes, tmp_path, one_thread):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
+    train(_cfg(shapes, tmp_path / "tb", steps=2, batch_size=4, seq_lens=(16,), report_to=("tensorboard",)))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb" / "tb"))
+
+
+def test_epochs_set_the_step_count(shapes, tmp_path, one_thread):
+    res = train(_cfg(shapes, tmp_path / "ep", steps=None, epochs=0.1, batch_size=4, seq_lens=(16,), log_every=3))
+    assert res["steps"] == 6  # 0.1 x 240 samples = 24 samples, 4 per step
+    assert [r["step"] for r in _log(tmp_path / "ep")] == [3, 6]
+
+
+@pytest.fixture(scope="module")
+def shards(shapes):
+    """The first 24 shapes as two webdataset tars (png + txt)."""
+    import csv
+
+    import webdataset as wds
+
+    with open(shapes["train"]) as f:
+        rows = list(csv.DictReader(f))[:24]
+    d = shapes["root"] / "wds"
+    d.mkdir()
+    for s in range(2):
+        with wds.TarWriter(str(d / f"part-{s}.tar")) as w:
+            for i, r in enumerate(rows[s::2]):
+                png = (shapes["root"] / r["image"]).read_bytes()
+                w.write({"__key__": f"s{s}-{i:03d}", "png": png, "txt": r["caption"]})
+    return str(d / "part-{0..1}.tar")
+
+
+def test_webdataset_trains_and_resumes_exactly(shapes, shards, tmp_path, one_thread):
+    kw = {"data": shards, "steps": 4, "batch_size": 4, "seq_lens": (16, 32), "workers": 0}
+    full = train(_cfg(shapes, tmp_path / "full", **kw))
+    assert full["steps"] == 4 and [r["global_batch"] for r in _log(tmp_path / "full")] == [4] * 4
+    train(_cfg(shapes, tmp_path / "part", stop_after=2, **kw))
+    resumed = train(_cfg(shapes, tmp_path / "part", resume=True, **kw))
+    a, b = _params(full["checkpoint"]), _params(resumed["checkpoint"])
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the stream resumed at the record it had reached
+    with pytest.raises(ValueError, match="--epochs"):
+        train(_cfg(shapes, tmp_path / "e", data=shards, steps=None, epochs=1.0))
