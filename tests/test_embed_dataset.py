@@ -234,5 +234,9 @@ def test_torchrun_two_ranks_match_one_process(folder_run, checkpoint, folder, tm
     assert r.returncode == 0, r.stderr[-3000:]
     _, img, _ = _read(out)
     _, ref, _ = _read(folder_run)
-    assert sorted(img) == sorted(ref) and all(torch.equal(img[k], ref[k]) for k in ref)
-    assert _files(out) == _files(folder_run)
+    # every image once, with its embedding up to fp32 rounding: not bit-exact, because each rank batches another
+    # subset (and runs one thread), and a GEMM's rounding depends on its shape and threads (1 of 37 images differs,
+    # by 1.9e-6, with the perturbed tiny checkpoint)
+    assert sorted(img) == sorted(ref) and all(torch.allclose(img[k], ref[k], atol=1e-5, rtol=0) for k in ref)
+    a, b = _files(out), _files(folder_run)
+    assert a.keys() == b.keys() and all(a[n] == b[n] for n in a if not n.endswith(".safetensors"))
