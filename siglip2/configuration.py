@@ -13,12 +13,32 @@ import math
 import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from .loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
 
-def _config(cls):
+if TYPE_CHECKING:
+    from typing_extensions import Self, dataclass_transform
+else:
+    # Only type checkers read this marker (it tells them `_config` makes dataclasses); at run time it is a no-op, so
+    # the package does not need typing_extensions on Python 3.10 (typing.dataclass_transform arrived in 3.11).
+    def dataclass_transform(**_kwargs):
+        return lambda f: f
+
+
+class _HasToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+# What models and `config_from_any` accept: a config object (ours or transformers') or a config.json dict.
+ConfigLike: TypeAlias = "dict[str, Any] | _HasToDict"
+_C = TypeVar("_C", bound=type)
+_T = TypeVar("_T", bound="_Config")
+
+
+@dataclass_transform(field_specifiers=(field,))
+def _config(cls: _C) -> _C:
     """@dataclass, plus a `num_labels=` constructor keyword (as transformers' configs take) that sets id2label."""
     cls = dataclass(cls)
     init = cls.__init__
@@ -33,33 +53,34 @@ def _config(cls):
     return cls
 
 
-def _int(cfg, name: str, lo: int = 1, optional: bool = False) -> None:
+def _int(cfg: Any, name: str, lo: int = 1, optional: bool = False) -> None:
     """Field `name` must be an int >= lo (never a bool, a float or a string): a named TypeError/ValueError."""
     v = getattr(cfg, name)
     if v is None and optional:
         return
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{type(cfg).__name__}.{name} must be an int, got {type(v).__name__} {v!r}")
-    if v < lo:
+    if int(v) < lo:
         raise ValueError(f"{type(cfg).__name__}.{name} must be >= {lo}, got {v}")
 
 
-def _real(cfg, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+def _real(cfg: Any, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
     v = getattr(cfg, name)
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{type(cfg).__name__}.{name} must be a number, got {type(v).__name__} {v!r}")
-    if not (lo < v if lo_open else lo <= v) or not v <= hi or not math.isfinite(v):
+    x = float(v)  # numbers.Real declares no comparison operators; float() is exact for the values configs hold
+    if not (lo < x if lo_open else lo <= x) or not x <= hi or not math.isfinite(x):
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{']' if math.isfinite(hi) else ')'}"
         raise ValueError(f"{type(cfg).__name__}.{name} must lie in {interval}, got {v}")
 
 
-def _typed(cfg, name: str, types: tuple, what: str) -> None:
+def _typed(cfg: Any, name: str, types: tuple, what: str) -> None:
     v = getattr(cfg, name)
     if not isinstance(v, types):
         raise TypeError(f"{type(cfg).__name__}.{name} must be {what}, got {type(v).__name__} {v!r}")
 
 
-def dtype_name(value):
+def dtype_name(value: Any) -> Any:
     """A torch dtype as transformers writes it in config.json ("float32"); anything else unchanged."""
     import sys
 
@@ -114,7 +135,7 @@ class _Config:
         return {v: k for k, v in self.id2label.items()}
 
     @classmethod
-    def from_dict(cls, d: dict | Any) -> _Config:
+    def from_dict(cls, d: dict | Any) -> Self:
         """Build from a config.json dict (or a transformers config object). Unknown keys go to `extra`."""
         if not isinstance(d, dict):
             if not hasattr(d, "to_dict"):
@@ -153,16 +174,17 @@ class _Config:
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         from .saving import finish_pending_save
 
         text = self.to_json_string()  # serialized before the directory is touched
-        os.makedirs(save_directory, exist_ok=True)
-        finish_pending_save(save_directory)  # else an interrupted model save's journal would shadow this file
-        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), text)
+        directory = os.fspath(save_directory)
+        os.makedirs(directory, exist_ok=True)
+        finish_pending_save(directory)  # else an interrupted model save's journal would shadow this file
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **hub_kwargs) -> _Config:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Self:
         """Read `config.json` from a directory or hub id. A sub-config class reads its part of a full config."""
         directory = resolve_dir(name_or_path, **hub_kwargs)
         path = os.path.join(directory, CONFIG_NAME)
@@ -309,7 +331,7 @@ CONFIG_CLASSES = {c.model_type: c for c in (Siglip2Config, Siglip2TextConfig, Si
                                             SiglipTextConfig, SiglipVisionConfig)}
 
 
-def config_from_any(cfg, cls):
+def config_from_any(cfg: ConfigLike, cls: type[_T]) -> _T:
     """Accept our config, a transformers config, or a dict, and return an instance of `cls`."""
     if isinstance(cfg, cls):
         return cfg

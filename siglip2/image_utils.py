@@ -16,16 +16,17 @@ import os
 import numpy as np
 import torch
 
-def positive_int(name: str, value, upper: int | None = None, why: str = "") -> int:
+def positive_int(name: str, value: object, upper: int | None = None, why: str = "") -> int:
     """`value` as an int >= 1 (and <= upper): never a silent default for 0, a truncated 2.5, a bool or a string."""
     import numbers
 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1 or (upper is not None and value > upper):
+    n = int(value)  # numbers.Integral declares no comparison operators; int() of an Integral is exact
+    if n < 1 or (upper is not None and n > upper):
         bound = f"in [1, {upper}]" if upper is not None else ">= 1"
         raise ValueError(f"{name} must be an int {bound}{why}, got {value}")
-    return int(value)
+    return n
 
 
 PIL_FILTERS = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -21,19 +23,27 @@ from .image_utils import (get_image_size_for_max_num_patches, positive_int, resi
                           to_rgb_uint8)
 from .loading import CheckpointError, atomic_write_text, resolve_dir
 
+if TYPE_CHECKING:
+    import PIL.Image
+    from typing_extensions import Self
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+# What the processors (and the pipeline) accept as one image, and as a batch of images.
+ImageInput: TypeAlias = "str | os.PathLike[str] | PIL.Image.Image | np.ndarray | torch.Tensor"
+Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
+Device: TypeAlias = "torch.device | str | None"
 
 
 class BatchFeature(dict):
     """A dict with attribute access and `.to(device)`, like transformers' BatchFeature."""
 
-    def __getattr__(self, key):
+    def __getattr__(self, key: str) -> Any:
         try:
             return self[key]
         except KeyError as e:
             raise AttributeError(key) from e
 
-    def to(self, device=None, dtype=None):
+    def to(self, device: Device | torch.dtype = None, dtype: torch.dtype | None = None) -> BatchFeature:
         """Move tensors to `device`; cast floating tensors to `dtype`. `.to(torch.bfloat16)` casts only."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
@@ -45,7 +55,7 @@ class BatchFeature(dict):
         return out
 
 
-def as_image_list(images, name: str = "images") -> list:
+def as_image_list(images: Images, name: str = "images") -> list:
     """One image, a list/tuple of images, a (B, C, H, W) tensor or a (B, H, W, C) array -> a list."""
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return list(images.unbind(0))
@@ -63,8 +73,17 @@ class _ImageProcessor:
 
     _defaults: dict = {}
     _transformers_type = ""
+    # Set in __init__ from `_defaults`, the config file and the keywords; declared here for type checkers.
+    do_resize: bool
+    resample: int
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: list[float]
+    image_std: list[float]
+    do_convert_rgb: bool
 
-    def __init__(self, backend: str = "pil", device=None, **kwargs):
+    def __init__(self, backend: str = "pil", device: Device = None, **kwargs: Any) -> None:
         if backend not in ("pil", "torch"):
             raise ValueError(f"backend: expected 'pil' or 'torch', got {backend!r}")
         self.backend, self.device = backend, device
@@ -86,7 +105,7 @@ class _ImageProcessor:
     def _check_sizes(self) -> None:
         """Size fields as positive ints: a 0 or 2.5 from a config file is an error, not a default or a truncation."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._defaults)
         return f"{type(self).__name__}({fields}, backend={self.backend!r})"
 
@@ -96,21 +115,21 @@ class _ImageProcessor:
         d["image_processor_type"] = self.extra.get("image_processor_type", self._transformers_type)
         return d
 
-    def save_pretrained(self, save_directory) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `preprocessor_config.json` (temp file + rename)."""
         os.makedirs(save_directory, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         atomic_write_text(os.path.join(save_directory, PREPROCESSOR_CONFIG), text)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs):
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Self:
         """Read `preprocessor_config.json` from a directory or hub id; `kwargs` (backend too) override it."""
         hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only") if k in kwargs}
         d = read_preprocessor_config(resolve_dir(name_or_path, **hub))
         d.update(kwargs)
         return cls(**d)
 
-    def _lut(self, device=None) -> torch.Tensor | np.ndarray:
+    def _lut(self) -> np.ndarray:
         """(3, 256) float32 table of rescale + normalize for each uint8 value, computed with the same numpy
         arithmetic as transformers (float64 rescale cast to float32, then float32 (x - mean) / std)."""
         x = np.arange(256)
@@ -124,10 +143,12 @@ class _ImageProcessor:
             mean = np.asarray(self.image_mean, dtype=np.float32)[:, None]
             std = np.asarray(self.image_std, dtype=np.float32)[:, None]
             x = (x - mean) / std
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return x if device is None else torch.from_numpy(x).to(device)
+        return np.ascontiguousarray(x, dtype=np.float32)
 
-    def _load_all(self, images, backend, device):
+    def _lut_tensor(self, device: torch.device | str) -> torch.Tensor:
+        return torch.from_numpy(self._lut()).to(device)
+
+    def _load_all(self, images: Images, backend: str, device: Device) -> list:
         """Decode/convert every image: HWC uint8 numpy for the PIL backend, CHW uint8 tensors for torch."""
         out = []
         for i, img in enumerate(as_image_list(images)):
@@ -187,32 +208,35 @@ class Siglip2ImageProcessor(_ImageProcessor):
     )
     _transformers_type = "Siglip2ImageProcessor"
     model_input_names = ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
+    patch_size: int
+    max_num_patches: int
 
-    def __call__(self, images, **kwargs) -> BatchFeature:
+    def __call__(self, images: Images, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
     def _check_sizes(self) -> None:
         self.patch_size = positive_int("patch_size", self.patch_size)
         self.max_num_patches = positive_int("max_num_patches", self.max_num_patches)
 
-    def _sizes(self, patch_size, max_num_patches) -> tuple[int, int]:
+    def _sizes(self, patch_size: int | None, max_num_patches: int | None) -> tuple[int, int]:
         """None means the processor's own value; anything else must be a positive int (0 is not "default")."""
         P = self.patch_size if patch_size is None else positive_int("patch_size", patch_size)
         M = self.max_num_patches if max_num_patches is None else positive_int("max_num_patches", max_num_patches)
         return P, M
 
-    def target_size(self, height: int, width: int, patch_size=None, max_num_patches=None) -> tuple[int, int]:
+    def target_size(self, height: int, width: int, patch_size: int | None = None,
+                    max_num_patches: int | None = None) -> tuple[int, int]:
         return get_image_size_for_max_num_patches(height, width, *self._sizes(patch_size, max_num_patches))
 
     def preprocess(
         self,
-        images,
+        images: Images,
         *,
         patch_size: int | None = None,
         max_num_patches: int | None = None,
         return_tensors: str = "pt",
         backend: str | None = None,
-        device=None,
+        device: Device = None,
     ) -> BatchFeature:
         """images: a path, PIL image, numpy (H, W[, C]) array, torch ([C, ]H, W) tensor, or a list of them."""
         P, M = self._sizes(patch_size, max_num_patches)
@@ -245,7 +269,7 @@ class Siglip2ImageProcessor(_ImageProcessor):
             out = {k: v.cpu().numpy() for k, v in out.items()}
         return BatchFeature(out)
 
-    def _patchify_pil(self, imgs, sizes, P, M) -> dict:
+    def _patchify_pil(self, imgs: list, sizes: list[tuple[int, int]], P: int, M: int) -> dict:
         lut_t = self._lut().T.copy()  # (256, 3)
         values = np.zeros((len(imgs), M, P * P * 3), dtype=np.float32)
         mask = np.zeros((len(imgs), M), dtype=np.int32)
@@ -258,13 +282,13 @@ class Siglip2ImageProcessor(_ImageProcessor):
             mask[i, : h * w] = 1
         return {"pixel_values": torch.from_numpy(values), "pixel_attention_mask": torch.from_numpy(mask)}
 
-    def _patchify_torch(self, imgs, sizes, P, M) -> dict:
+    def _patchify_torch(self, imgs: list, sizes: list[tuple[int, int]], P: int, M: int) -> dict:
         dev = imgs[0].device
         if any(t.device != dev for t in imgs):
             raise ValueError(
                 "images: with backend='torch' all tensors must be on one device (or pass device=...)"
             )
-        lut = self._lut(dev)
+        lut = self._lut_tensor(dev)
         values = torch.zeros(len(imgs), M, P * P * 3, dtype=torch.float32, device=dev)
         mask = torch.zeros(len(imgs), M, dtype=torch.int32, device=dev)
         groups: dict = {}
@@ -299,27 +323,28 @@ class SiglipImageProcessor(_ImageProcessor):
     )
     _transformers_type = "SiglipImageProcessor"
     model_input_names = ["pixel_values"]
+    size: dict
 
     def _check_sizes(self) -> None:
         self._size(self.size)
 
     @staticmethod
-    def _size(size) -> tuple[int, int]:
+    def _size(size: object) -> tuple[int, int]:
         if not isinstance(size, dict) or "height" not in size or "width" not in size:
             raise ValueError(f"size: expected {{'height': H, 'width': W}}, got {size!r}")
         return positive_int("size['height']", size["height"]), positive_int("size['width']", size["width"])
 
-    def __call__(self, images, **kwargs) -> BatchFeature:
+    def __call__(self, images: Images, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
     def preprocess(
         self,
-        images,
+        images: Images,
         *,
         size: dict | None = None,
         return_tensors: str = "pt",
         backend: str | None = None,
-        device=None,
+        device: Device = None,
     ) -> BatchFeature:
         H, W = self._size(self.size if size is None else size)
         if return_tensors not in ("pt", "np"):
@@ -337,7 +362,7 @@ class SiglipImageProcessor(_ImageProcessor):
                 out.append(lut_t[a, np.arange(3)].transpose(2, 0, 1))
             values = torch.from_numpy(np.stack(out))
         else:
-            lut = self._lut(imgs[0].device)
+            lut = self._lut_tensor(imgs[0].device)
             chan = torch.arange(3, device=lut.device)[:, None, None]
             values = torch.stack(
                 [
@@ -350,7 +375,8 @@ class SiglipImageProcessor(_ImageProcessor):
         return BatchFeature(pixel_values=values)
 
 
-def image_processor_from_pretrained(name_or_path, **kwargs):
+def image_processor_from_pretrained(name_or_path: str | os.PathLike,
+                                    **kwargs: Any) -> Siglip2ImageProcessor | SiglipImageProcessor:
     """The processor class named in `preprocessor_config.json` (Siglip2* -> NaFlex, Siglip* -> FixRes)."""
     hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only") if k in kwargs}
     directory = resolve_dir(name_or_path, **hub)

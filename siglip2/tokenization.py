@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .image_utils import positive_int
 from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
-from .processing import BatchFeature, Siglip2ImageProcessor, image_processor_from_pretrained
+from .processing import (BatchFeature, Device, Images, Siglip2ImageProcessor, SiglipImageProcessor,
+                         image_processor_from_pretrained)
+
+if TYPE_CHECKING:
+    import tokenizers
 
 SPECIAL_KEYS = ("pad_token", "eos_token", "bos_token", "unk_token", "mask_token")
 DEFAULT_SPECIALS = {
@@ -47,7 +53,7 @@ def _read_json(path: str, required: bool = False, read_from: str | None = None) 
     return d
 
 
-def _token_str(v):
+def _token_str(v: Any) -> str | None:
     return v.get("content") if isinstance(v, dict) else v
 
 
@@ -62,15 +68,15 @@ class Siglip2Tokenizer:
 
     def __init__(
         self,
-        backend,
+        backend: tokenizers.Tokenizer,
         *,
         lowercase: bool,
         padding_side: str = "right",
-        model_input_names=("input_ids",),
+        model_input_names: Sequence[str] = ("input_ids",),
         specials: dict | None = None,
-        model_max_length=None,
+        model_max_length: int | None = None,
         config: dict | None = None,
-    ):
+    ) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
         self.backend, self.lowercase, self.padding_side = backend, lowercase, padding_side
@@ -83,8 +89,9 @@ class Siglip2Tokenizer:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path, *, model_type: str | None = None, lowercase: bool | None = None, **hub_kwargs
-    ) -> "Siglip2Tokenizer":
+        cls, name_or_path: str | os.PathLike, *, model_type: str | None = None, lowercase: bool | None = None,
+        **hub_kwargs: Any,
+    ) -> Siglip2Tokenizer:
         """Read tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, config.json) from a
         directory or hub id. `lowercase` defaults to True for model_type "siglip2" (read from config.json).
         A malformed file raises a CheckpointError that names it."""
@@ -101,7 +108,8 @@ class Siglip2Tokenizer:
                                   f"malformed ({type(e).__name__}: {e})") from e
 
     @classmethod
-    def _build(cls, d, data, cfg, smap, model_type, lowercase) -> "Siglip2Tokenizer":
+    def _build(cls, d: str, data: dict, cfg: dict, smap: dict, model_type: str | None,
+               lowercase: bool | None) -> Siglip2Tokenizer:
         from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
         from tokenizers.models import BPE
 
@@ -119,7 +127,12 @@ class Siglip2Tokenizer:
         if not isinstance(vocab, dict) or not vocab:
             raise CheckpointError(f"{d}/tokenizer.json: the BPE model has no vocab (expected a non-empty "
                                   f"'vocab' object of token -> id, got {type(vocab).__name__})")
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+        merges: list[tuple[str, str]] = []
+        for m in model.get("merges", []):
+            pair = m.split(" ") if isinstance(m, str) else list(m)
+            if len(pair) != 2:
+                raise CheckpointError(f"{d}/tokenizer.json: a BPE merge must be two tokens, got {m!r}")
+            merges.append((pair[0], pair[1]))
         tok = Tokenizer(
             BPE(
                 vocab=vocab,
@@ -164,11 +177,14 @@ class Siglip2Tokenizer:
         if "add_bos_token" in cfg or "add_eos_token" in cfg or not data.get("post_processor"):
             bos, eos = specials["bos_token"], specials["eos_token"]
             add_bos, add_eos = bool(cfg.get("add_bos_token", False)), bool(cfg.get("add_eos_token", False))
-            single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
-            pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
-            sp = ([(bos, tok.token_to_id(bos))] if add_bos else []) + (
-                [(eos, tok.token_to_id(eos))] if add_eos else []
-            )
+            if (add_bos and bos is None) or (add_eos and eos is None):
+                raise CheckpointError(f"{d}/tokenizer_config.json: add_bos_token={add_bos}, add_eos_token={add_eos} "
+                                      f"need the token, got bos_token={bos!r}, eos_token={eos!r}")
+            first = [bos] if add_bos and bos is not None else []
+            last = [eos] if add_eos and eos is not None else []
+            single = " ".join([f"{t}:0" for t in first] + ["$A:0"] + [f"{t}:0" for t in last])
+            pair = " ".join([single] + [f"{t}:1" for t in first] + ["$B:1"] + [f"{t}:1" for t in last])
+            sp = [(t, tok.token_to_id(t)) for t in first + last]
             tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=sp)
         else:
             tok.post_processor = Tokenizer.from_str(
@@ -185,7 +201,7 @@ class Siglip2Tokenizer:
             config=cfg,
         )
 
-    def save_pretrained(self, save_directory) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (each atomically)."""
         os.makedirs(save_directory, exist_ok=True)
         cfg = dict(
@@ -209,10 +225,10 @@ class Siglip2Tokenizer:
 
     def __call__(
         self,
-        text,
+        text: str | Sequence[str],
         *,
-        padding=False,
-        truncation=None,
+        padding: bool | str | None = False,
+        truncation: bool | str | None = None,
         max_length: int | None = None,
         return_tensors: str | None = "pt",
         return_attention_mask: bool | None = None,
@@ -241,6 +257,8 @@ class Siglip2Tokenizer:
                 )
         be = self.backend
         if truncation and truncation not in ("do_not_truncate",):
+            if max_length is None:  # set above from model_max_length (or raised there) whenever truncation is on
+                raise ValueError("max_length: needed with truncation=True")
             be.enable_truncation(max_length=max_length, strategy="longest_first", direction="right")
         else:
             be.no_truncation()
@@ -264,7 +282,7 @@ class Siglip2Tokenizer:
         if want_mask:
             out["attention_mask"] = [e.attention_mask for e in enc]
         if return_tensors is not None and not ids:  # no texts: (0, max_length) with max_length padding, else (0, 0)
-            width = max_length if padding == "max_length" else 0
+            width = max_length if padding == "max_length" and max_length is not None else 0  # not None: checked above
             out = {k: torch.zeros(0, width, dtype=torch.int64) for k in out}
             if return_tensors == "np":
                 out = {k: v.numpy() for k, v in out.items()}
@@ -286,12 +304,12 @@ class Siglip2Tokenizer:
             out = {k: v[0] for k, v in out.items()}
         return BatchFeature(out)
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, batch, skip_special_tokens: bool = True) -> list[str]:
+    def batch_decode(self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
 
@@ -302,11 +320,13 @@ class Siglip2Processor:
     text_defaults = {"padding": "max_length", "truncation": True, "max_length": 64}
     image_defaults = {"max_num_patches": 256, "patch_size": 16}
 
-    def __init__(self, image_processor, tokenizer):
+    def __init__(self, image_processor: Siglip2ImageProcessor | SiglipImageProcessor,
+                 tokenizer: Siglip2Tokenizer) -> None:
         self.image_processor, self.tokenizer = image_processor, tokenizer
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, backend: str = "pil", **hub_kwargs):
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, backend: str = "pil",
+                        **hub_kwargs: Any) -> Siglip2Processor:
         d = resolve_dir(name_or_path, **hub_kwargs)
         ip = image_processor_from_pretrained(d, backend=backend)
         tok = Siglip2Tokenizer.from_pretrained(d)
@@ -314,12 +334,19 @@ class Siglip2Processor:
             cls = SiglipProcessor
         return cls(ip, tok)
 
-    def save_pretrained(self, save_directory) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         self.image_processor.save_pretrained(save_directory)
         self.tokenizer.save_pretrained(save_directory)
 
     def __call__(
-        self, images=None, text=None, *, return_tensors: str = "pt", backend=None, device=None, **kwargs
+        self,
+        images: Images | None = None,
+        text: str | Sequence[str] | None = None,
+        *,
+        return_tensors: str = "pt",
+        backend: str | None = None,
+        device: Device = None,
+        **kwargs: Any,
     ) -> BatchFeature:
         if images is None and text is None:
             raise ValueError("Siglip2Processor: pass images=..., text=... or both")
@@ -343,7 +370,7 @@ class Siglip2Processor:
             )
         return out
 
-    def batch_decode(self, *args, **kwargs):
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
 
@@ -351,4 +378,4 @@ class SiglipProcessor(Siglip2Processor):
     """FixRes processor: transformers' SiglipProcessor has no text padding defaults."""
 
     text_defaults = {"padding": False, "truncation": None, "max_length": None}
-    image_defaults = {}
+    image_defaults: dict = {}

@@ -5,10 +5,12 @@ skipped while torch.compile traces, where a data-dependent branch would break th
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
-def _tensor(name, t, ndim, *, integer=None, floating=None):
+def _tensor(name: str, t: object, ndim: int, *, integer: bool | None = None, floating: bool | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.ndim != ndim:
@@ -19,7 +21,7 @@ def _tensor(name, t, ndim, *, integer=None, floating=None):
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def _nonempty_batch(name, B, what):
+def _nonempty_batch(name: str, B: int, what: str) -> None:
     if B == 0:
         raise ValueError(f"{name}: got a batch of 0 {what} (shape with a leading 0); pass at least one")
 
@@ -28,7 +30,8 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shapes, fixres=False):
+def check_vision_inputs(config: Any, pixel_values: torch.Tensor | None, pixel_attention_mask: torch.Tensor | None,
+                        spatial_shapes: torch.Tensor | None, fixres: bool = False) -> list[tuple[int, int]] | None:
     """Raise on bad vision inputs; return the NaFlex (h, w) per image as host ints (None for FixRes, or while
     compiling). One host sync in all: the validity flag travels with the shapes."""
     if pixel_values is None:
@@ -40,7 +43,7 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
         if tuple(pixel_values.shape[1:]) != want:
             raise ValueError(f"pixel_values must have shape (B, {want[0]}, {want[1]}, {want[2]}) for this FixRes "
                              f"checkpoint (image_size {config.image_size}), got {tuple(pixel_values.shape)}")
-        return
+        return None
     _tensor("pixel_values", pixel_values, 3, floating=True)
     B, L, F = pixel_values.shape
     _nonempty_batch("pixel_values", B, "images")
@@ -84,12 +87,16 @@ def check_vision_inputs(config, pixel_values, pixel_attention_mask, spatial_shap
                          f"h * w <= sequence length {L}")
     if bool(not_binary):
         raise ValueError("pixel_attention_mask must hold only 0/1 (or False/True) values")
+    if wrong is None or pixel_attention_mask is None:  # without a mask the flag is `bad`, which raised above
+        raise RuntimeError("check_vision_inputs: the validity flag was set but no check failed")
     i = int(wrong.nonzero()[0])
     raise ValueError(f"pixel_attention_mask[{i}] must mark exactly the first h*w = {int(h[i] * w[i])} tokens "
                      f"of spatial_shapes[{i}] as valid, got {int(pixel_attention_mask[i].bool().sum())} valid tokens")
 
 
-def check_text_inputs(config, input_ids, attention_mask, position_ids):
+def check_text_inputs(config: Any, input_ids: object, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None) -> torch.Tensor:
+    """Raise on bad text inputs; return `input_ids`, now known to be a tensor."""
     if input_ids is None:
         raise ValueError("input_ids is required")
     if not isinstance(input_ids, torch.Tensor):
@@ -117,9 +124,10 @@ def check_text_inputs(config, input_ids, attention_mask, position_ids):
     if position_ids is not None and (position_ids.ndim not in (1, 2) or position_ids.shape[-1] != L):
         raise ValueError(f"position_ids must end in the sequence length {L}, got shape {tuple(position_ids.shape)}")
     if _compiling() or input_ids.numel() == 0:
-        return
+        return input_ids
     lo, hi = torch.stack([input_ids.min(), input_ids.max()]).tolist()  # one host sync
     if lo < 0 or hi >= config.vocab_size:
         raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{lo}, {hi}]")
     if position_ids is not None and (int(position_ids.min()) < 0 or int(position_ids.max()) >= config.max_position_embeddings):
         raise ValueError(f"position_ids must lie in [0, max_position_embeddings={config.max_position_embeddings})")
+    return input_ids
