@@ -5,8 +5,10 @@ Hub ids go through huggingface_hub and fetch only config, safetensors, preproces
 Saving (siglip2/saving.py) is crash-safe: at every instant of `save_pretrained` the directory loads through
 `from_pretrained` as either the previous checkpoint or the new one. A save commits its new files (written under
 temp names) with a journal, `.save-journal.json`; the readers here follow it (`pending_save`, `checkpoint_file`),
-so a save interrupted between its commit and its end still loads as the new checkpoint. A shard index naming a
-file outside the directory is refused.
+so a save interrupted between its commit and its end still loads as the new checkpoint, and the next save into the
+directory completes it. The promise holds for these readers: transformers does not read the journal, so it sees
+a consistent directory except while a save is between its commit and its end (or stopped there, until the next
+save). A shard index naming a file outside the directory is refused.
 """
 from __future__ import annotations
 
