@@ -7,7 +7,11 @@
   (two interpreted training steps equal the reference-kernel steps);
 - distributed equivalence under torchrun (DDP, FSDP2, resume) is tests/test_train_dist.py; the ring loss with
   unequal local batches is tests/test_ring_unequal.py;
-- resume: stop after k steps, resume, and the parameters after n steps are bit-exact vs an uninterrupted run;
+- resume: stop after k steps, resume, and the parameters after n steps are bit-exact vs an uninterrupted run
+  (table input with mixed budgets, and webdataset shards, whose stream resumes at the record it had reached);
+- --lock-image leaves the vision tower at its init; a bf16-autocast step's loss is the fp32 one within bf16
+  rounding; a saved `checkpoint-*/model` runs under `siglip2 classify`; --epochs sets the step count;
+  --report-to tensorboard writes events (skipped without tensorboard);
 - the batch plan (one bucket per step on every rank, flat token budget, mixed budgets), the dry-run estimate
   against the bytes autograd really saves, and argument errors.
 """
