@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import naflex_patch_embed, padded_attention, reference, varlen_attention
+from siglip2.kernels import naflex_patch_embed, padded_attention, reference, varlen_attention
 
 
 def _additive_mask(mask, dtype, query_len=None):
@@ -118,12 +118,13 @@ class Siglip2Encoder(nn.Module):
                 output_attentions=False):
         """Returns (x, hidden_states, attentions); packed hidden states are unpacked to (B, L, D)."""
         keep = packed.unpack if packed is not None else (lambda t: t)
-        hidden, attns = ([keep(x)] if output_hidden_states else None), ([] if output_attentions else None)
+        hidden: list[torch.Tensor] | None = [keep(x)] if output_hidden_states else None
+        attns: list[torch.Tensor] | None = [] if output_attentions else None
         for layer in self.layers:
             x, w = layer(x, mask, packed, kernel_impl, output_attentions)
-            if output_hidden_states:
+            if hidden is not None:
                 hidden.append(keep(x))
-            if output_attentions and w is not None:
+            if attns is not None and w is not None:
                 attns.append(w)
         return x, (tuple(hidden) if hidden is not None else None), (tuple(attns) if attns is not None else None)
 
@@ -205,6 +206,8 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
             x = self.attention(probe, hidden, hidden, attn_mask=mask)[0][:, 0]
         else:
             # packed: one query per image attends to that image's valid tokens (hidden: (N, D))
+            if kernel_impl is None:
+                raise ValueError("Siglip2MultiheadAttentionPoolingHead: packed tokens need a kernel_impl, got None")
             B, D = packed.batch_size, hidden.shape[-1]
             hd = D // self.num_heads
             w, b = self.attention.in_proj_weight, self.attention.in_proj_bias  # rows [Wq; Wk; Wv]

@@ -12,21 +12,29 @@ finite values that depend on the padding; every valid token and every pooled out
 from __future__ import annotations
 
 import math
+import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# absolute: siglip2.kernels is installed from the top-level kernels/ folder (see pyproject's package-dir), which a
+# type checker can follow only by the package name (typings/siglip2/kernels), never by a relative path
+from siglip2.kernels import sigmoid_loss
+
 from . import loading
-from .kernels import sigmoid_loss
-from .configuration import (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig,
-                            SiglipVisionConfig, config_from_any)
+from .configuration import (ConfigLike, Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
+                            SiglipTextConfig, SiglipVisionConfig, _Config, config_from_any)
 from .layers import (Siglip2Attention, Siglip2Encoder, Siglip2EncoderLayer, Siglip2MLP,  # noqa: F401
                      Siglip2MultiheadAttentionPoolingHead, Siglip2TextEmbeddings, Siglip2VisionEmbeddings,
                      SiglipVisionEmbeddings, _additive_mask)
 from .packing import PackedBatch
 from .outputs import BaseModelOutputWithPooling, ImageClassifierOutput, Siglip2Output
 from .validation import check_text_inputs, check_vision_inputs
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 IMPLS = ("reference", "triton")
 
@@ -38,22 +46,23 @@ IMPLS = ("reference", "triton")
 class Siglip2PreTrainedModel(nn.Module):
     """Shared plumbing: config, impl selection, from_pretrained/save_pretrained, transformers-like init."""
 
-    config_class = Siglip2Config
+    config_class: type[_Config] = Siglip2Config
+    config: Any  # an instance of `config_class`; each model class declares its exact config type
     default_impl = "reference"
-    checkpoint_prefix = None
+    checkpoint_prefix: str | None = None
 
-    def __init__(self, config, *, impl=None, kernel_impl="auto"):
+    def __init__(self, config: ConfigLike, *, impl: str | None = None, kernel_impl: str = "auto") -> None:
         super().__init__()
         self.config = config_from_any(config, self.config_class)
         self.impl, self.kernel_impl = "reference", "auto"
         self._pending_impl = (impl or self.default_impl, kernel_impl)
 
-    def _finish_init(self):
+    def _finish_init(self) -> None:
         self.set_impl(*self._pending_impl)
         if not any(p.is_meta for p in self.parameters()):
             self.apply(_init_weights)
 
-    def set_impl(self, impl: str, kernel_impl: str = "auto"):
+    def set_impl(self, impl: str, kernel_impl: str = "auto") -> Self:
         """impl: "reference" | "triton"; kernel_impl: the `impl` the triton path passes to siglip2.kernels."""
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -71,21 +80,26 @@ class Siglip2PreTrainedModel(nn.Module):
         return next(self.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None, cache_dir=None,
-                        local_files_only=False, **kwargs):
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                        **kwargs: Any) -> Self:
         """Load from a directory or hub id (config.json + model.safetensors, or a sharded index)."""
         return loading.load_pretrained(cls, name_or_path, revision=revision, dtype=dtype, device=device,
                                        cache_dir=cache_dir, local_files_only=local_files_only, **kwargs)
 
-    def save_pretrained(self, save_directory, max_shard_size: int = 5 * 2**30):
-        loading.save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = 5 * 2**30) -> None:
+        from .saving import save_pretrained
+
+        save_pretrained(self, save_directory, max_shard_size=max_shard_size)
 
     @property
-    def _kernels(self):
+    def _kernels(self) -> str | None:
         """The `kernel_impl` the blocks get: None runs transformers' eager math (impl "reference")."""
         return None if self.impl == "reference" else self.kernel_impl
 
-    def _flags(self, output_attentions, output_hidden_states, return_dict, kwargs):
+    def _flags(self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None,
+               kwargs: dict) -> tuple[bool, bool, bool]:
         if kwargs:
             raise TypeError(f"{type(self).__name__}.forward got unexpected keyword arguments: {sorted(kwargs)}")
         c = self.config
@@ -95,7 +109,7 @@ class Siglip2PreTrainedModel(nn.Module):
 
 
 @torch.no_grad()
-def _init_weights(m):
+def _init_weights(m: nn.Module) -> None:
     # transformers' initialisation, so randomly initialised models train like upstream ones
     if isinstance(m, Siglip2VisionEmbeddings | SiglipVisionEmbeddings):
         nn.init.normal_(m.position_embedding.weight, std=m.position_embedding.weight.shape[1] ** -0.5)
@@ -120,10 +134,11 @@ def _init_weights(m):
 
 class Siglip2VisionModel(Siglip2PreTrainedModel):
     config_class = Siglip2VisionConfig
+    config: Siglip2VisionConfig
     checkpoint_prefix = "vision_model."
-    embeddings_class = Siglip2VisionEmbeddings
+    embeddings_class: type[nn.Module] = Siglip2VisionEmbeddings
 
-    def __init__(self, config, **kw):
+    def __init__(self, config: ConfigLike, **kw: Any) -> None:
         super().__init__(config, **kw)
         c = self.config
         self.embeddings = self.embeddings_class(c)
@@ -134,8 +149,10 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
             self.head = Siglip2MultiheadAttentionPoolingHead(c)
         self._finish_init()
 
-    def forward(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, packed: PackedBatch | None = None, **kwargs):
+    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                spatial_shapes: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                packed: PackedBatch | None = None, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
         """transformers' arguments; `packed` (impl "triton"): a PackedBatch the caller built for these inputs (from
         host-side shapes), which skips the entry's value checks and its host sync."""
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
@@ -143,7 +160,9 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
             packed = None
         if packed is None:
             shapes = check_vision_inputs(self.config, pixel_values, pixel_attention_mask, spatial_shapes)
-            if shapes is None:
+            if shapes is None:  # compiling: the shapes stay a device tensor
+                if spatial_shapes is None:  # (check_vision_inputs raised on this already)
+                    raise ValueError("spatial_shapes (B, 2) is required with NaFlex pixel_values")
                 shapes = spatial_shapes
             if self.impl == "triton":
                 packed = PackedBatch.from_spatial_shapes(shapes, pixel_values.shape[1], self.post_layernorm.weight.device,
@@ -154,7 +173,8 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
             x = self.embeddings(pixel_values, spatial_shapes, packed, self.kernel_impl)
         return self._encode(x, pixel_attention_mask, packed, out_attn, out_hidden, return_dict)
 
-    def _encode(self, x, mask, packed, out_attn, out_hidden, return_dict):
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor | None, packed: PackedBatch | None, out_attn: bool,
+                out_hidden: bool, return_dict: bool) -> BaseModelOutputWithPooling | tuple:
         if packed is None:  # reference: padded, transformers' eager math
             L = x.shape[1]
             x, hidden, attns = self.encoder(x, _additive_mask(mask, x.dtype, L), None, None, out_hidden, out_attn)
@@ -173,10 +193,12 @@ class SiglipVisionModel(Siglip2VisionModel):
     """FixRes vision tower: (B, 3, H, W) pixels at the checkpoint's image_size, no padding."""
 
     config_class = SiglipVisionConfig
+    config: SiglipVisionConfig  # FixRes: not a Siglip2VisionConfig
     embeddings_class = SiglipVisionEmbeddings
 
-    def forward(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None,
-                interpolate_pos_encoding=False, **kwargs):
+    def forward(self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                interpolate_pos_encoding: bool = False, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
         if interpolate_pos_encoding:
             raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
@@ -192,21 +214,26 @@ class SiglipVisionModel(Siglip2VisionModel):
 
 class Siglip2TextModel(Siglip2PreTrainedModel):
     config_class = Siglip2TextConfig
+    config: Siglip2TextConfig
     checkpoint_prefix = "text_model."
 
-    def __init__(self, config, **kw):
+    def __init__(self, config: ConfigLike, **kw: Any) -> None:
         super().__init__(config, **kw)
         c = self.config
         self.embeddings = Siglip2TextEmbeddings(c)
         self.encoder = Siglip2Encoder(c)
         self.final_layer_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        if c.projection_size is None:  # the config resolves None to hidden_size when built; set to None by hand since
+            raise ValueError("Siglip2TextConfig.projection_size must be an int, got None (call config.validate())")
         self.head = nn.Linear(c.hidden_size, c.projection_size)
         self._finish_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        check_text_inputs(self.config, input_ids, attention_mask, position_ids)
+        input_ids = check_text_inputs(self.config, input_ids, attention_mask, position_ids)
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])
         x = self.embeddings(input_ids, position_ids)
         if self.impl == "reference":
@@ -225,9 +252,11 @@ class Siglip2TextModel(Siglip2PreTrainedModel):
 
 class Siglip2Model(Siglip2PreTrainedModel):
     config_class = Siglip2Config
-    vision_class, text_class = Siglip2VisionModel, Siglip2TextModel
+    config: Siglip2Config
+    vision_class: type[Siglip2VisionModel] = Siglip2VisionModel
+    text_class: type[Siglip2TextModel] = Siglip2TextModel
 
-    def __init__(self, config, **kw):
+    def __init__(self, config: ConfigLike, **kw: Any) -> None:
         super().__init__(config, **kw)
         self.text_model = self.text_class(self.config.text_config, **kw)
         self.vision_model = self.vision_class(self.config.vision_config, **kw)
@@ -235,24 +264,31 @@ class Siglip2Model(Siglip2PreTrainedModel):
         self.logit_bias = nn.Parameter(torch.randn(1))
         self._finish_init()
 
-    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Pooled text embeddings (B, projection_size), not normalized."""
         return self.text_model(input_ids, attention_mask, position_ids, return_dict=True, **kwargs).pooler_output
 
-    def get_image_features(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, **kwargs):
+    def get_image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                           spatial_shapes: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Pooled image embeddings (B, D), not normalized."""
         return self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True,
                                  **kwargs).pooler_output
 
-    def forward(self, input_ids=None, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None,
-                attention_mask=None, position_ids=None, return_loss=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                pixel_attention_mask: torch.Tensor | None = None, spatial_shapes: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                return_loss: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs: Any) -> Siglip2Output | tuple:
         flags = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
         return self._dual_forward(input_ids, pixel_values, (pixel_attention_mask, spatial_shapes), attention_mask,
                                   position_ids, return_loss, *flags)
 
-    def _dual_forward(self, input_ids, pixel_values, vision_args, attention_mask, position_ids, return_loss,
-                      out_attn, out_hidden, return_dict):
+    def _dual_forward(self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None, vision_args: tuple,
+                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+                      return_loss: bool | None, out_attn: bool, out_hidden: bool,
+                      return_dict: bool) -> Siglip2Output | tuple:
         if input_ids is None or pixel_values is None:
             raise ValueError(f"{type(self).__name__}.forward needs both input_ids and pixel_values "
                              "(use get_text_features / get_image_features for one tower)")
@@ -271,7 +307,8 @@ class Siglip2Model(Siglip2PreTrainedModel):
         out = Siglip2Output(loss, logits_per_text.t(), logits_per_text, text_embeds, image_embeds, text, vision)
         return out if return_dict else out.to_tuple()
 
-    def _loss(self, image_embeds, text_embeds, logits_per_text):
+    def _loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+              logits_per_text: torch.Tensor) -> torch.Tensor:
         if self.impl == "reference":
             # transformers' formula verbatim (the float32 eye promotes half-precision logits to fp32)
             eye = torch.eye(logits_per_text.size(0), device=logits_per_text.device)
@@ -282,22 +319,29 @@ class Siglip2Model(Siglip2PreTrainedModel):
 
 class SiglipTextModel(Siglip2TextModel):
     config_class = SiglipTextConfig
+    config: SiglipTextConfig
 
 
 class SiglipModel(Siglip2Model):
     """FixRes SigLIP / SigLIP2 (model_type "siglip"): pixel_values (B, 3, H, W), no vision mask."""
 
     config_class = SiglipConfig
-    vision_class, text_class = SiglipVisionModel, SiglipTextModel
+    config: SiglipConfig
+    vision_class = SiglipVisionModel
+    text_class = SiglipTextModel
 
-    def get_image_features(self, pixel_values, interpolate_pos_encoding=False, **kwargs):
+    def get_image_features(self, pixel_values: torch.Tensor,
+                           interpolate_pos_encoding: bool = False, **kwargs: Any) -> torch.Tensor:
         """Pooled image embeddings (B, D), not normalized."""
         return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True,
                                  **kwargs).pooler_output
 
-    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
-                output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=False, return_dict=None,
-                **kwargs):
+    def forward(self, input_ids: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, return_loss: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                interpolate_pos_encoding: bool = False, return_dict: bool | None = None,
+                **kwargs: Any) -> Siglip2Output | tuple:
         """transformers' SiglipModel.forward argument order; pixel_values (B, 3, H, W) at the checkpoint's size."""
         if interpolate_pos_encoding:
             raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
@@ -309,21 +353,22 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel):
     """Vision tower + linear classifier on the mean of the valid tokens of last_hidden_state."""
 
     config_class = Siglip2Config
+    config: Siglip2Config
 
-    def __init__(self, config, **kw):
+    def __init__(self, config: ConfigLike, **kw: Any) -> None:
         super().__init__(config, **kw)
         c = self.config
         self.vision_model = Siglip2VisionModel(c.vision_config, **kw)
         self.num_labels = c.num_labels
         self.classifier = nn.Linear(c.vision_config.hidden_size, c.num_labels) if c.num_labels > 0 else nn.Identity()
         self._finish_init()
-        if c.num_labels > 0 and not any(p.is_meta for p in self.parameters()):
+        if isinstance(self.classifier, nn.Linear) and not any(p.is_meta for p in self.parameters()):
             nn.init.normal_(self.classifier.weight, std=c.vision_config.hidden_size ** -0.5 * c.initializer_factor)
 
     fresh_on_load = ("classifier.",)  # fine-tuning from a Siglip2Model checkpoint: the head starts fresh
     ignore_on_load = ("text_model.", "logit_scale", "logit_bias")  # ... whose text tower is not used
 
-    def init_fresh(self, device):
+    def init_fresh(self, device: torch.device | str) -> None:
         """Materialize and initialize the classifier after loading a checkpoint that has none (transformers' init)."""
         self.classifier.to_empty(device=device)
         if isinstance(self.classifier, nn.Linear):
@@ -332,8 +377,10 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel):
                                 * self.config.initializer_factor)
                 nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(self, pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
+                spatial_shapes: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs: Any) -> ImageClassifierOutput | tuple:
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
         vision = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, output_attentions=out_attn,
                                    output_hidden_states=out_hidden, return_dict=True)
@@ -348,7 +395,7 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel):
         out = ImageClassifierOutput(loss, logits, vision.hidden_states, vision.attentions)
         return out if return_dict else out.to_tuple()
 
-    def _loss(self, labels, logits):
+    def _loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """transformers' ForSequenceClassificationLoss: problem_type inferred once and written into the config."""
         c, labels = self.config, labels.to(logits.device)
         if c.problem_type is None:

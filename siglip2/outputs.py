@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 
+@dataclass
 class _Output:
+    # a (field-less) dataclass itself, so dataclasses.fields(self) is typed; the subclasses add the fields
     def to_tuple(self) -> tuple:
         vals = []
         for f in dataclasses.fields(self):
@@ -20,26 +23,26 @@ class _Output:
             vals.append(v.to_tuple() if isinstance(v, _Output) else v)
         return tuple(vals)
 
-    def keys(self):
+    def keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
 
-    def values(self):
+    def values(self) -> list[Any]:
         return [getattr(self, k) for k in self.keys()]
 
-    def items(self):
+    def items(self) -> list[tuple[str, Any]]:
         return [(k, getattr(self, k)) for k in self.keys()]
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
             if key not in self.keys():
                 raise KeyError(key)
             return getattr(self, key)
         return tuple(getattr(self, k) for k in self.keys())[key]
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self.keys()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
     def __len__(self) -> int:

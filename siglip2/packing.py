@@ -14,6 +14,7 @@ from CPU tensors, pass it as `packed=` and the forward does no host sync at all.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,8 @@ class PackedBatch:
         return torch.tensor([0, *itertools.accumulate(self.lengths)], dtype=torch.int32)
 
     @classmethod
-    def from_spatial_shapes(cls, spatial_shapes, seq_len: int, device, pixel_attention_mask=None) -> PackedBatch:
+    def from_spatial_shapes(cls, spatial_shapes: torch.Tensor | Sequence[Sequence[int]], seq_len: int,
+                            device: torch.device | str, pixel_attention_mask: torch.Tensor | None = None) -> PackedBatch:
         """spatial_shapes: (h, w) per image, as a list of pairs (no host sync) or a (B, 2) tensor (one read).
 
         With `pixel_attention_mask` (the processor's), image b has h*w valid tokens; without one every one of the

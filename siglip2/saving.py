@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import TYPE_CHECKING, Any
 
 from .loading import (
     CONFIG_NAME,
@@ -35,6 +36,9 @@ from .loading import (
     read_index,
 )
 
+if TYPE_CHECKING:
+    from .modeling import Siglip2PreTrainedModel
+
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
 # temp files of interrupted saves: "<final name>.tmp-<8 hex>" (saves) or ".tmp-<pid>" (atomic_write_text)
 _TMP_NAME = re.compile(r"(config\.json|model[-.0-9a-zA-Z]*\.safetensors(\.index\.json)?|\.save-journal\.json)"
@@ -42,7 +46,7 @@ _TMP_NAME = re.compile(r"(config\.json|model[-.0-9a-zA-Z]*\.safetensors(\.index\
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def parse_size(size) -> int:
+def parse_size(size: object) -> int:
     """Bytes from an int or a string like "5GB" / "500MB" / "100KiB" (transformers' max_shard_size spellings)."""
     if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size
@@ -64,7 +68,7 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _find_unserializable(d, path=()):
+def _find_unserializable(d: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
     """The dotted key of the first value json cannot write (for an error that names the field)."""
     if isinstance(d, dict):
         for k, v in d.items():
@@ -85,7 +89,7 @@ def _find_unserializable(d, path=()):
     return None
 
 
-def config_json(model) -> str:
+def config_json(model: Siglip2PreTrainedModel) -> str:
     """config.json text for `model`: the config as transformers writes it (torch dtypes as "float32"), with
     `architectures` and the dtype of the saved weights; checked by reading it back into the config class."""
     config = model.config
@@ -107,7 +111,7 @@ def config_json(model) -> str:
     return text
 
 
-def _state_for_saving(model) -> dict:
+def _state_for_saving(model: Siglip2PreTrainedModel) -> dict:
     state = {}
     for k, v in model.state_dict().items():
         if v.is_meta:
@@ -153,7 +157,8 @@ def finish_pending_save(directory: str) -> None:
     _fsync_path(directory)
 
 
-def save_pretrained(model, save_directory, *, max_shard_size=5 * 2**30) -> None:
+def save_pretrained(model: Siglip2PreTrainedModel, save_directory: str | os.PathLike, *,
+                    max_shard_size: int | str = 5 * 2**30) -> None:
     """`config.json` + `model.safetensors`, or shards + `model.safetensors.index.json` above `max_shard_size`
     (split by huggingface_hub's `split_torch_state_dict_into_shards`). Crash-safe, see the module docstring:
     an interruption at any point leaves a directory that loads as the previous checkpoint or the new one."""
