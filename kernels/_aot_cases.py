@@ -123,95 +123,128 @@ def attention_cases(ccs=AOT_CCS, siglip2_only=False):
 
 # ---------------------------------------------------------------------------------------------- patch embedding
 
+def _pe_dtypes(dclass):
+    return [torch.float32] if dclass == "fp32" else [torch.bfloat16, torch.float16]
+
+
 def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
-    """Every table entry is a SigLIP2 config: 16-bit aligned (P=16: K 768; B/16, L/16, So400m/16), 16-bit
-    unaligned (P=14: K 588; So400m/14), fp32 both; G = 16 (256 position embeddings) in all four models."""
+    """Every variant `patch_embed_fwd` / `pos_embed_adjoint` can launch, per table entry, all required (spill-free):
+    forward: weight dtype (bf16, fp16 for the 16-bit entries; fp32), pixel dtype (the weight's, or fp32 pixels
+    under 16-bit weights: the processor's output, cast in the kernel), padded or packed, and the alignment the key
+    implies: "aligned" (P=16: K 768; B/16, L/16, So400m/16) marks every pointer and K, D divisible by 16; the
+    unaligned key compiles "pointers" (P=14: K 588, So400m/14: pointers and D divisible, K not) and "none"
+    (nothing divisible). Adjoint: dY dtype, padded or packed, aligned or not, and IMGS_PER_PROG = 1 (a batch of
+    at most ADJ_MAX_CHUNKS images: the launch passes that 1 as a constexpr) or more. G = 16 (256 position
+    embeddings) in all four models. `siglip2_only` leaves out the degenerate one-image, one-patch adjoint."""
     from . import patch_embed_triton as pt
 
     cases = []
 
-    def add(cc, fam, name, fn, sig, consts, nw, ns, aligned, required=True):
-        div16 = [n for n, t in sig.items() if t.startswith("*")] + [n for n in ("K", "D") if n in sig]
-        cases.append(dict(name=f"{name}-{'aligned' if aligned else 'unaligned'}-w{nw}s{ns}", cc=cc, family=fam,
-                          op="patch_embed", required=required, fn=fn, signature=sig, constexprs=consts,
-                          num_warps=nw, num_stages=ns, aligned=div16 if aligned else False))
+    def add(cc, fam, name, fn, sig, consts, nw, ns, div16, required=True):
+        cases.append(dict(name=f"{name}-w{nw}s{ns}", cc=cc, family=fam, op="patch_embed", required=required, fn=fn,
+                          signature=sig, constexprs=consts, num_warps=nw, num_stages=ns, aligned=div16 or False))
 
     for cc in ccs:
         for fam in _families(cc):
-            for (key, aligned), (bm, bn, bk, nw, ns) in pt.FWD_CONFIGS[fam].items():
-                for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
-                    main_prec, pos_prec = pt.precisions(dtype)
+            for (dclass, aligned), (bm, bn, bk, nw, ns) in pt.FWD_CONFIGS[fam].items():
+                for dtype in _pe_dtypes(dclass):
+                    pixel_dtypes = [dtype] + [d for d in pt.KERNEL_PIXEL_DTYPES if d != dtype]
+                    for xdt in pixel_dtypes:
+                        for packed in (False, True):
+                            t = "*" + _TY[dtype]
+                            # padded launches pass the (int64) shapes tensor as the unread cu_seqlens pointer
+                            sig = dict(x="*" + _TY[xdt], weight=t, bias=t, pos=t, shapes="*i64",
+                                       cu_seqlens="*i32" if packed else "*i64", y=t, L="i32", K="i32", D="i32",
+                                       total_rows="i32")
+                            consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed,
+                                          DOT_FP32=False, MAIN_PREC=pt.dot_precision(dtype),
+                                          POS_PREC=pt.pos_precision(dtype))
+                            ptrs = [n for n, ty in sig.items() if ty.startswith("*")]
+                            for how, div16 in ([("aligned", ptrs + ["K", "D"])] if aligned else
+                                               [("pointers", ptrs + ["D"]), ("none", None)]):
+                                add(cc, fam, f"fwd-{_TY[dtype]}-x{_TY[xdt]}-{bm}x{bn}x{bk}-"
+                                             f"{'packed' if packed else 'padded'}-{how}",
+                                    pt._patch_embed_fwd_kernel, sig, consts, nw, ns, div16)
+            for dclass, (bm, bn, nw, ns) in pt.ADJ_CONFIGS[fam].items():
+                for dtype in _pe_dtypes(dclass):
                     for packed in (False, True):
-                        t = "*" + _TY[dtype]
-                        sig = dict(x=t, weight=t, bias=t, pos=t, shapes="*i64", cu_seqlens="*i32", y=t, L="i32",
-                                   K="i32", D="i32", total_rows="i32")
-                        consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed,
-                                      UPCAST=False, MAIN_PREC=main_prec, POS_PREC=pos_prec)
-                        add(cc, fam, f"fwd-{_TY[dtype]}-{bm}x{bn}x{bk}-{'packed' if packed else 'padded'}",
-                            pt._patch_embed_fwd_kernel, sig, consts, nw, ns, aligned)
-            for key, (bm, bn, nw, ns) in pt.ADJ_CONFIGS[fam].items():
-                for dtype in ([torch.float32] if key == "fp32" else [torch.bfloat16, torch.float16]):
-                    for packed in (False, True):
-                        for aligned in (True, False):  # the adjoint has no alignment switch: a launch is either
-                            sig = dict(dy="*" + _TY[dtype], shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32",
-                                       B="i32", L="i32", D="i32", IMGS_PER_PROG="i32")
+                        for imgs1 in (False, True):
+                            sig = dict(dy="*" + _TY[dtype], shapes="*i64", cu_seqlens="*i32" if packed else "*i64",
+                                       dpos_part="*fp32", B="i32", L="i32", D="i32", IMGS_PER_PROG="i32")
                             consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
                                           POS_PREC=pt.adjoint_precision(dtype))
-                            add(cc, fam, f"adj-{_TY[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}",
-                                pt._pos_adjoint_kernel, sig, consts, nw, ns, aligned, required=aligned)
+                            if imgs1:
+                                consts["IMGS_PER_PROG"] = 1
+                                del sig["IMGS_PER_PROG"]
+                            for aligned in (True, False):  # no alignment switch: a launch is either
+                                div16 = [n for n in sig if n != "IMGS_PER_PROG"] if aligned else None
+                                add(cc, fam, f"adj-{_TY[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}-"
+                                             f"imgs{'1' if imgs1 else 'N'}-{'aligned' if aligned else 'none'}",
+                                    pt._pos_adjoint_kernel, sig, consts, nw, ns, div16)
             if not siglip2_only:
                 # a launch passes an int argument equal to 1 as a constexpr: one image of one patch
                 bm, bn, nw, ns = pt.ADJ_CONFIGS[fam]["16bit"]
-                sig = dict(dy="*bf16", shapes="*i64", cu_seqlens="*i32", dpos_part="*fp32", D="i32")
+                sig = dict(dy="*bf16", shapes="*i64", cu_seqlens="*i64", dpos_part="*fp32", D="i32")
                 consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, POS_PREC="tf32", PACKED=False, L=1, B=1,
                               IMGS_PER_PROG=1)
-                add(cc, fam, f"adj-bf16-L1-B1-{bm}x{bn}-padded", pt._pos_adjoint_kernel, sig, consts, nw, ns, True,
-                    required=False)
-    if siglip2_only:
-        cases = [c for c in cases if c["required"]]
+                add(cc, fam, f"adj-bf16-L1-B1-{bm}x{bn}-padded", pt._pos_adjoint_kernel, sig, consts, nw, ns,
+                    [n for n, ty in sig.items() if ty.startswith("*")], required=False)
     return _dedupe(cases)
 
 
 # ---------------------------------------------------------------------------------------------- sigmoid loss
 
 def loss_cases(ccs=AOT_CCS, siglip2_only=False):
-    """EVEN_K (D % BLOCK_K == 0: d 768, 1024, 1152) is the SigLIP2 case, with the divisibility-by-16 attributes
-    a real launch gets (torch-allocated pointers, BLOCK_K | D); EVEN_K=False compiles with none."""
+    """Every variant `sigmoid_loss_block_fwd` can launch, per table entry, all required (spill-free): dtype (bf16,
+    fp16; fp32) x EVEN_K x HAS_POS (False: the ring's off-diagonal blocks) x STORE_G (False: no_grad, which
+    passes the fp32 partials buffer as the unwritten G). EVEN_K (D % BLOCK_K == 0: d 768, 1024, 1152, the SigLIP2
+    case) gets the divisibility-by-16 attributes a real launch gets (torch-allocated pointers, BLOCK_K | D);
+    EVEN_K=False (e.g. d 72) compiles with none. scale and bias are fp32 (the launcher casts them).
+    `siglip2_only` keeps EVEN_K=True."""
     from . import sigmoid_loss_triton as K
 
     cases = []
     for cc in ccs:
         for fam in _families(cc):
-            for size, (bm, bn, bk, nw, ns) in K.CONFIGS[fam].items():
-                for t in ({2: ["bf16", "fp16"], 4: ["fp32"]}[size]):
-                    for even_k, has_pos, store_g in [(True, True, True), (True, False, True), (True, True, False),
-                                                     (False, True, True)]:
-                        if (siglip2_only and not even_k) or (t == "fp16" and not (has_pos and store_g)):
-                            continue  # fp16 compiles like bf16: the two EVEN_K variants prove the dtype
-                        sig = dict(t="*" + t, i="*" + t, g="*" + t, part="*fp32", scale="*fp32", bias="*fp32",
-                                   M="i32", N="i32", D="i32", diag0="i32", s_t="i32", s_i="i32", s_g="i32",
-                                   s_p="i32", g_mul="fp32")
-                        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=even_k, HAS_POS=has_pos,
-                                      STORE_G=store_g, DOT_FP32=False, PRECISION="ieee" if size == 4 else "tf32")
-                        aligned = ["t", "i", "g", "part", "scale", "bias", "D", "s_t", "s_i"] if even_k else False
-                        cases.append(dict(name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}-{bm}x{bn}x{bk}"
-                                               f"-w{nw}s{ns}", cc=cc, family=fam, op="loss", required=even_k,
-                                          fn=K._sigmoid_loss_fwd_kernel, signature=sig, constexprs=consts,
-                                          num_warps=nw, num_stages=ns, aligned=aligned))
+            for dclass, (bm, bn, bk, nw, ns) in K.CONFIGS[fam].items():
+                for dtype in _pe_dtypes(dclass):
+                    t = _TY[dtype]
+                    for even_k in (True, False):
+                        for has_pos in (True, False):
+                            for store_g in (True, False):
+                                if siglip2_only and not even_k:
+                                    continue
+                                sig = dict(t="*" + t, i="*" + t, g="*" + (t if store_g else "fp32"), part="*fp32",
+                                           scale="*fp32", bias="*fp32", M="i32", N="i32", D="i32", diag0="i32",
+                                           s_t="i32", s_i="i32", s_g="i32", s_p="i32", g_mul="fp32")
+                                consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=even_k, HAS_POS=has_pos,
+                                              STORE_G=store_g, DOT_FP32=False, PRECISION=K.dot_precision(dtype))
+                                aligned = (["t", "i", "g", "part", "scale", "bias", "D", "s_t", "s_i"] if even_k
+                                           else False)
+                                cases.append(dict(name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}-{bm}x{bn}x{bk}"
+                                                       f"-w{nw}s{ns}", cc=cc, family=fam, op="loss", required=True,
+                                                  fn=K._sigmoid_loss_fwd_kernel, signature=sig, constexprs=consts,
+                                                  num_warps=nw, num_stages=ns, aligned=aligned))
     return _dedupe(cases)
 
 
 def _in_ci(c) -> bool:
     """The CI tier, a subset of the SigLIP2 shapes sized to CI's budget (~1.3 CPU s per compile): bf16 in every
     layout; fp16, which compiles like bf16 but for the element type, in the varlen forward and backward; the
-    packed patch embedding; the loss with and without its positive diagonal and gradient tile. The "default"
-    table's attention entries, on the architectures whose own table differs, in bf16 varlen."""
+    packed patch embedding in bf16 and fp32 with pixels of the weight dtype (P=16 aligned, P=14 "pointers") and
+    its adjoint for batches of up to 32 images; the loss with and without its positive diagonal and gradient
+    tile. The "default" table's attention entries, on the architectures whose own table differs, in bf16
+    varlen. Every other variant compiles in the full sweep (`SIGLIP2_AOT_FULL=1`)."""
     if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
         return c["dtype"] == "bf16" and c["layout"] == "varlen"
     if c["op"] == "attention":
         return c["dtype"] == "bf16" or (c["layout"] == "varlen" and c["queries"] == "seq")
     if c["op"] == "patch_embed":
-        return "-packed-" in c["name"]
+        n = c["name"]
+        if n.startswith("fwd-"):
+            same_x = n.startswith(("fwd-bf16-xbf16-", "fwd-fp32-xfp32-"))
+            return same_x and "-packed-" in n and ("-aligned-" in n or "-pointers-" in n)
+        return n.startswith(("adj-bf16-", "adj-fp32-")) and "-packed-imgs1-aligned-" in n
     return c["name"].startswith("bf16") or "-pos1-g1-" in c["name"]
 
 

@@ -1,7 +1,9 @@
 """GPU architecture families for the launch-config tables, their shared-memory limits, and the per-device lookup.
 
-Each launcher keeps one readable table per op, keyed by the family names below (`FAMILIES`); a launch looks up
-its tensor's device once (`device_family`, cached per device index) and indexes the table. Anything not listed
+Every launcher keeps one readable table per kernel, of one shape for all ops: family -> key -> tuple. The family
+names are below (`FAMILIES`); the key starts with the dtype class (`dtype_class`); the tuple holds the block sizes,
+num_warps and num_stages in the order the launcher's comment states. A launch looks up its tensor's device once
+(`device_family`, cached per device index) and indexes the table. Anything not listed
 (a future architecture, or an older one) gets the "default" entry: configs that compile with no register spills
 on every architecture in `AOT_CCS` and fit the smallest shared memory among them (99 KB).
 """
@@ -29,6 +31,12 @@ AOT_CCS = (80, 86, 89, 90, 100, 120)
 
 # The CPU interpreter (TRITON_INTERPRET=1) has no architecture; it runs the sm_80 table, the configs tuned first.
 INTERPRETER_FAMILY = "sm80"
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    """The dtype part of every table key: "fp32" (IEEE FMA dots, smaller tiles) or "16bit" (bf16/fp16 on tensor
+    cores: the two compile alike but for the element type, so they share entries)."""
+    return "fp32" if dtype == torch.float32 else "16bit"
 
 
 def family(cc: int) -> str:

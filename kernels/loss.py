@@ -3,6 +3,12 @@ process or across a torch.distributed group. Triton is imported only inside the 
 
 loss = -sum_ij logsigmoid(z_ij * (t_i . x_j * exp(logit_scale) + logit_bias)) / n, z = +1 on the diagonal
 and -1 elsewhere: exactly transformers' `Siglip2Model(return_loss=True)` loss on the normalized embeddings.
+
+What is Triton (kernels/sigmoid_loss_triton.py): one kernel computes the logits tile by tile, the loss partial
+sums and the gradient tile G = dloss/dlogits, all in the forward pass; the embedding gradients are then torch
+matmuls (G @ image, G^T @ text) and d logit_scale / d logit_bias come from the kernel's partial sums. The
+backward only scales these saved gradients. The logits are never stored; G is n x n in the input dtype up to a
+512 MiB cap (`G_BUFFER_BYTES`), processed in chunks of text rows beyond it.
 """
 from __future__ import annotations
 
@@ -44,15 +50,16 @@ def loss_dtype(text_embeds, logit_scale, logit_bias) -> torch.dtype:
 
 
 def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, impl: str = "auto", group=None):
-    """SigLIP loss without the n x n logits (Triton) or materialized (reference); a 0-d tensor.
+    """SigLIP loss without storing the n x n logits (Triton) or materialized (reference); a 0-d tensor.
 
     image_embeds, text_embeds: (n, d) fp16/bf16/fp32, L2-normalized by the caller, row i of each is a pair.
     logit_scale: the log of the logit scale (exponentiated here), shape () or (1,);
     logit_bias: shape () or (1,).
-    impl: "auto" (Triton on CUDA, else the reference), "triton" or "reference" (no silent fallback).
+    impl: "auto" (Triton on CUDA, or on the CPU under TRITON_INTERPRET=1; the reference otherwise and for float64
+    embeddings), "triton" (raises where it cannot run) or "reference".
     group: a torch.distributed process group; each rank passes its local pairs and gets the loss of the
     concatenated global batch (see `DistributedSigmoidLoss` for the gradient convention).
-    Differentiable in all four inputs; with Triton the gradients are computed in the forward pass.
+    Differentiable in all four inputs; with Triton the gradients are computed in the forward pass (see above).
     """
     _validate(image_embeds, text_embeds, logit_scale, logit_bias)
     impl = resolve_impl(impl, image_embeds.device, _OP,
@@ -64,9 +71,12 @@ def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, impl: st
     elif impl == "reference":
         return reference.sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias)
     else:
-        from . import sigmoid_loss_triton
+        from .sigmoid_loss_triton import sigmoid_loss_block_op
 
-        loss = sigmoid_loss_triton.sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias)
+        inputs = (image_embeds, text_embeds, logit_scale, logit_bias)
+        need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+        # one block holding every pair: positives on its diagonal, normalized by n
+        loss = sigmoid_loss_block_op(*inputs, True, float(text_embeds.shape[0]), need_grad)[0]
     return loss.to(loss_dtype(text_embeds, logit_scale, logit_bias))  # fp32 inside, transformers' dtype out
 
 

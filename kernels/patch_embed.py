@@ -5,6 +5,10 @@ out[b, t] = pixel_values[b, t] @ weight^T + bias + resize(pos_embed, h_b, w_b)[t
 (y*w + x); padding rows (t >= h*w) get the first resized row. With `cu_seqlens` only the valid tokens
 are returned, packed. Triton is imported lazily (only when the Triton path runs).
 
+What is Triton (kernels/patch_embed_triton.py): the whole forward (GEMM, bias and resized positions) is one
+kernel; in the backward only d pos_embed (the resize adjoint) is a Triton kernel, while d pixel_values and
+d weight are torch matmuls and d bias a torch sum.
+
 Host syncs. The kernels read `spatial_shapes` on the device and never sync. Eager calls validate the
 values of `spatial_shapes`/`cu_seqlens` (h, w >= 1, h*w <= L, prefix sums): free when `spatial_shapes`
 lives on the CPU (it is then copied to the device without blocking), one sync when it lives on the GPU.
@@ -91,6 +95,8 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     weight: (D, C*P*P); bias: (D,); pos_embed: (G*G, D), a row-major G x G grid (same dtype as weight);
     cu_seqlens: optional int32 (B+1,) prefix sums of h*w: return only the valid tokens, packed.
     Returns (B, L, D), or (sum h*w, D) with cu_seqlens, in weight's dtype.
+    impl: "auto" (Triton on CUDA, or on the CPU under TRITON_INTERPRET=1; the reference otherwise and for float64
+    parameters), "triton" (raises where it cannot run) or "reference".
     num_tokens: with cu_seqlens, the packed length sum(h*w) if the caller knows it (like flash-attn's max_seqlen:
     it saves the host read of cu_seqlens[-1]). check_values=False skips the value checks of spatial_shapes and
     cu_seqlens (the caller guarantees them, as the model does after its entry check): with both, and the index
@@ -113,7 +119,6 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
 
         return reference.naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed,
                                             cu_seqlens=cu_seqlens)
-    from . import patch_embed_triton
+    from .patch_embed_triton import patch_embed_op
 
-    return patch_embed_triton.naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed,
-                                                 cu_seqlens, num_tokens)
+    return patch_embed_op(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, num_tokens)

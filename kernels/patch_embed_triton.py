@@ -5,9 +5,11 @@ Forward, one launch: out[b, t] = x[b, t] @ W^T + bias + pos_b[t], where pos_b = 
 Wh/Ww are evaluated on the device from `spatial_shapes` (no host sync) and applied as a second, small tl.dot
 into the GEMM accumulator: for each source grid row i touched by the tile, A_i[m, j] = Wh[y_m, i] * Ww[x_m, j]
 and acc += A_i @ P[i*G:(i+1)*G]. Padding rows (t >= h*w) use (y, x) = (0, 0), as transformers does.
-Backward: dX, dW and dbias are plain torch matmuls; d pos_embed (the adjoint of every image's resize) is a
-Triton kernel that writes deterministic per-batch-chunk partials, reduced with one torch sum.
+Backward: only d pos_embed is Triton (the adjoint of every image's resize, written as deterministic
+per-batch-chunk partials and reduced with one torch sum); dX, dW and dbias are torch matmuls / a torch sum.
 The resize math is fp32 whatever the parameter dtype.
+Launchers: `patch_embed_fwd`, `patch_embed_bwd` (calls `pos_embed_adjoint`); `patch_embed_op` is the
+torch.library custom op (`siglip2::naflex_patch_embed`) that kernels/patch_embed.py calls.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import check_tables, device_family
-from ._utils import interpreting
+from ._configs import check_tables, device_family, dtype_class
+from ._utils import dot_fp32, dot_precision, interpreting, new_empty
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
@@ -68,7 +70,7 @@ def _patch_embed_fwd_kernel(
     L, K, D, total_rows,
     G: tl.constexpr, BLOCK_G: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PACKED: tl.constexpr, UPCAST: tl.constexpr, MAIN_PREC: tl.constexpr, POS_PREC: tl.constexpr,
+    PACKED: tl.constexpr, DOT_FP32: tl.constexpr, MAIN_PREC: tl.constexpr, POS_PREC: tl.constexpr,
 ):
     i_n, i_m, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # h, w >= 1 is validated on the host; the clamp only keeps unvalidated (compiled) calls free of UB
@@ -94,7 +96,7 @@ def _patch_embed_fwd_kernel(
         b_x = b_x.to(weight.dtype.element_ty)
         # [BLOCK_K, BLOCK_N]
         b_w = tl.load(weight + o_n[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if UPCAST:  # the interpreter's bf16 tl.dot multiplies raw bit patterns
+        if DOT_FP32:  # the interpreter's bf16 tl.dot multiplies raw bit patterns
             b_x = b_x.to(tl.float32)
             b_w = b_w.to(tl.float32)
         acc = tl.dot(b_x, b_w, acc, input_precision=MAIN_PREC)  # [BLOCK_M, BLOCK_N]
@@ -206,9 +208,13 @@ def _pos_adjoint_kernel(
 # Launchers
 # ----------------------------------------------------------------------------------------------
 
-# Launch configs per GPU architecture family (kernels/_configs.py); every entry compiles with no register spills
-# and within the family's shared memory on each of its architectures under triton 3.6/3.8/3.9 (tests/test_aot.py).
-# Forward: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), keyed by (weight dtype class, aligned).
+# Launch configs, one table per kernel, keyed by GPU architecture family (kernels/_configs.py) and then by a key
+# of the launch (dtype class "16bit" (bf16/fp16: tensor-core dots) or "fp32" (IEEE FMA dots): `dtype_class`).
+# Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
+# == LOCAL == 0) and within the family's shared memory per block, under triton 3.8 and 3.9, in every variant a
+# launch can specialize (tests/test_aot.py, kernels/_aot_cases.py); among those, the largest tile. Throughput
+# tuning on real GPUs is owed: no GPU has timed these.
+# fwd: key (weight dtype class, aligned) -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 # "aligned": K and D multiples of 16 and 16-byte aligned pointers (NaFlex P=16: K = 768). Triton then
 # vectorizes the loads and pipelines them with cp.async; 16-bit: a 128x128 tile, 3 stages of 64-wide K slices
 # (96 KiB of shared memory on sm_90, 64 KiB on sm_80). Unaligned rows (P=14: K = 588) load element by element
@@ -220,27 +226,38 @@ _FWD_BASE = {
     ("fp32", True): (64, 64, 16, 4, 2),
     ("fp32", False): (32, 64, 16, 4, 2),
 }
-# sm_100 (ptxas-blackwell, triton 3.9): fp16 unaligned 64x64x32 with 4 warps and fp32 aligned 64x64x16 with 4
-# warps each spill 8 B (bf16 does not); the same tiles with 8 warps do not.
+# Per-family changes to the base table (measured):
+# - sm_100 (ptxas-blackwell, triton 3.9): fp16 unaligned 64x64x32 with 4 warps and fp32 aligned 64x64x16 with 4
+#   warps each spill 8 B (bf16 does not); the same tiles with 8 warps do not.
+# - sm_120: fp16 aligned 128x128x64 spills 40 B under triton 3.8 (2 stages: 32 B), 128x64x64 with 3 stages 8 B
+#   under 3.6 (ptxas-blackwell 12.9); 128x64x64 with 2 stages is spill-free under 3.6, 3.8 and 3.9.
+# "default" (unknown architectures) takes both.
 _FWD_SM100 = {("16bit", False): (64, 64, 32, 8, 3), ("fp32", True): (64, 64, 16, 8, 2)}
-# sm_120: fp16 aligned 128x128x64 spills 40 B under triton 3.8 (2 stages: 32 B), 128x64x64 with 3 stages 8 B
-# under 3.6 (ptxas-blackwell 12.9); 128x64x64 with 2 stages is spill-free under 3.6, 3.8 and 3.9.
 _FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 2)}
-FWD_CONFIGS = {"sm80": _FWD_BASE, "sm86": _FWD_BASE, "sm90": _FWD_BASE, "sm100": {**_FWD_BASE, **_FWD_SM100},
-               "sm120": {**_FWD_BASE, **_FWD_SM120}, "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120}}
-FWD_INTERPRET_CONFIG = (32, 32, 32, 4, 1)  # small blocks keep the CPU interpreter fast
-# Adjoint: (BLOCK_M, BLOCK_N, num_warps, num_stages), keyed by grad dtype class. 32 tokens per step: with 64,
-# triton 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few
-# loop-invariant values.
-# fp32 with 4 warps spills 8 B on sm_90 under triton 3.8; 8 warps do not.
+FWD_CONFIGS = {
+    "sm80": _FWD_BASE,
+    "sm86": _FWD_BASE,
+    "sm90": _FWD_BASE,
+    "sm100": {**_FWD_BASE, **_FWD_SM100},
+    "sm120": {**_FWD_BASE, **_FWD_SM120},
+    "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120},
+}
+# adjoint: key dY dtype class -> (BLOCK_M, BLOCK_N, num_warps, num_stages). 32 tokens per step: with 64, triton
+# 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few loop-invariant
+# values. fp32 with 4 warps spills 8 B on sm_90 under triton 3.8; 8 warps do not.
 _ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 8, 2)}
 ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": _ADJ_BASE, "sm100": _ADJ_BASE, "sm120": _ADJ_BASE,
                "default": _ADJ_BASE}
-ADJ_INTERPRET_CONFIG = (32, 32, 4, 1)
 check_tables("patch_embed fwd", FWD_CONFIGS)
 check_tables("patch_embed adjoint", ADJ_CONFIGS)
+# The CPU interpreter runs one program at a time: small blocks keep it fast. Same tuple layouts as the tables.
+FWD_INTERPRET_CONFIG = (32, 32, 32, 4, 1)
+ADJ_INTERPRET_CONFIG = (32, 32, 4, 1)
 # Images per program in the adjoint: bounds the partial buffer to ~ADJ_MAX_CHUNKS x G*G x D fp32.
 ADJ_MAX_CHUNKS = 32
+# The pixel dtypes the forward kernel is compiled for besides the weight's (tests/test_aot.py compiles both):
+# the processor's fp32 pixels are cast inside the kernel, anything else by the launcher.
+KERNEL_PIXEL_DTYPES = (torch.float32,)
 
 
 def block_g(G: int) -> int:
@@ -248,77 +265,70 @@ def block_g(G: int) -> int:
     return max(16, triton.next_power_of_2(G))
 
 
-def _aligned(K, D, *tensors) -> bool:
+def is_aligned(K, D, *tensors) -> bool:
+    """The forward table's "aligned" key: K and D multiples of 16 and every pointer 16-byte aligned."""
     return K % 16 == 0 and D % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
-def _dclass(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "16bit"
-
-
-def fwd_config(dtype: torch.dtype, aligned: bool, family: str):
+def fwd_config(dtype: torch.dtype, aligned: bool, family: str) -> tuple:
     if interpreting():
         return FWD_INTERPRET_CONFIG
-    return FWD_CONFIGS[family][(_dclass(dtype), aligned)]
+    return FWD_CONFIGS[family][(dtype_class(dtype), aligned)]
 
 
-def adj_config(dtype: torch.dtype, family: str):
+def adj_config(dtype: torch.dtype, family: str) -> tuple:
     if interpreting():
         return ADJ_INTERPRET_CONFIG
-    return ADJ_CONFIGS[family][_dclass(dtype)]
+    return ADJ_CONFIGS[family][dtype_class(dtype)]
 
 
-def precisions(dtype: torch.dtype):
-    """(main GEMM, position dot) input precision for parameters of `dtype`.
-
-    fp32 models get exact fp32 dots, like torch without TF32. The position operands are fp32 (weights in
-    [0, 1], table values); tf32 rounding (2^-11) is below bf16's output rounding (2^-9) but not below fp16's,
-    so fp16 uses the 3-pass tf32 split.
-    """
-    if dtype == torch.float32:
-        return "ieee", "ieee"
-    return "tf32", ("tf32" if dtype == torch.bfloat16 else "tf32x3")
+def pos_precision(dtype: torch.dtype) -> str:
+    """tl.dot precision of the forward's position dots for parameters of `dtype`: `dot_precision`'s rule with one
+    deliberate exception. The operands are fp32 whatever `dtype` (filter weights in [0, 1], table values), so
+    "tf32" really rounds them: 2^-11, below bf16's output rounding (2^-9) but not below fp16's, so fp16 takes
+    the 3-pass tf32 split."""
+    return "tf32x3" if dtype == torch.float16 else dot_precision(dtype)
 
 
 def adjoint_precision(dtype: torch.dtype) -> str:
-    """The adjoint accumulates dY (in `dtype`) times the fp32 weights over the whole batch in fp32; eager
-    torch rounds each image's d pos_embed to `dtype` before summing, so tf32 is ample for 16-bit gradients."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _debug_empty(shape, dtype, device):
-    # SIGLIP2_DEBUG_NAN=1 (tests) fills outputs with NaN so that an element the kernel misses fails loudly.
-    import os
-
-    if os.environ.get("SIGLIP2_DEBUG_NAN", "0") not in ("", "0"):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    """tl.dot precision of the adjoint for gradients of `dtype`: `dot_precision`'s rule, kept although the operands
+    are fp32 (dY upcast, filter weights): the adjoint sums over the whole batch in fp32, while eager torch rounds
+    each image's d pos_embed to `dtype` before summing, so tf32 is ample for 16-bit gradients."""
+    return dot_precision(dtype)
 
 
 def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
+    """One launch of the forward kernel: (B, L, D), or the (total, D) valid rows with `cu_seqlens`.
+
+    `total`: sum of h*w when the caller knows it; otherwise read from cu_seqlens (one host sync on a GPU)."""
     B, L, K = pixel_values.shape
     D = weight.shape[0]
     G = math.isqrt(pos_embed.shape[0])
-    x = pixel_values.contiguous()
+    x = pixel_values
+    if x.dtype != weight.dtype and x.dtype not in KERNEL_PIXEL_DTYPES:
+        x = x.to(weight.dtype)  # the kernel would round to weight.dtype on load all the same
+    x = x.contiguous()
+    # one index dtype: the kernel is compiled for int64 shapes only (the processor's dtype)
+    shapes = spatial_shapes.to(torch.int64).contiguous()
     packed = cu_seqlens is not None
     if packed:  # the kernel indexes cu_seqlens with unit stride
         cu_seqlens = cu_seqlens.contiguous()
-    if total is None:  # packed: the output size; one host sync unless the caller knows it (the model does)
+    if total is None:
         total = int(cu_seqlens[-1]) if packed else B * L
-    out = _debug_empty((total, D) if packed else (B, L, D), weight.dtype, x.device)
+    out = new_empty((total, D) if packed else (B, L, D), weight.dtype, x.device)
     if B == 0 or total == 0:
         return out
     weight, bias, pos_embed = weight.contiguous(), bias.contiguous(), pos_embed.contiguous()
-    aligned = _aligned(K, D, x, weight, bias, pos_embed, out)
+    aligned = is_aligned(K, D, x, weight, bias, pos_embed, out)
     BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = fwd_config(weight.dtype, aligned, device_family(x.device))
-    main_prec, pos_prec = precisions(weight.dtype)
     grid = (triton.cdiv(D, BLOCK_N), triton.cdiv(L, BLOCK_M), B)
     _patch_embed_fwd_kernel[grid](
-        x, weight, bias, pos_embed, spatial_shapes.contiguous(),
-        cu_seqlens if packed else spatial_shapes, out,
-        L, K, D, total,
+        x=x, weight=weight, bias=bias, pos=pos_embed, shapes=shapes,
+        cu_seqlens=cu_seqlens if packed else shapes,  # read only when PACKED
+        y=out, L=L, K=K, D=D, total_rows=total,
         G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        PACKED=packed, UPCAST=interpreting(), MAIN_PREC=main_prec, POS_PREC=pos_prec,
+        PACKED=packed, DOT_FP32=dot_fp32(), MAIN_PREC=dot_precision(weight.dtype),
+        POS_PREC=pos_precision(weight.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
@@ -328,6 +338,7 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
     """d pos_embed (G*G, D): each image's resize adjoint applied to its rows of `grad_out`, summed over B."""
     D = grad_out.shape[-1]
     B = spatial_shapes.shape[0]
+    shapes = spatial_shapes.to(torch.int64).contiguous()
     packed = cu_seqlens is not None
     if packed:  # the kernel indexes cu_seqlens with unit stride
         cu_seqlens = cu_seqlens.contiguous()
@@ -336,12 +347,12 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
     BLOCK_M, BLOCK_N, num_warps, num_stages = adj_config(grad_out.dtype, device_family(grad_out.device))
     imgs = triton.cdiv(B, ADJ_MAX_CHUNKS)
     n_chunks = triton.cdiv(B, imgs)
-    part = _debug_empty((n_chunks, G * G, D), torch.float32, grad_out.device)
-    pos_prec = adjoint_precision(grad_out.dtype)
+    part = new_empty((n_chunks, G * G, D), torch.float32, grad_out.device)
     _pos_adjoint_kernel[(G, triton.cdiv(D, BLOCK_N), n_chunks)](
-        grad_out.contiguous(), spatial_shapes.contiguous(), cu_seqlens if packed else spatial_shapes, part,
-        B, L, D, imgs,
-        G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PACKED=packed, POS_PREC=pos_prec,
+        dy=grad_out.contiguous(), shapes=shapes, cu_seqlens=cu_seqlens if packed else shapes, dpos_part=part,
+        B=B, L=L, D=D, IMGS_PER_PROG=imgs,
+        G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PACKED=packed,
+        POS_PREC=adjoint_precision(grad_out.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return part.sum(0).to(out_dtype)
@@ -359,7 +370,8 @@ def _unpack_rows(grad_out, spatial_shapes, cu_seqlens, L):
 
 
 def patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs):
-    """needs: which of (pixel_values, weight, bias, pos_embed) want a gradient."""
+    """needs: which of (pixel_values, weight, bias, pos_embed) want a gradient. Only d pos_embed runs a Triton
+    kernel (`pos_embed_adjoint`); dX and dW are torch matmuls and dbias a torch sum over the unpacked rows."""
     B, L, K = pixel_values.shape
     G = math.isqrt(pos_embed.shape[0])
     grad_out = grad_out.contiguous()
@@ -382,13 +394,13 @@ def patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, c
 # ----------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("siglip2::naflex_patch_embed", mutates_args=())
-def naflex_patch_embed_op(pixel_values: torch.Tensor, spatial_shapes: torch.Tensor, weight: torch.Tensor,
+def patch_embed_op(pixel_values: torch.Tensor, spatial_shapes: torch.Tensor, weight: torch.Tensor,
                           bias: torch.Tensor, pos_embed: torch.Tensor,
                           cu_seqlens: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
     return patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, total)
 
 
-@naflex_patch_embed_op.register_fake
+@patch_embed_op.register_fake
 def _(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
     B, L, _ = pixel_values.shape
     D = weight.shape[0]
@@ -400,7 +412,7 @@ def _(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, to
 
 
 @torch.library.custom_op("siglip2::naflex_patch_embed_backward", mutates_args=())
-def naflex_patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.Tensor,
+def patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.Tensor,
                                    spatial_shapes: torch.Tensor, weight: torch.Tensor, pos_embed: torch.Tensor,
                                    cu_seqlens: torch.Tensor | None, needs: list[bool]) -> list[torch.Tensor]:
     grads = patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs)
@@ -408,7 +420,7 @@ def naflex_patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.T
     return [g if g is not None else pixel_values.new_empty(0) for g in grads]
 
 
-@naflex_patch_embed_backward_op.register_fake
+@patch_embed_backward_op.register_fake
 def _(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs):
     # the real gradients are fresh contiguous tensors whatever the inputs' strides
     like = ((pixel_values.shape, pixel_values.dtype), (weight.shape, weight.dtype), ((weight.shape[0],), weight.dtype),
@@ -424,7 +436,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:1]) + list(ctx.needs_input_grad[2:5])
-    grads = naflex_patch_embed_backward_op(grad_out, pixel_values, spatial_shapes, weight, pos_embed,
+    grads = patch_embed_backward_op(grad_out, pixel_values, spatial_shapes, weight, pos_embed,
                                            cu_seqlens, needs)
     dx, dw, db, dpos = (g if n else None for g, n in zip(grads, needs))
     return dx, None, dw, db, dpos, None, None
@@ -432,7 +444,3 @@ def _backward(ctx, grad_out):
 
 torch.library.register_autograd("siglip2::naflex_patch_embed", _backward, setup_context=_setup_context)
 
-
-def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
-    """Triton entry point (inputs already validated by kernels.patch_embed); `total`: sum of h*w when known."""
-    return naflex_patch_embed_op(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, total)

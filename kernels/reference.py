@@ -118,3 +118,24 @@ def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias):
     # float32 labels as transformers builds them: half-precision logits are promoted, the loss is fp32
     labels = 2 * torch.eye(n, device=logits.device, dtype=torch.promote_types(logits.dtype, torch.float32)) - 1
     return -F.logsigmoid(labels * logits).sum() / n
+
+
+def sigmoid_loss_block(image, text, logit_scale, logit_bias, positives: bool, norm: float, compute_grads: bool):
+    """One (text block x image block) pair of the ring loss, materialized: the equivalent of
+    `sigmoid_loss_triton.sigmoid_loss_block_fwd` (same outputs and conventions).
+
+    image: (N, D), text: (M, D); with `positives`, text row r and image row r are a pair. Returns the fp32 0-d
+    loss / norm, then (d_image, d_text, d_logit_scale, d_logit_bias), or four empty tensors without `compute_grads`.
+    """
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_(compute_grads) for x in (image, text, logit_scale, logit_bias)]
+        logits = xs[1] @ xs[0].t() * xs[2].exp() + xs[3]  # (M, N) in the input dtype, like transformers
+        labels = -torch.ones_like(logits)
+        if positives:
+            labels = labels + 2 * torch.eye(*logits.shape, device=logits.device, dtype=logits.dtype)
+        loss = -F.logsigmoid(labels * logits).sum() / norm
+        if not compute_grads:
+            e = torch.empty(0, device=image.device)
+            return loss.detach().float(), e, e, e, e
+        grads = torch.autograd.grad(loss, xs)
+    return (loss.detach().float(), *grads)

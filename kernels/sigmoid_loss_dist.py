@@ -3,7 +3,8 @@
 Step k on rank r holds the text block of rank s = r - k (mod W), sent on to r + 1 while this step computes
 (overlap). Only step 0 (the local block) has positives. The fp32 text-gradient accumulator of each block
 travels one step behind its text block and, after W steps, arrives back at its owner. Each step reuses
-the single-GPU block op (`sigmoid_loss_triton.sigmoid_loss_block`) or its materialized reference on CPU.
+the single-GPU block launcher (`sigmoid_loss_triton.sigmoid_loss_block_fwd`: the Triton kernel plus two torch
+matmuls for the embedding gradients) or its materialized equivalent `reference.sigmoid_loss_block`.
 
 Local batch sizes may differ between ranks (the last batch of an epoch, token-budget or mixed-budget NaFlex
 batches): one all_gather of every rank's (n, d) sizes the receive buffers, the blocks are rectangular
@@ -13,23 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-
-def reference_block(image, text, logit_scale, logit_bias, positives: bool, norm: float, compute_grads: bool):
-    """Materialized equivalent of `sigmoid_loss_triton.sigmoid_loss_block` (same outputs and conventions)."""
-    with torch.enable_grad():
-        xs = [x.detach().requires_grad_(compute_grads) for x in (image, text, logit_scale, logit_bias)]
-        logits = xs[1] @ xs[0].t() * xs[2].exp() + xs[3]  # (M, N) in the input dtype, like transformers
-        labels = -torch.ones_like(logits)
-        if positives:
-            labels = labels + 2 * torch.eye(*logits.shape, device=logits.device, dtype=logits.dtype)
-        loss = -F.logsigmoid(labels * logits).sum() / norm
-        if not compute_grads:
-            e = torch.empty(0, device=image.device)
-            return loss.detach().float(), e, e, e, e
-        grads = torch.autograd.grad(loss, xs)
-    return (loss.detach().float(), *grads)
+from . import reference
 
 
 def _p2p(send: torch.Tensor, recv: torch.Tensor, nxt: int, prv: int, group):
@@ -111,9 +97,9 @@ class _RingSigmoidLoss(torch.autograd.Function):
 def ring_sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, group, impl: str):
     """Global-batch loss (0-d fp32) on every rank; gradient convention in `DistributedSigmoidLoss`."""
     if impl == "triton":
-        from .sigmoid_loss_triton import sigmoid_loss_block as block
+        from .sigmoid_loss_triton import sigmoid_loss_block_fwd as block
     else:
-        block = reference_block
+        block = reference.sigmoid_loss_block
     inputs = (image_embeds, text_embeds, logit_scale, logit_bias)
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
         loss = _RingSigmoidLoss.apply(*inputs, group, block)

@@ -2,45 +2,50 @@
 
 loss = sum_ij softplus(-z_ij * l_ij) / norm, l = (T @ I^T) * exp(scale) + bias, z = +1 on the positive
 diagonal (row == col) and -1 elsewhere; g = dloss/dl = -z * sigmoid(-z * l).
-One fused GEMM + epilogue kernel per (text block, image block) tile computes S = T_blk @ I_blk^T in fp32,
-the stable softplus / sigmoid from one exp, per-tile partial sums (loss, sum g*S, sum g) and the gradient
-tile G = g * exp(scale) / norm, written in the input dtype into a bounded buffer of `chunk` text rows
-(never n x n: at most G_BUFFER_BYTES). Two tensor-core GEMMs then give dT[chunk] = G @ I and
-dI += G^T @ T[chunk] (Liger's FLCE pattern: the loss is terminal, so backward only scales by grad_output).
-That is 3 GEMMs of 2*n^2*d and 3 passes over the n x chunk tile buffer, no atomics, deterministic.
+What is Triton: one fused GEMM + epilogue kernel per (text block, image block) tile computes S = T_blk @ I_blk^T
+in fp32, the stable softplus / sigmoid from one exp, per-tile partial sums (loss, sum g*S, sum g) and the
+gradient tile G = g * exp(scale) / norm, written in the input dtype. The embedding gradients are then two torch
+matmuls on tensor cores, dT[chunk] = G @ I and dI += G^T @ T[chunk], and d scale / d bias come from the partial
+sums (Liger's FLCE pattern: the loss is terminal, so backward only scales the saved gradients by grad_output).
+That is 3 GEMMs of 2*n^2*d and 3 passes over the G buffer, no atomics, deterministic.
+Memory: the logits are never stored; the G buffer is chunk x n elements of the input dtype, the full n x n while
+that fits G_BUFFER_BYTES = 512 MiB (n <= 16384 in bf16/fp16, n <= 11585 in fp32), else the largest multiple of
+BLOCK_M text rows that fits (at least BLOCK_M rows), processed chunk by chunk.
 A fully fused dT/dI accumulator does not fit registers at d = 768/1152 (a 64 x 768 fp32 tile is 192
 registers per thread at 8 warps), and atomics into fp32 dT/dI would move ~100 GB at n = 65536.
+Launcher: `sigmoid_loss_block_fwd` (one text block x image block, the ring's step too); `sigmoid_loss_block_op`
+is its torch.library custom op (`siglip2::sigmoid_loss_block`) with the autograd registration.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._configs import INTERPRETER_FAMILY, check_tables, device_family
-from ._utils import interpreting
+from ._configs import INTERPRETER_FAMILY, check_tables, device_family, dtype_class
+from ._utils import dot_fp32, dot_precision, interpreting, new_empty
 
 # Upper bound of the G tile buffer (chunk x n elements in the input dtype). 512 MiB keeps the loss under
 # ~1.5 GB at n = 65536, d = 768 while the gradient GEMMs keep K >= 1024.
 G_BUFFER_BYTES = 512 * 2**20
-# Test hook: fill every buffer the kernel must write with NaN first, so an unwritten element fails loudly.
-DEBUG_NAN_FILL = os.environ.get("SIGLIP2_DEBUG_NAN_FILL", "0") not in ("", "0")
 
-# Launch configurations, keyed by element size: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# Launch configs, one table, keyed by GPU architecture family (kernels/_configs.py) and then by the embeddings'
+# dtype class (`dtype_class`: "16bit" runs tensor-core dots, "fp32" IEEE FMA dots to match eager fp32).
+# Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
+# == LOCAL == 0) and within the family's shared memory per block, under triton 3.8 and 3.9, in every variant a
+# launch can specialize (dtype, EVEN_K, HAS_POS, STORE_G; tests/test_aot.py, kernels/_aot_cases.py); among those,
+# the largest tile. Throughput tuning on real GPUs is owed: no GPU has timed these.
+# key -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 # 16-bit: 128 x 64 x 64 tiles with 8 warps, no stack use on sm_80/sm_90 (128 x 128 and 64 x 128 spill there);
 # 2 stages: with 3, triton 3.6 (ptxas 12.8) spills the HAS_POS=False variant on sm_80 (128 registers + 8 B stack).
-# fp32 runs the dot in IEEE fp32 (no tf32, to match eager fp32), so smaller tiles keep registers in check.
-# One table per GPU architecture family (kernels/_configs.py); every entry compiles with no register spills and
-# within the family's shared memory on each of its architectures under triton 3.6/3.8/3.9 (tests/test_aot.py).
+# fp32: smaller tiles keep the IEEE dot's registers in check.
 _BASE = {
-    2: (128, 64, 64, 8, 2),
-    4: (64, 64, 32, 4, 3),
+    "16bit": (128, 64, 64, 8, 2),
+    "fp32": (64, 64, 32, 4, 3),
 }
-CONFIGS = {"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": {**_BASE}, "sm120": _BASE, "default": _BASE}
+CONFIGS = {"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": _BASE, "sm120": _BASE, "default": _BASE}
 check_tables("sigmoid_loss", CONFIGS)
-# The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there.
+# The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there (the same tuple layout).
 INTERPRET_CONFIG = (128, 128, 128, 4, 1)
 
 
@@ -146,7 +151,7 @@ def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tup
     if interpreting():
         return INTERPRET_CONFIG
     fam = device_family(device) if device is not None else INTERPRETER_FAMILY
-    return CONFIGS[fam][torch.empty((), dtype=dtype).element_size()]
+    return CONFIGS[fam][dtype_class(dtype)]
 
 
 def chunk_rows(M: int, N: int, dtype: torch.dtype, device: torch.device | None = None) -> int:
@@ -156,14 +161,10 @@ def chunk_rows(M: int, N: int, dtype: torch.dtype, device: torch.device | None =
     return min(M, max(block_m, rows // block_m * block_m))
 
 
-def _empty(shape, dtype, device):
-    return torch.full(shape, float("nan"), dtype=dtype, device=device) if DEBUG_NAN_FILL else \
-        torch.empty(shape, dtype=dtype, device=device)
-
-
-def sigmoid_loss_block(image, text, logit_scale, logit_bias, positives: bool, norm: float,
-                       compute_grads: bool):
-    """Loss and gradients of one (text block x image block) pair, all divided by `norm`.
+def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool, norm: float,
+                           compute_grads: bool):
+    """Loss and gradients of one (text block x image block) pair, all divided by `norm`: the Triton kernel per
+    chunk of text rows, then the two torch matmuls that turn its gradient tile into d_text and d_image.
 
     image: (N, D), text: (M, D) (same dtype, fp16/bf16/fp32); logit_scale, logit_bias: 1-element tensors.
     With `positives`, text row r and image row r are the positive pair (M == N). Returns fp32 0-d loss,
@@ -181,25 +182,25 @@ def sigmoid_loss_block(image, text, logit_scale, logit_bias, positives: bool, no
     n_chunks = triton.cdiv(M, chunk)
     grid_n = triton.cdiv(N, BLOCK_N)
     # chunk is a multiple of BLOCK_M (or all of M), so the chunks' row blocks tile M exactly once
-    part = _empty((3, triton.cdiv(M, BLOCK_M) * grid_n), torch.float32, device)
-    g = _empty((chunk, N), dtype, device) if compute_grads else part
-    d_text = _empty((M, D), dtype, device) if compute_grads else None
+    part = new_empty((3, triton.cdiv(M, BLOCK_M) * grid_n), torch.float32, device)
+    g = new_empty((chunk, N), dtype, device) if compute_grads else part  # unwritten unless STORE_G
+    d_text = new_empty((M, D), dtype, device) if compute_grads else None
     d_image = None
     if compute_grads and n_chunks > 1:
         d_image = torch.zeros((N, D), dtype=torch.float32, device=device)
     scale = logit_scale.detach().reshape(1)
-    bias = logit_bias.detach().reshape(1)
-    dot_fp32 = interpreting() and dtype != torch.float32
-    precision = "ieee" if dtype == torch.float32 else "tf32"
+    # fp32 copies for the kernel (it computes in fp32 anyway): one specialization whatever the parameters' dtype
+    scale32, bias32 = scale.float(), logit_bias.detach().reshape(1).float()
 
     for c in range(n_chunks):
         r0, rows = c * chunk, min(chunk, M - c * chunk)
         grid = (triton.cdiv(rows, BLOCK_M), grid_n)
         _sigmoid_loss_fwd_kernel[grid](
-            text[r0:], image, g, part[:, r0 // BLOCK_M * grid_n:], scale, bias,
-            rows, N, D, r0, text.stride(0), image.stride(0), g.stride(0), part.stride(0), 1.0 / norm,
+            t=text[r0:], i=image, g=g, part=part[:, r0 // BLOCK_M * grid_n:], scale=scale32, bias=bias32,
+            M=rows, N=N, D=D, diag0=r0, s_t=text.stride(0), s_i=image.stride(0), s_g=g.stride(0),
+            s_p=part.stride(0), g_mul=1.0 / norm,
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, EVEN_K=D % BLOCK_K == 0,
-            HAS_POS=positives, STORE_G=compute_grads, DOT_FP32=dot_fp32, PRECISION=precision,
+            HAS_POS=positives, STORE_G=compute_grads, DOT_FP32=dot_fp32(), PRECISION=dot_precision(dtype),
             num_warps=num_warps, num_stages=num_stages,
         )
         if compute_grads:
@@ -228,7 +229,7 @@ def sigmoid_loss_block_op(
     image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
     positives: bool, norm: float, compute_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return sigmoid_loss_block(image, text, logit_scale, logit_bias, positives, norm, compute_grads)
+    return sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives, norm, compute_grads)
 
 
 @sigmoid_loss_block_op.register_fake
@@ -254,11 +255,3 @@ def _backward(ctx, grad_loss, *unused):
 
 torch.library.register_autograd("siglip2::sigmoid_loss_block", _backward, setup_context=_setup_context)
 
-
-def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias):
-    """Single-process loss (0-d fp32) = transformers' Siglip2Model loss; gradients made in the forward."""
-    need_grad = torch.is_grad_enabled() and any(
-        x.requires_grad for x in (image_embeds, text_embeds, logit_scale, logit_bias))
-    loss = sigmoid_loss_block_op(image_embeds, text_embeds, logit_scale, logit_bias,
-                                 True, float(text_embeds.shape[0]), need_grad)[0]
-    return loss

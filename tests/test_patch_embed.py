@@ -1,7 +1,7 @@
 """Tests for `naflex_patch_embed` (fused NaFlex patch embedding + antialiased position resize).
 
 Run: `python -m pytest tests/test_patch_embed.py --durations=10` (about a minute on 2 CPU cores: Triton runs
-through its interpreter; GPU-marked tests are skipped without CUDA).
+through its interpreter, in fp32, fp16 and bf16; GPU-marked tests, at real sizes, are skipped without CUDA).
 Oracle: a float64 re-implementation built directly on `F.interpolate(..., antialias=True)` (the package
 reference resizes in fp32 by design, so it cannot be the oracle). The kernel's error against the oracle may be
 at most 2x the error of the eager computation at the same precision (`_baseline`: reference.py's numerics).
@@ -24,7 +24,9 @@ NAMES = ("pixel_values", "weight", "bias", "pos_embed")
 @pytest.fixture(autouse=True)
 def _nan_outputs(monkeypatch):
     # the launchers allocate outputs with NaN, so an element a kernel forgets to write fails the test
-    monkeypatch.setenv("SIGLIP2_DEBUG_NAN", "1")
+    from siglip2.kernels import _utils
+
+    monkeypatch.setattr(_utils, "NAN_FILL", True)
 
 
 def _shapes(G):
@@ -151,8 +153,15 @@ def test_torch_cpu_interpolate_width1_bug():
 # Forward + backward against the oracle (interpreter on CPU)
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("G", [4, 16])
+DTYPES = dict(argvalues=[torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+
+
+# bf16 runs on the CPU too: the interpreter upcasts the tl.dot operands (DOT_FP32), and the tolerance is the
+# same 2x of the eager bf16 baseline's error against the float64 oracle as for every dtype. bf16 at G = 16 runs
+# packed (test_packed): one minute of interpreter time less than running it here as well.
+@pytest.mark.parametrize("G, dtype", [(4, torch.float32), (4, torch.float16), (16, torch.float32),
+                                      (16, torch.float16), (4, torch.bfloat16)],
+                         ids=["4-fp32", "4-fp16", "16-fp32", "16-fp16", "4-bf16"])
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 def test_forward_backward(G, dtype, impl):
     _check_all(_make_inputs(G, _shapes(G), dtype=dtype), impl=impl)
@@ -165,7 +174,7 @@ def test_odd_sizes_non_pow2_grid():
     _check_all(inputs)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", **DTYPES)
 def test_packed(dtype):
     inputs = _make_inputs(16, _shapes(16), dtype=dtype)
     cu = _cu(inputs[1])

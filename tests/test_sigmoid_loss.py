@@ -1,9 +1,10 @@
 """Tests for the fused sigmoid (SigLIP) loss: `pytest tests/test_sigmoid_loss.py` (~1-2 min on 2 CPU cores).
 
-Triton runs through the CPU interpreter (fp32, fp16) and is checked, like the reference, against the
+Triton runs through the CPU interpreter (fp32, fp16, bf16) and is checked, like the reference, against the
 float64 materialized loss: value and all four gradients within 2x the eager error at the same precision.
 Also: finiteness at extreme scale/bias, validation errors, torch.compile(fullgraph) (the AOT build of every
-launcher config is in tests/test_aot.py), transformers parity, and the gloo ring with 2 and 4 processes.
+launcher config is in tests/test_aot.py), transformers parity, and the gloo ring: 2 and 4 processes with the
+reference blocks, 2 with the Triton blocks (tests/test_ring_unequal.py adds unequal local batches).
 """
 import os
 import socket
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from numerics import assert_close_to_oracle
+from numerics import assert_close_to_oracle, max_err
 from siglip2.kernels import reference
 from siglip2.kernels._utils import interpreting
 from siglip2.kernels.loss import DistributedSigmoidLoss, sigmoid_loss
@@ -45,14 +46,31 @@ def _loss_and_grads(fn, xs):
     return loss.detach(), [gr.detach() for gr in torch.autograd.grad(loss, xs)]
 
 
+def _eager_baselines(lo, orders=3):
+    """The eager reference at the inputs' precision, in `orders` summation orders of the feature dim (identity,
+    then random permutations, undone in the gradients): the exact result is the same, the rounding is not. At
+    exp(scale) = e^10 the eager d_image error varies 7x between orders, so one order is too noisy a yardstick."""
+    runs = []
+    for k in range(orders):
+        perm = torch.arange(lo[0].shape[1]) if k == 0 else torch.randperm(lo[0].shape[1],
+                                                                             generator=torch.Generator().manual_seed(k))
+        inv = torch.argsort(perm).to(lo[0].device)
+        perm = perm.to(lo[0].device)
+        loss, (gi, gt, gs, gb) = _loss_and_grads(reference.sigmoid_loss, [lo[0][:, perm], lo[1][:, perm], *lo[2:]])
+        runs.append([loss, gi[:, inv], gt[:, inv], gs, gb])
+    return runs
+
+
 def _check(impl, n, d, scale, bias, dtype, **kw):
     hi, lo = _make(n, d, scale, bias, dtype, **kw)
     oracle, g_oracle = _loss_and_grads(reference.sigmoid_loss, hi)
-    base, g_base = _loss_and_grads(reference.sigmoid_loss, lo)
+    runs = _eager_baselines(lo)
     out, g_out = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl=impl), lo)
-    assert out.shape == () and out.dtype == base.dtype
+    assert out.shape == () and out.dtype == runs[0][0].dtype
+    # per output, the baseline is the eager order with the largest error against the oracle
+    worst = [max((r[j] for r in runs), key=lambda b: max_err(b, o)) for j, o in enumerate([oracle] + g_oracle)]
     for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
-                             [out] + g_out, [oracle] + g_oracle, [base] + g_base):
+                             [out] + g_out, [oracle] + g_oracle, worst):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         # floor: 2 ulps of the result's magnitude (the eager result can be luckily within half an ulp)
         floor = 2e-6 if dtype == torch.float32 else 1e-4
@@ -63,9 +81,9 @@ def _check(impl, n, d, scale, bias, dtype, **kw):
 @pytest.fixture
 def nan_fill(monkeypatch):
     pytest.importorskip("triton")
-    from siglip2.kernels import sigmoid_loss_triton
+    from siglip2.kernels import _utils, sigmoid_loss_triton
 
-    monkeypatch.setattr(sigmoid_loss_triton, "DEBUG_NAN_FILL", True)
+    monkeypatch.setattr(_utils, "NAN_FILL", True)  # every launcher output starts as NaN
     return sigmoid_loss_triton
 
 
@@ -84,8 +102,14 @@ def test_fake_strides_match_real(nan_fill):
         assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
+# bf16 runs on the CPU too: the interpreter upcasts the tl.dot operands (DOT_FP32); same 2x-of-eager rule. It
+# skips n 1000 at d 768 (two interpreter minutes; n 1000 at d 64 covers the many-tile case).
+_DTYPES = [(torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")]
+_CASES = [(n, d, dt, f"n{n}-d{d}-{name}") for dt, name in _DTYPES for n, d in SHAPES
+          if not (dt == torch.bfloat16 and (n, d) == (1000, 768))]
+
+
+@pytest.mark.parametrize("n,d,dtype", [c[:3] for c in _CASES], ids=[c[3] for c in _CASES])
 def test_triton_matches_oracle(nan_fill, n, d, dtype):
     # the interpreter is slow at n = 1000: one pair at d = 768, two (one extreme) at d = 64
     picks = {(1000, 768): [1], (1000, 64): [2, 3]}.get((n, d), range(len(SCALE_BIAS)))
