@@ -1,21 +1,24 @@
 """`siglip2 train` under torchrun (2 ranks, gloo, CPU): `pytest tests/test_train_dist.py` (~45 s on 2 cores).
 
 One `torchrun --nproc-per-node 2` launch runs, through the real CLI (`siglip2.__main__.main`, the same code path as
-`torchrun -m siglip2 train`), four jobs in one process group, so the ~10 s start-up of two ranks is paid once:
-DDP, FSDP2 (`--fsdp`: fully_shard per encoder layer, then the root; it runs on gloo), and FSDP2 stopped after 2 of
-4 steps and resumed. Against one process (in this pytest process) with the combined batch:
+`torchrun -m siglip2 train`), five jobs in one process group, so the ~10 s start-up of two ranks is paid once:
+DDP, FSDP2 (`--fsdp`: fully_shard per encoder layer, then the root; it runs on gloo), FSDP2 stopped after 2 of
+4 steps and resumed, and FSDP2 with `--precision bf16` (bf16 parameters, fp32 reduction). Against one process (in
+this pytest process) with the combined batch:
 
 - the loss curve and grad norms match to fp32 tolerance, and the final parameters too. Each step draws its bucket
   (16 or 32 patches) with a flat token budget, so the global batch is 16 or 8 and the ring loss runs on changing
   shapes;
 - the FSDP2 run equals the DDP run, its optimizer state is sharded (both ranks write DCP files), and the resumed
-  FSDP2 run is bit-exact against the uninterrupted one.
+  FSDP2 run is bit-exact against the uninterrupted one;
+- the bf16 FSDP2 loss curve is the fp32 one within bf16 rounding, and its checkpoint holds fp32 weights.
 
 Why the first attempt hung: it launched `torchrun --master-port 0`. With the default static rendezvous the workers
 get MASTER_PORT=0 and block in init_process_group forever; and `subprocess.run(capture_output=True, timeout=...)`
 then hangs too, because after killing torchrun it waits for EOF on pipes the orphaned ranks still hold. Here the
 launch uses the c10d rendezvous on `localhost:0` (the agent binds a free port and passes it on), runs in its own
-session with its output in a file, and a timeout kills the whole process group and fails with the output.
+session with its output in a file, and a timeout kills torchrun's group and every rank (torchrun starts each in
+a session of its own) and fails with the output.
 """
 import json
 import os
@@ -43,7 +46,8 @@ def _jobs(data, tok, root):
     return [("ddp", c + ["--out", f"{root}/ddp"]),
             ("fsdp", c + ["--fsdp", "--out", f"{root}/fsdp"]),
             ("fsdp_part", c + ["--fsdp", "--stop-after", "2", "--out", f"{root}/fsdp_resumed"]),
-            ("fsdp_resume", c + ["--fsdp", "--resume", "--out", f"{root}/fsdp_resumed"])]
+            ("fsdp_resume", c + ["--fsdp", "--resume", "--out", f"{root}/fsdp_resumed"]),
+            ("fsdp_bf16", c + ["--fsdp", "--precision", "bf16", "--out", f"{root}/fsdp_bf16"])]
 
 
 def _worker(data, tok, root):
@@ -174,5 +178,9 @@ def test_ddp_and_fsdp2_match_one_process_and_resume(shapes, tmp_path):
     full, resumed = _params(tmp_path / "fsdp"), _params(tmp_path / "fsdp_resumed")
     for k in full:
         assert torch.equal(full[k], resumed[k]), f"fsdp resume: {k} differs from the uninterrupted run"
+    # FSDP2 with bf16 parameters and fp32 reduction: the fp32 loss curve within bf16 rounding, fp32 weights saved
+    bf16 = [r["loss"] for r in _log(tmp_path / "fsdp_bf16")]
+    torch.testing.assert_close(bf16, [r["loss"] for r in ref_log], rtol=3e-2, atol=0)
+    assert all(v.dtype == torch.float32 for v in _params(tmp_path / "fsdp_bf16").values())
     strip = [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in _log(tmp_path / "fsdp")]
     assert strip == [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in _log(tmp_path / "fsdp_resumed")]
