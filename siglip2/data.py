@@ -30,8 +30,15 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import PIL.Image
+    import torch
+
+    from .processing import Siglip2ImageProcessor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif")
 WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "jfif")
@@ -42,7 +49,7 @@ class SampleError(ValueError):
     """A sample that cannot be used (missing, truncated, corrupt, not an image). `.key` and `.reason` are what an
     errors file records."""
 
-    def __init__(self, key, reason: str):
+    def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")
         self.key, self.reason = key, reason
 
@@ -62,7 +69,7 @@ class Record:
 class FileSource:
     """Map-style source: a list of Records (folder, path list, CSV/JSONL table)."""
 
-    def __init__(self, records: list[Record], description: str = ""):
+    def __init__(self, records: list[Record], description: str = "") -> None:
         self.records, self.description = records, description
         keys = set()
         for r in records:
@@ -87,7 +94,7 @@ class FileSource:
 class WebDatasetSource:
     """webdataset tar shards, read with the `webdataset` library; captions from the `txt` member."""
 
-    def __init__(self, shards: list[str], text_member: str = "txt"):
+    def __init__(self, shards: list[str], text_member: str = "txt") -> None:
         if not shards:
             raise ValueError("webdataset input: no .tar shards found")
         self.shards, self.text_member = list(shards), text_member
@@ -106,11 +113,12 @@ class WebDatasetSource:
         name = self.shard_name(url)
         errors: list[Exception] = []
 
-        def handler(exn):
+        def handler(exn: Exception) -> bool:
             errors.append(exn)
             return False  # stop this tar: past a read error its stream position is unreliable
 
-        ds = wds.WebDataset(
+        # webdataset's own __init__.pyi imports WebDataset without re-exporting it, so pyright misses the public name
+        ds = wds.WebDataset(  # pyright: ignore[reportAttributeAccessIssue]
             url, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False, handler=handler
         )
         report = on_error or _raise
@@ -131,7 +139,7 @@ class WebDatasetSource:
             yield from self.iter_shard(i)
 
 
-def _raise(e):
+def _raise(e: BaseException) -> NoReturn:
     raise e
 
 
@@ -139,7 +147,8 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def open_source(input, *, image_column: str = "image", text_column: str | None = None):
+def open_source(input: str | os.PathLike, *, image_column: str = "image",
+                text_column: str | None = None) -> FileSource | WebDatasetSource:
     """A FileSource or WebDatasetSource for `input` (see the module docstring)."""
     s = os.fspath(input)
     if "{" in s or s.endswith(".tar") or "::" in s:
@@ -232,7 +241,8 @@ def _table_source(path: str, ext: str, image_column: str, text_column: str | Non
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose width and height
 
 
-def decode_image(ref, *, key=None, fast: tuple[int, int] | None = None):
+def decode_image(ref: Record | str | os.PathLike | bytes, *, key: str | None = None,
+                 fast: tuple[int, int] | None = None) -> PIL.Image.Image:
     """Decode a Record / path / bytes to an RGB PIL image, EXIF-transposed (as `siglip2.pipeline.load_images`).
 
     Raises SampleError(key, reason) for a missing, truncated, corrupt or non-image file (or a decompression bomb).
@@ -290,19 +300,21 @@ def num_patches(height: int, width: int, patch_size: int, max_num_patches: int) 
     return (th // patch_size) * (tw // patch_size)
 
 
-def _as_pil(img, name):
+def _as_pil(img: Any, name: str) -> PIL.Image.Image:
     import PIL.Image
+    import torch
 
     from .image_utils import to_rgb_uint8
 
     rgb = to_rgb_uint8(img, name)
     if isinstance(rgb, PIL.Image.Image):
         return rgb
-    a = rgb.permute(1, 2, 0).cpu().numpy() if hasattr(rgb, "permute") else rgb
+    a = rgb.permute(1, 2, 0).cpu().numpy() if isinstance(rgb, torch.Tensor) else rgb
     return PIL.Image.fromarray(a)
 
 
-def _resize_to_target(img, image_processor, patch_size: int, max_num_patches: int):
+def _resize_to_target(img: PIL.Image.Image, image_processor: Siglip2ImageProcessor, patch_size: int,
+                      max_num_patches: int) -> PIL.Image.Image:
     """Resize to the NaFlex target with the processor's filter. A fast-decoded image's target comes from its full
     size (`info["naflex_full_size"]`), so it gets exactly the size exact decoding would."""
     h, w = img.info.get("naflex_full_size", (img.height, img.width))
@@ -319,12 +331,12 @@ def _resize_to_target(img, image_processor, patch_size: int, max_num_patches: in
 
 def naflex_collate(
     samples: Sequence[tuple],
-    image_processor,
+    image_processor: Siglip2ImageProcessor,
     *,
     max_num_patches: int | None = None,
-    tokenizer=None,
+    tokenizer: Callable[..., Mapping[str, Any]] | None = None,
     text_kwargs: dict | None = None,
-    dtype=None,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """[(key, PIL image, caption | None), ...] -> a batch dict (see the module docstring).
 
@@ -367,7 +379,7 @@ def naflex_collate(
 _NO_RESIZE: dict = {}
 
 
-def _no_resize(image_processor):
+def _no_resize(image_processor: Siglip2ImageProcessor) -> Siglip2ImageProcessor:
     """A copy of the processor with do_resize=False (fast-decoded images are already at their NaFlex size)."""
     k = id(image_processor)
     hit = _NO_RESIZE.get(k)

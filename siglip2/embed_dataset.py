@@ -12,6 +12,7 @@ presence marks the unit done). A rerun with the same arguments skips done units;
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -19,12 +20,16 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .data import FileSource, WebDatasetSource
 
 RUN_FILE, MANIFEST, ERRORS = "run.json", "manifest.json", "errors.jsonl"
 STOP_AFTER_ENV = "SIGLIP2_EMBED_DATASET_STOP_AFTER"  # test hook: interrupt after writing this many units
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from .pipeline import DEFAULT_MODEL
 
     p.add_argument("input", metavar="INPUT", help="folder, .txt list, .csv/.tsv/.jsonl table, or webdataset .tar(s)")
@@ -59,7 +64,7 @@ class Unit:
         return f"{self.index:05d}"
 
 
-def plan_units(source, shard_size: int) -> list[Unit]:
+def plan_units(source: FileSource | WebDatasetSource, shard_size: int) -> list[Unit]:
     from .data import FileSource
 
     if isinstance(source, FileSource):
@@ -289,7 +294,7 @@ def _init_distributed():
     return False
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
     from tqdm import tqdm

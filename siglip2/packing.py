@@ -51,7 +51,8 @@ class PackedBatch:
 
     @classmethod
     def from_spatial_shapes(cls, spatial_shapes: torch.Tensor | Sequence[Sequence[int]], seq_len: int,
-                            device: torch.device | str, pixel_attention_mask: torch.Tensor | None = None) -> PackedBatch:
+                            device: torch.device | str,
+                            pixel_attention_mask: torch.Tensor | None = None) -> PackedBatch:
         """spatial_shapes: (h, w) per image, as a list of pairs (no host sync) or a (B, 2) tensor (one read).
 
         With `pixel_attention_mask` (the processor's), image b has h*w valid tokens; without one every one of the
