@@ -15,13 +15,16 @@ import importlib
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 
-def environment() -> dict:
+def environment() -> dict[str, Any]:
     """date, versions (torch, python, triton, transformers, siglip2) and the device, for every results file."""
-    env = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version()}
+    env: dict[str, Any] = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                           "python": platform.python_version()}
     for mod in ("triton", "transformers", "siglip2"):
         try:
             env[mod] = importlib.import_module(mod).__version__
@@ -36,7 +39,7 @@ def environment() -> dict:
     return env
 
 
-def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> float:
+def bench_ms(fn: Callable[[], object], *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> float:
     """Median wall time of `fn()` in milliseconds.
 
     CUDA: triton.testing.do_bench (25 ms warm-up, 100 ms of repetitions, L2 flushed between them; `warmup`/`rep`
@@ -45,7 +48,10 @@ def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> flo
     if str(device).startswith("cuda"):
         from triton.testing import do_bench
 
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+        if not isinstance(ms, (int, float)):  # typed as float | list | None: a list only for `quantiles=`
+            raise TypeError(f"bench_ms: triton.testing.do_bench returned {type(ms).__name__}, expected a float")
+        return float(ms)
     if rep < 1 or warmup < 0:
         raise ValueError(f"bench_ms: expected rep >= 1 and warmup >= 0, got rep={rep}, warmup={warmup}")
     for _ in range(warmup):
@@ -58,7 +64,7 @@ def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> flo
     return statistics.median(times)
 
 
-def peak_mem_mb(fn, device: str = "cuda") -> float | None:
+def peak_mem_mb(fn: Callable[[], object], device: str = "cuda") -> float | None:
     """Peak allocated CUDA memory of one call of `fn`, above what was allocated before it (MB); None off CUDA."""
     if not str(device).startswith("cuda"):
         return None

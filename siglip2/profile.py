@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 DEFAULT_BUDGETS = "64,128,256,576,784,1024"
 DEFAULT_SYNTHETIC = 1000
@@ -23,9 +24,12 @@ DEFAULT_SYNTHETIC = 1000
 CPU_AUTO_TIMING_GFLOP = 50.0
 MODES = ("padded", "padded-sdpa", "packed")
 
+if TYPE_CHECKING:
+    import torch
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__.split("\n\n")[0]
+    p.description = (__doc__ or "").split("\n\n")[0]  # (no docstrings under python -OO)
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
     p.add_argument("--synthetic", type=int, default=None, metavar="N",
                    help=f"add N synthetic images with COCO-like sizes (default {DEFAULT_SYNTHETIC} when no input)")
@@ -64,7 +68,7 @@ def parse_budgets(text: str) -> list[int]:
     return vals
 
 
-def _check_args(args) -> None:
+def _check_args(args: argparse.Namespace) -> None:
     for name in ("batch_size", "repeats", "quality_images", "synthetic"):
         v = getattr(args, name)
         lo = 0 if name == "synthetic" else 1
@@ -76,7 +80,7 @@ def _check_args(args) -> None:
         raise ValueError(f"--target-images-per-s: expected a positive number, got {args.target_images_per_s}")
 
 
-def _device(name):
+def _device(name: str | None) -> torch.device:
     import torch
 
     if name is None:
@@ -148,7 +152,9 @@ def _transformers_twin(model, cfg, device, dtype):
         hf.load_state_dict(model.state_dict())
     except Exception as e:  # noqa: BLE001
         return None, f"transformers {transformers.__version__} failed to build: {type(e).__name__}: {e}"[:200]
-    return hf.to(device=device, dtype=dtype).eval(), f"transformers {transformers.__version__} sdpa"
+    # transformers wraps `to` with functools.wraps, which pyright types as an unbound method (a false "missing self")
+    twin = hf.to(device=device, dtype=dtype).eval()  # pyright: ignore[reportCallIssue]
+    return twin, f"transformers {transformers.__version__} sdpa"
 
 
 def _timing_auto(args, device, cfg, budgets, batch) -> tuple[bool, str | None]:
@@ -230,7 +236,7 @@ def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progr
     return {m: np.asarray(v) for m, v in cos.items()}
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
@@ -273,7 +279,9 @@ def run(args) -> int:
         from tqdm.auto import tqdm
 
         kernel_impl = "auto" if device.type == "cuda" else "reference"
-        models = {"padded": (model, ("reference", "auto"), "siglip2.reference (eager, padded)")}
+        # mode -> (model, the (impl, kernel_impl) it runs with or None for transformers' own, what it is)
+        models: dict[str, tuple[Any, tuple[str, str] | None, str]] = {
+            "padded": (model, ("reference", "auto"), "siglip2.reference (eager, padded)")}
         hf, hf_what = _transformers_twin(model, cfg, device, dtype)
         if hf is not None:
             models["padded-sdpa"] = (hf, None, hf_what)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 def _pyplot():
@@ -19,7 +20,7 @@ def _pyplot():
     return plt
 
 
-def _budget_axis(ax, budgets, log_y=False):
+def _budget_axis(ax: Any, budgets: list[int], log_y: bool = False) -> None:
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     ax.set_xscale("log")
@@ -46,7 +47,7 @@ def write_plots(result: dict, tokens_per_budget: dict, drift: dict | None, out_d
     budgets = [e["max_num_patches"] for e in entries]
     paths = []
 
-    def save(fig, name):
+    def save(fig: Any, name: str) -> None:
         p = os.path.join(out_dir, name)
         fig.tight_layout()
         fig.savefig(p, dpi=80)

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .configuration import Siglip2VisionConfig
+    from .profile_stats import Image
 
 SCHEMA_VERSION = 1
 TRAINED_RANGE = (128, 1024)  # sequence lengths SigLIP2 NaFlex was trained on (interpolates well, extrapolates poorly)
@@ -41,7 +48,7 @@ def recommend(entries: list[dict], max_drift: float | None, target: float | None
                 f"{min(drift_ok) if drift_ok else 'none'}, {target:g} images/s up to "
                 f"{max(speed_ok) if speed_ok else 'none'}"}
     if has_drift:
-        if drift_ok:
+        if drift_ok and max_drift is not None:  # (a non-empty drift_ok was compared against a number)
             return {"max_num_patches": min(drift_ok), "reason": f"smallest budget whose mean embedding cosine "
                     f"against the largest budget is >= {1 - max_drift:g} (--max-drift {max_drift})"}
         return {"max_num_patches": None, "reason": f"no budget below the largest stays within --max-drift {max_drift}"}
@@ -54,7 +61,8 @@ def recommend(entries: list[dict], max_drift: float | None, target: float | None
             "reason": "no criterion: pass --model (quality drift) or --target-images-per-s (throughput)"}
 
 
-def assemble(entries, *, env, model_label, cfg, images, synthetic, batch, args, timing_note) -> dict:
+def assemble(entries: list[dict], *, env: dict, model_label: str, cfg: Siglip2VisionConfig, images: list[Image],
+             synthetic: int, batch: int, args: argparse.Namespace, timing_note: str | None) -> dict:
     for e in entries:
         e["warnings"] = _warnings(e)
     px = np.array([im.height * im.width for im in images], dtype=np.float64)

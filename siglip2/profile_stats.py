@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .configuration import Siglip2VisionConfig
+    from .processing import Siglip2ImageProcessor
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -29,7 +35,7 @@ _Z95 = 1.6448536269514722  # standard normal 95% quantile
 
 # Vision towers of the released SigLIP2 sizes (docs: ../shared/docs/upstream-spec.md section 1.5), and a tiny one
 # for quick runs. Fields are Siglip2VisionConfig's.
-NAMED_CONFIGS = {
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16),
     "b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16),
     "l16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -72,7 +78,7 @@ def synthetic_pixels(image: Image, seed: int = 0) -> np.ndarray:
 
     rng = np.random.default_rng([seed, image.index])
     coarse = PIL.Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
-    base = np.asarray(coarse.resize((image.width, image.height), PIL.Image.BICUBIC), dtype=np.int16)
+    base = np.asarray(coarse.resize((image.width, image.height), PIL.Image.Resampling.BICUBIC), dtype=np.int16)
     fine = rng.integers(-24, 25, base.shape, dtype=np.int16)
     return np.clip(base + fine, 0, 255).astype(np.uint8)
 
@@ -122,11 +128,12 @@ def load_images(inputs: list[str], synthetic: int, seed: int = 0, progress: bool
     return images
 
 
-def grids(images: list[Image], processor, max_num_patches: int) -> np.ndarray:
+def grids(images: list[Image], processor: Siglip2ImageProcessor, max_num_patches: int) -> np.ndarray:
     """(n, 2) int64 NaFlex grids (h, w in patches): the processor's spatial_shapes for these images."""
     P = processor.patch_size
     out = np.empty((len(images), 2), dtype=np.int64)
-    cache = {}  # real collections repeat a few hundred sizes; the binary search runs once per size
+    # real collections repeat a few hundred sizes; the binary search runs once per size
+    cache: dict[tuple[int, int], tuple[int, int]] = {}
     for i, im in enumerate(images):
         key = (im.height, im.width)
         if key not in cache:
@@ -136,7 +143,7 @@ def grids(images: list[Image], processor, max_num_patches: int) -> np.ndarray:
     return out
 
 
-def flops_per_image(cfg, tokens) -> dict:
+def flops_per_image(cfg: Siglip2VisionConfig, tokens: np.ndarray | Sequence[int]) -> dict[str, float]:
     """Forward FLOPs of the vision tower for images of `tokens` valid tokens (an array; the mean is returned).
 
     Per encoder layer and token, linear = 2*(4*D^2 + 2*D*I) (q, k, v, out projections and the MLP); attention =
@@ -158,7 +165,7 @@ def flops_per_image(cfg, tokens) -> dict:
     return out
 
 
-def shape_stats(images: list[Image], g: np.ndarray, max_num_patches: int, cfg) -> dict:
+def shape_stats(images: list[Image], g: np.ndarray, max_num_patches: int, cfg: Siglip2VisionConfig) -> dict:
     """The model-free numbers of one budget (the JSON entry's shape, padding and FLOP keys)."""
     P = cfg.patch_size
     tokens = g[:, 0] * g[:, 1]
