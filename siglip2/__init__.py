@@ -3,14 +3,21 @@
 `from siglip2.fast import Siglip2Model` runs the Triton kernels; `siglip2.reference` is the pure-PyTorch twin.
 Importing this package needs neither Triton nor a GPU.
 """
+from typing import TYPE_CHECKING, Any
+
 from .configuration import (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig,
                             SiglipVisionConfig)
 from .loading import CheckpointError
 
+if TYPE_CHECKING:  # loaded lazily by __getattr__ below; imported here so type checkers see the names
+    from .pipeline import embed, zero_shot_classify
+    from .processing import Siglip2ImageProcessor, SiglipImageProcessor
+    from .tokenization import Siglip2Processor, Siglip2Tokenizer, SiglipProcessor
+
 __version__ = "0.1.0"
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # lazy, so `import siglip2` stays light (no PIL/tokenizers/model import until used)
     if name in ("zero_shot_classify", "embed"):
         from . import pipeline

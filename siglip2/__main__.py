@@ -15,9 +15,15 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .loading import CheckpointError
 from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
+
+if TYPE_CHECKING:
+    from .modeling import Siglip2Model
+    from .tokenization import Siglip2Processor
 
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
@@ -65,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name):
+def _device(name: str | None) -> str:
     """--device checked before any loading: unknown names and devices this torch cannot use are one-line errors."""
     import torch
 
@@ -89,14 +95,14 @@ def _device(name):
     return str(dev)
 
 
-def _check_common(args):
+def _check_common(args: argparse.Namespace) -> str:
     from .pipeline import check_max_num_patches
 
     check_max_num_patches(args.max_num_patches, "--max-num-patches")
     return _device(args.device)
 
 
-def _load(args):
+def _load(args: argparse.Namespace) -> tuple[Siglip2Model, Siglip2Processor]:
     import torch
 
     from .pipeline import load_model
@@ -108,7 +114,7 @@ def _load(args):
     return model, Siglip2Processor.from_pretrained(directory)
 
 
-def _classify(args) -> int:
+def _classify(args: argparse.Namespace) -> int:
     from .pipeline import check_template, zero_shot_classify
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
@@ -139,12 +145,13 @@ def _classify(args) -> int:
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
 
-def _embed(args) -> int:
+def _embed(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from .pipeline import embed
 
-    images, texts = [], []
+    images: list[str] = []
+    texts: list[str] = []
     _check_common(args)
     for x in args.inputs:
         if os.path.isfile(x):
@@ -191,7 +198,7 @@ def _embed(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in COMMANDS:
@@ -212,7 +219,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def _bomb_error():
+def _bomb_error() -> type[Exception]:
     import PIL.Image
 
     return PIL.Image.DecompressionBombError

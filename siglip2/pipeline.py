@@ -8,10 +8,18 @@ to 64 tokens with truncation. Scores are sorted descending with a stable sort, s
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .loading import CheckpointError, resolve_dir
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .modeling import Siglip2Model
+    from .processing import Images
 
 DEFAULT_MODEL = "google/siglip2-base-patch16-naflex"
 DEFAULT_TEMPLATE = "This is a photo of {}."
@@ -22,14 +30,14 @@ MAX_NUM_PATCHES = 4096
 _WHY_MAX = f" (SigLIP2 NaFlex uses up to 1024; memory grows with its square, so at most {MAX_NUM_PATCHES})"
 
 
-def check_max_num_patches(value, name: str = "max_num_patches"):
+def check_max_num_patches(value: object, name: str = "max_num_patches") -> int | None:
     """None (the checkpoint's own budget) or an int in [1, MAX_NUM_PATCHES]."""
     from .image_utils import positive_int
 
     return None if value is None else positive_int(name, value, MAX_NUM_PATCHES, _WHY_MAX)
 
 
-def check_template(template, name: str = "template") -> str:
+def check_template(template: object, name: str = "template") -> str:
     """A str.format template with exactly one positional field, `{}`, where the label goes."""
     import string
 
@@ -51,7 +59,8 @@ def check_template(template, name: str = "template") -> str:
     return template
 
 
-def load_model(name_or_path, *, device=None, dtype=None, **hub_kwargs):
+def load_model(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None,
+               dtype: torch.dtype | str | None = None, **hub_kwargs: Any) -> tuple[Siglip2Model, str]:
     """Our fast model class for the checkpoint's model_type: Siglip2Model (NaFlex) or SiglipModel (FixRes)."""
     from .tokenization import checkpoint_model_type
 
@@ -72,7 +81,7 @@ def load_model(name_or_path, *, device=None, dtype=None, **hub_kwargs):
     return model, d
 
 
-def load_images(images) -> tuple[list, bool]:
+def load_images(images: Images) -> tuple[list, bool]:
     """Paths and PIL images are EXIF-transposed and converted to RGB (as transformers' load_image); arrays and
     tensors pass through to the processor, which converts them. Returns (list, was_single)."""
     import numpy as np
@@ -81,10 +90,12 @@ def load_images(images) -> tuple[list, bool]:
 
     from .image_utils import open_image, pil_to_rgb
 
-    single = not isinstance(images, (list, tuple)) and not (
-        isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4
-    )
-    items = [images] if single else list(images)
+    if isinstance(images, (list, tuple)):
+        items, single = list(images), False
+    elif isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
+        items, single = list(images), False
+    else:
+        items, single = [images], True
     if not items:
         raise ValueError("images: got an empty list")
     out = []
@@ -98,7 +109,7 @@ def load_images(images) -> tuple[list, bool]:
     return out, single
 
 
-def _prepare(model, processor):
+def _prepare(model: str | os.PathLike | nn.Module, processor: Any) -> tuple[Any, Any]:
     if isinstance(model, (str, os.PathLike)):
         model, directory = load_model(model)
         if processor is None:
@@ -119,7 +130,7 @@ def _prepare(model, processor):
     return model, processor
 
 
-def _image_inputs(processor, images, model, max_num_patches):
+def _image_inputs(processor: Any, images: list, model: Any, max_num_patches: int | None) -> dict[str, torch.Tensor]:
     from .processing import Siglip2ImageProcessor
 
     kw = (
@@ -133,8 +144,9 @@ def _image_inputs(processor, images, model, max_num_patches):
     }
 
 
-def _text_inputs(processor, texts, model, tokenizer_kwargs):
-    kw = {"padding": True}
+def _text_inputs(processor: Any, texts: list[str], model: Any,
+                 tokenizer_kwargs: dict | None) -> dict[str, torch.Tensor]:
+    kw: dict[str, Any] = {"padding": True}
     if "siglip" in str(getattr(model.config, "model_type", "")):
         kw = {"padding": "max_length", "max_length": 64, "truncation": True}
     kw.update(tokenizer_kwargs or {})
@@ -143,16 +155,16 @@ def _text_inputs(processor, texts, model, tokenizer_kwargs):
 
 @torch.no_grad()
 def zero_shot_classify(
-    images,
-    candidate_labels,
-    model=DEFAULT_MODEL,
+    images: Images,
+    candidate_labels: str | Sequence[str],
+    model: str | os.PathLike | nn.Module = DEFAULT_MODEL,
     template: str = DEFAULT_TEMPLATE,
-    processor=None,
+    processor: Any = None,
     *,
     max_num_patches: int | None = None,
     batch_size: int = 32,
     tokenizer_kwargs: dict | None = None,
-):
+) -> list[Any]:
     """Score each image against `candidate_labels`.
 
     images: a path, PIL image, array or tensor, or a list of them. candidate_labels: a list of strings (or one
@@ -169,16 +181,16 @@ def zero_shot_classify(
     check_template(template)
     batch_size = positive_int("batch_size", batch_size)
     max_num_patches = check_max_num_patches(max_num_patches)
-    model, processor = _prepare(model, processor)
+    net, processor = _prepare(model, processor)
     imgs, single = load_images(images)
     text_inputs = _text_inputs(
-        processor, [template.format(label) for label in labels], model, tokenizer_kwargs
+        processor, [template.format(label) for label in labels], net, tokenizer_kwargs
     )
-    sigmoid = "siglip" in str(getattr(model.config, "model_type", ""))
+    sigmoid = "siglip" in str(getattr(net.config, "model_type", ""))
     results = []
     for start in range(0, len(imgs), batch_size):
-        image_inputs = _image_inputs(processor, imgs[start : start + batch_size], model, max_num_patches)
-        logits = model(**text_inputs, **image_inputs).logits_per_image.float()  # [I, T]
+        image_inputs = _image_inputs(processor, imgs[start : start + batch_size], net, max_num_patches)
+        logits = net(**text_inputs, **image_inputs).logits_per_image.float()  # [I, T]
         probs = logits.sigmoid() if sigmoid else logits.softmax(-1)
         for row in probs.cpu().tolist():
             order = sorted(range(len(labels)), key=lambda j: -row[j])
@@ -186,22 +198,22 @@ def zero_shot_classify(
     return results[0] if single else results
 
 
-def _pooled(out):
+def _pooled(out: Any) -> torch.Tensor:
     """get_*_features returns a tensor (4.x style) or an output with .pooler_output (5.x style)."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 @torch.no_grad()
 def embed(
-    images=(),
-    texts=(),
-    model=DEFAULT_MODEL,
-    processor=None,
+    images: Images | None = (),
+    texts: str | Sequence[str] | None = (),
+    model: str | os.PathLike | nn.Module = DEFAULT_MODEL,
+    processor: Any = None,
     *,
     max_num_patches: int | None = None,
     batch_size: int = 32,
     normalize: bool = True,
-) -> dict:
+) -> dict[str, torch.Tensor]:
     """L2-normalized (or raw pooled) embeddings {"image_embeds": (I, D), "text_embeds": (T, D)}, float32."""
     from .image_utils import positive_int
 
@@ -209,16 +221,16 @@ def embed(
         texts = [texts]
     batch_size = positive_int("batch_size", batch_size)
     max_num_patches = check_max_num_patches(max_num_patches)
-    model, processor = _prepare(model, processor)
+    net, processor = _prepare(model, processor)
     out = {}
-    if images is not None and not isinstance(images, (list, tuple)):
-        images = [images]  # one path, PIL image, array or tensor
-    if images is not None and len(images):
-        imgs, _ = load_images(list(images))
+    # one path, PIL image, array or tensor -> a list of one
+    image_list: list = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+    if image_list:
+        imgs, _ = load_images(image_list)
         chunks = [
             _pooled(
-                model.get_image_features(
-                    **_image_inputs(processor, imgs[s : s + batch_size], model, max_num_patches)
+                net.get_image_features(
+                    **_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)
                 )
             )
             for s in range(0, len(imgs), batch_size)
@@ -228,7 +240,7 @@ def embed(
         texts = list(texts)
         chunks = [
             _pooled(
-                model.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], model, None))
+                net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None))
             )
             for s in range(0, len(texts), batch_size)
         ]
