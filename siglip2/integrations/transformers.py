@@ -30,12 +30,17 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..kernels import padded_attention, sigmoid_loss
+# absolute: siglip2.kernels is installed from the top-level kernels/ folder (pyproject's package-dir), which a type
+# checker follows only by the package name (typings/siglip2/kernels), never by a relative path
+from siglip2.kernels import padded_attention, sigmoid_loss
 
 BACKEND = "siglip2_triton"
 # transformers versions whose SigLIP / SigLIP2 module layout and attention dispatch this was written against
@@ -46,7 +51,7 @@ _state = {"impl": "auto"}
 _warned: set[str] = set()
 
 
-def _transformers():
+def _transformers() -> ModuleType:
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - the test extra installs it
@@ -82,7 +87,8 @@ def _warn_once(reason: str) -> None:
 # 1. The attention backend
 # ----------------------------------------------------------------------------------------------
 
-def _key_padding_mask(mask: torch.Tensor | None, batch: int, q_len: int, k_len: int):
+def _key_padding_mask(mask: torch.Tensor | None, batch: int, q_len: int,
+                      k_len: int) -> tuple[torch.Tensor | None, str | None]:
     """A transformers attention mask -> (bool (B, Lk) key mask or None, None), or (None, why it is not one)."""
     if mask is None:
         return None, None
@@ -121,7 +127,8 @@ def _check_mask_function(module: nn.Module) -> None:
 
 def siglip2_triton_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, scaling: float | None = None,
-                             dropout: float = 0.0, is_causal: bool | None = None, **kwargs):
+                             dropout: float = 0.0, is_causal: bool | None = None,
+                             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers' attention-function contract: q, k, v (B, H, L, d) -> ((B, Lq, H, d), None)."""
     _check_mask_function(module)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -179,7 +186,7 @@ class _Patch:
 _PATCHES = "_siglip2_patches"
 
 
-def _tower_kinds():
+def _tower_kinds() -> dict[type, tuple[type[nn.Module] | None, str]]:
     """transformers class -> (our class, kind), for the classes whose layout modeling.py mirrors."""
     from transformers.models.siglip import modeling_siglip as s1
     from transformers.models.siglip2 import modeling_siglip2 as s2
@@ -191,7 +198,7 @@ def _tower_kinds():
             s2.Siglip2Model: (None, "dual"), s1.SiglipModel: (None, "dual")}
 
 
-def _shadow(hf: nn.Module, ours_cls, kernel_impl: str) -> nn.Module:
+def _shadow(hf: nn.Module, ours_cls: type[nn.Module], kernel_impl: str) -> nn.Module:
     """Our model class built on the meta device, then pointed at the transformers module's own Parameters."""
     with torch.device("meta"):
         ours = ours_cls(hf.config, impl="triton", kernel_impl=kernel_impl)
@@ -211,13 +218,15 @@ def _shadow(hf: nn.Module, ours_cls, kernel_impl: str) -> nn.Module:
 
 def _rebind(ours: nn.Module) -> None:
     """Follow Parameters that were replaced on the transformers side since patching (e.g. load_state_dict(assign))."""
-    for theirs_mod, ours_mod, leaf in ours._bindings:
+    # set with object.__setattr__ by _shadow, so it sits in the instance __dict__ (not a Module attribute)
+    bindings: list[tuple[nn.Module, nn.Module, str]] = vars(ours)["_bindings"]
+    for theirs_mod, ours_mod, leaf in bindings:
         p = theirs_mod._parameters[leaf]
         if ours_mod._parameters[leaf] is not p:
             ours_mod._parameters[leaf] = p
 
 
-def _to_hf_output(out, return_dict):
+def _to_hf_output(out: Any, return_dict: bool | None) -> Any:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     hf = BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,
@@ -225,14 +234,15 @@ def _to_hf_output(out, return_dict):
     return hf if return_dict is not False else hf.to_tuple()
 
 
-def _tower_forward(hf: nn.Module, ours: nn.Module, original, kind: str):
+def _tower_forward(hf: nn.Module, ours: nn.Module, original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     sig = inspect.signature(original)
 
-    def forward(*args, **kwargs):
+    def forward(*args: Any, **kwargs: Any) -> Any:
         bound = sig.bind(*args, **kwargs)
         a = dict(bound.arguments)
         a.update(a.pop("kwargs", {}))
-        if a.get("output_attentions") or (a.get("output_attentions") is None and hf.config.output_attentions):
+        hf_config: Any = hf.config  # a transformers PretrainedConfig (nn.Module's typing only knows tensors/modules)
+        if a.get("output_attentions") or (a.get("output_attentions") is None and hf_config.output_attentions):
             return original(*args, **kwargs)  # the kernels never materialize attention weights
         if a.pop("interpolate_pos_encoding", False):
             return original(*args, **kwargs)
@@ -245,10 +255,10 @@ def _tower_forward(hf: nn.Module, ours: nn.Module, original, kind: str):
     return forward
 
 
-def _dual_forward(hf: nn.Module, original, kernel_impl: str):
+def _dual_forward(hf: nn.Module, original: Callable[..., Any], kernel_impl: str) -> Callable[..., Any]:
     sig = inspect.signature(original)
 
-    def forward(*args, **kwargs):
+    def forward(*args: Any, **kwargs: Any) -> Any:
         bound = sig.bind(*args, **kwargs)
         a = dict(bound.arguments)
         a.update(a.pop("kwargs", {}))
