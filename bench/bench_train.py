@@ -14,7 +14,8 @@
 `step` runs what `siglip2 train` runs (ContrastiveForward, DDP / FSDP2 wrap, AdamW groups, the warm-up/cosine
 schedule, clipping, the PlanSampler + Collate loader with `--workers` processes) with a device sync between the
 phases, so each phase's time is its own (wall `*_ms`, and this process's CPU time `*_cpu_ms`, which a shared
-machine's load disturbs less; with one torch thread the two agree on an idle machine). data = waiting for the
+machine's load disturbs less; with one torch thread the two agree on an idle machine; images_per_cpu_s and
+tokens_per_cpu_s are this process's work rates, the loader workers' CPU not counted). data = waiting for the
 loader + the host-to-device copy; loss includes its backward under the ring (which computes gradients in the
 forward) but not in one process; backward includes the recomputation under --grad-checkpointing. The first
 `--warmup-steps` steps are not timed. `data serial` is what one batch costs to decode, resize and tokenize in one
@@ -216,7 +217,7 @@ def bench_step(args) -> dict:
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:  # Linux reports KiB
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    wall = sum(r["step"] for r in rows) / 1e3
+    wall, cpu = sum(r["step"] for r in rows) / 1e3, sum(r["step_cpu"] for r in rows) / 1e3
     out = {"size": args.size, "world_size": world, "precision": args.precision,
            "grad_checkpointing": args.grad_checkpointing, "fsdp": args.fsdp, "seq_lens": args.seq_lens,
            "mixed_budgets": args.mixed, "tokens_per_batch": tokens, "batch_per_rank": args.batch_size,
@@ -228,12 +229,16 @@ def bench_step(args) -> dict:
            "images_per_s": world * sum(r["images"] for r in rows) / wall,
            "tokens_per_s": world * sum(r["tokens"] for r in rows) / wall,
            "text_tokens_per_s": world * sum(r["text_tokens"] for r in rows) / wall,
+           "images_per_cpu_s": sum(r["images"] for r in rows) / cpu,
+           "tokens_per_cpu_s": sum(r["tokens"] for r in rows) / cpu,
            "pad_fraction": 1 - sum(r["tokens"] for r in rows) / sum(r["slots"] for r in rows),
            "load_avg": os.getloadavg()[0],
            "peak_mem_gb": peak, "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process RSS",
            "data_serial_ms": serial_ms,
            "step_ms_by_budget": {m: statistics.median(r["step"] for r in rows if r["budget"] == m)
-                                 for m in sorted({r["budget"] for r in rows})}}
+                                 for m in sorted({r["budget"] for r in rows})},
+           "step_cpu_ms_by_budget": {m: statistics.median(r["step_cpu"] for r in rows if r["budget"] == m)
+                                     for m in sorted({r["budget"] for r in rows})}}
     return out if rank == 0 else None
 
 
@@ -364,6 +369,7 @@ def main():
     p.add_argument("--dim", type=int, default=1152, help="ring: embedding width")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "siglip2-bench-train"))
     args = p.parse_args()
+    torch.set_num_threads(args.threads)  # before environment(), which reports the thread count
     from siglip2._timing import environment
 
     rows = {"step": lambda a: [bench_step(a)], "buckets": bench_buckets, "ring": bench_ring}[args.what](args)
