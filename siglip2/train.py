@@ -130,7 +130,7 @@ def _setup_distributed(device_arg):
     if device_arg:
         device = torch.device(device_arg)
     elif torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     else:
         device = torch.device("cpu")
     if device.type == "cuda":
@@ -367,9 +367,9 @@ def _dry_run(cfg, model, plan, world, total) -> dict:
         vt, tt = n * m, n * 64
         act = {ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
                + activation_bytes(model.config.text_config, tt, elem, ck) for ck in (False, True)}
-        rows.append(dict(max_num_patches=m, batch_per_rank=n, global_batch=n * world, image_tokens_per_rank=vt,
-                         text_tokens_per_rank=tt, activations_gb=act[False] / 2**30,
-                         activations_gb_checkpointed=act[True] / 2**30))
+        rows.append({"max_num_patches": m, "batch_per_rank": n, "global_batch": n * world,
+                     "image_tokens_per_rank": vt, "text_tokens_per_rank": tt, "activations_gb": act[False] / 2**30,
+                     "activations_gb_checkpointed": act[True] / 2**30})
     summary = {"parameters": n_params, "trainable_parameters": trainable, "world_size": world, "steps": total,
                "precision": cfg.precision, "buckets": rows}
     print(f"plan: {n_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), {world} rank(s), "

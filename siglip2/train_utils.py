@@ -24,14 +24,14 @@ from .loading import atomic_write_text
 
 # Random-init sizes (SigLIP2 shapes; vocab_size follows the tokenizer). "tiny" is for tests and smoke runs.
 SIZES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=4,
-                 num_patches=64),
-    "base": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                 patch_size=16, num_patches=256),
-    "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                  patch_size=16, num_patches=256),
-    "so400m": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                   patch_size=16, num_patches=256),
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "patch_size": 4, "num_patches": 64},
+    "base": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "patch_size": 16, "num_patches": 256},
+    "large": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "patch_size": 16, "num_patches": 256},
+    "so400m": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+               "patch_size": 16, "num_patches": 256},
 }
 
 
@@ -118,7 +118,7 @@ def param_groups(module, weight_decay: float):
         skip = p.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "logit_bias" in name \
             or "norm" in name
         (no_decay if skip else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -143,8 +143,9 @@ def _barrier():
 
 
 def _rng_state() -> dict:
-    import numpy as np
     import random
+
+    import numpy as np
 
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -153,8 +154,9 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    import numpy as np
     import random
+
+    import numpy as np
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])

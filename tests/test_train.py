@@ -23,18 +23,19 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import CLASSES, make_dataset  # noqa: E402
-from test_tokenization import make_tokenizer_dir  # noqa: E402
+from shapes import CLASSES, make_dataset
+from test_tokenization import make_tokenizer_dir
 
-from siglip2.train import TrainConfig, train  # noqa: E402
-from siglip2.train_data import BatchPlan  # noqa: E402
+from siglip2.train import TrainConfig, train
+from siglip2.train_data import BatchPlan
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     make_tokenizer_dir(str(root / "tok"), model_type=None)
-    return dict(train=make_dataset(str(root), 240, seed=0, name="train"),
-                test=make_dataset(str(root), 96, seed=1, name="test"), tok=str(root / "tok"), root=root)
+    return {"train": make_dataset(str(root), 240, seed=0, name="train"),
+            "test": make_dataset(str(root), 96, seed=1, name="test"), "tok": str(root / "tok"), "root": root}
 
 
 @pytest.fixture
@@ -46,8 +47,9 @@ def one_thread():
 
 
 def _cfg(shapes, out, **kw):
-    base = dict(data=shapes["train"], model="tiny", tokenizer=shapes["tok"], out=str(out), kernel_impl="reference",
-                workers=0, progress=False, log_every=1, lr=1e-3, seq_lens=(32, 64), batch_size=8, steps=6)
+    base = {"data": shapes["train"], "model": "tiny", "tokenizer": shapes["tok"], "out": str(out),
+            "kernel_impl": "reference", "workers": 0, "progress": False, "log_every": 1, "lr": 1e-3,
+            "seq_lens": (32, 64), "batch_size": 8, "steps": 6}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -98,7 +100,8 @@ def test_convergence_zero_shot_beats_chance(shapes, tmp_path, one_thread):
 
 
 def test_resume_is_bit_exact(shapes, tmp_path, one_thread):
-    kw = dict(steps=7, tokens_per_batch=256, batch_size=None, mixed_budgets=True, warmup=2, seq_lens=(16, 32, 64))
+    kw = {"steps": 7, "tokens_per_batch": 256, "batch_size": None, "mixed_budgets": True, "warmup": 2,
+          "seq_lens": (16, 32, 64)}
     full = train(_cfg(shapes, tmp_path / "full", **kw))
     part = train(_cfg(shapes, tmp_path / "part", stop_after=3, **kw))
     assert part["steps"] == 3
@@ -118,7 +121,7 @@ def test_triton_kernels_train_like_reference(shapes, tmp_path, one_thread):
 
     if not interpreting():
         pytest.skip("CPU tensors run the Triton kernels only under TRITON_INTERPRET=1")
-    kw = dict(steps=2, batch_size=3, seq_lens=(16,), log_every=1)
+    kw = {"steps": 2, "batch_size": 3, "seq_lens": (16,), "log_every": 1}
     train(_cfg(shapes, tmp_path / "ref", **kw))
     train(_cfg(shapes, tmp_path / "tri", kernel_impl="triton", **kw))
     for a, b in zip(_log(tmp_path / "ref"), _log(tmp_path / "tri")):
@@ -138,7 +141,7 @@ def test_plan_buckets_budgets_and_mixed():
         cursor = cursor2
     assert seen == {64, 128, 256} and p.cursor_at(50) == cursor
     q = BatchPlan((64, 128, 256), world_size=3, tokens_per_batch=512, mixed=True, seed=3)
-    ranks, cur = q.step(0, 0)
+    ranks, _cur = q.step(0, 0)
     assert all(0 < sum(m for _, m in r) <= 512 for r in ranks) and len({m for r in ranks for _, m in r}) > 1
     assert q.steps_for(1000) == next(s for s in range(1, 10**4) if q.cursor_at(s) >= 1000)
     with pytest.raises(ValueError, match="tokens_per_batch"):
@@ -180,11 +183,11 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kw,exc,match", [
-    (dict(steps=None), ValueError, "--steps / --epochs"),
-    (dict(log_every=0), ValueError, "--log-every"),
-    (dict(model="./no/such/dir"), OSError, "does not exist"),  # not a size: a checkpoint path or hub id
-    (dict(tokenizer=None), ValueError, "--tokenizer"),
-    (dict(seq_lens=(16, 64), tokens_per_batch=32, batch_size=None), ValueError, "tokens_per_batch"),
+    ({"steps": None}, ValueError, "--steps / --epochs"),
+    ({"log_every": 0}, ValueError, "--log-every"),
+    ({"model": "./no/such/dir"}, OSError, "does not exist"),  # not a size: a checkpoint path or hub id
+    ({"tokenizer": None}, ValueError, "--tokenizer"),
+    ({"seq_lens": (16, 64), "tokens_per_batch": 32, "batch_size": None}, ValueError, "tokens_per_batch"),
 ])
 def test_argument_errors(shapes, tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
