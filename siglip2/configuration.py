@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from .loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
-
 if TYPE_CHECKING:
     from typing_extensions import Self, dataclass_transform
 else:

@@ -6,8 +6,8 @@ As in transformers' ModelOutput, integer indexing and `to_tuple()` skip the fiel
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -90,9 +90,7 @@ def load_images(images: Images) -> tuple[list, bool]:
 
     from .image_utils import open_image, pil_to_rgb
 
-    if isinstance(images, (list, tuple)):
-        items, single = list(images), False
-    elif isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
+    if isinstance(images, (list, tuple)) or (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4):
         items, single = list(images), False
     else:
         items, single = [images], True
