@@ -88,7 +88,8 @@ def pending_save(directory: str) -> dict | None:
     if not isinstance(files, dict) or not isinstance(remove, list) or j.get("weights") not in (SINGLE_NAME, INDEX_NAME):
         raise CheckpointError(f"{path}: not a valid save journal (expected files, remove and weights entries)")
     for final, tmp in files.items():
-        _plain_name(final, path), _plain_name(tmp, path)
+        _plain_name(final, path)
+        _plain_name(tmp, path)
     for name in remove:
         _plain_name(name, path)
     return j

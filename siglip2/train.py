@@ -208,6 +208,8 @@ def train(cfg: TrainConfig) -> dict:
     plan = BatchPlan(tuple(cfg.seq_lens), world, cfg.batch_size, cfg.tokens_per_batch, cfg.mixed_budgets, cfg.seed)
     if cfg.steps is not None:
         total = cfg.steps
+    elif cfg.epochs is None:
+        raise ValueError("--steps / --epochs: give one of them (how long to train), got neither")
     elif isinstance(source, FileSource):
         total = plan.steps_for(int(cfg.epochs * len(source)))
     else:
@@ -275,8 +277,10 @@ def _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, r
     import torch
 
     from . import train_utils as U
-    from .kernels import sigmoid_loss
-    from .kernels.loss import DistributedSigmoidLoss
+    from siglip2.kernels import sigmoid_loss
+    from siglip2.kernels.loss import DistributedSigmoidLoss
+
+    from torch.distributed.tensor import DTensor
 
     dist_loss = DistributedSigmoidLoss(impl=cfg.kernel_impl) if world > 1 else None
     params = [p for p in module.parameters() if p.requires_grad]
@@ -309,7 +313,7 @@ def _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, r
             loss = sigmoid_loss(img, txt, scale, bias, impl=cfg.kernel_impl)
             loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        if hasattr(gn, "full_tensor"):
+        if isinstance(gn, DTensor):  # FSDP2: the norm of sharded gradients is a DTensor
             gn = gn.full_tensor()
         optimizer.step()
         scheduler.step()

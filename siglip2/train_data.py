@@ -52,6 +52,11 @@ class BatchPlan:
         if self.mixed and self.tokens_per_batch is None:
             raise ValueError("mixed budgets need tokens_per_batch (the per-rank patch budget the samples fill)")
 
+    def _budget(self) -> int:
+        if self.tokens_per_batch is None:  # __post_init__ makes this unreachable; says so to the type checker too
+            raise ValueError("tokens_per_batch: needed when batch_size is not given")
+        return self.tokens_per_batch
+
     def step_len(self, step: int) -> int:
         """The max_num_patches of a bucketed step: the same on every rank (seeded by the step only)."""
         return self.seq_lens[random.Random(self.seed * 1_000_003 + step).randrange(len(self.seq_lens))]
@@ -64,15 +69,15 @@ class BatchPlan:
         """Per-rank lists of (position, max_num_patches) for this step, and the cursor after it."""
         if not self.mixed:
             m = self.step_len(step)
-            n = self.batch_size or self.tokens_per_batch // m
+            n = self.batch_size or self._budget() // m
             ranks = [[(cursor + r * n + i, m) for i in range(n)] for r in range(self.world_size)]
             return ranks, cursor + self.world_size * n
-        ranks = []
+        ranks, budget = [], self._budget()
         for _ in range(self.world_size):
             mine, used = [], 0
             while True:
                 m = self.sample_len(cursor)
-                if used + m > self.tokens_per_batch:
+                if used + m > budget:
                     break
                 mine.append((cursor, m))
                 used, cursor = used + m, cursor + 1

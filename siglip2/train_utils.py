@@ -85,7 +85,8 @@ def apply_activation_checkpointing(model) -> int:
     is wrapped per instance, so module names, state-dict keys and FSDP2 units are unchanged."""
     layers = encoder_layers(model)
     for layer in layers:
-        layer.forward = functools.partial(_checkpointed, layer.forward)
+        # an instance attribute shadows the class's method (pyright cannot model that assignment)
+        layer.forward = functools.partial(_checkpointed, layer.forward)  # pyright: ignore[reportAttributeAccessIssue]
     return len(layers)
 
 
@@ -178,7 +179,7 @@ EXTRA_KEYS = ("step", "cursor", "consumed", "world_size")
 
 def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, extra, processor_files, keep_last):
     """Write OUT/checkpoint-<step> crash-safely (see the module docstring); every rank must call it."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint.state_dict_saver as dcp_saver
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     name = f"checkpoint-{step:08d}"
@@ -194,7 +195,7 @@ def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, ext
              "extra": {k: int(extra[k]) for k in EXTRA_KEYS}, f"rng_rank{rank}": _rng_state()}
     with warnings.catch_warnings():  # one process: DCP says it assumes so
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state, checkpoint_id=os.path.join(tmp, "state"))
+        dcp_saver.save(state, checkpoint_id=os.path.join(tmp, "state"))
     _barrier()
     if rank == 0:
         if os.path.exists(final):
@@ -235,7 +236,7 @@ def latest_checkpoint(out_dir) -> str | None:
 
 def load_training_state(path, module, optimizer, scheduler) -> dict:
     """Restore optimizer, scheduler and this rank's RNG from `path/state`; returns the saved `extra` dict."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint.state_dict_loader as dcp_loader
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     rank = _rank()
@@ -243,7 +244,7 @@ def load_training_state(path, module, optimizer, scheduler) -> dict:
              "extra": dict.fromkeys(EXTRA_KEYS, 0), f"rng_rank{rank}": _rng_state()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=os.path.join(path, "state"))
+        dcp_loader.load(state, checkpoint_id=os.path.join(path, "state"))
     set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optim"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state[f"rng_rank{rank}"])
