@@ -3,6 +3,7 @@
     python tests/mutations.py              # every mutation (several minutes: the relevant tests run per mutation)
     python tests/mutations.py --only qkv   # the mutations whose name contains "qkv"
     python tests/mutations.py --list
+    python tests/mutations.py --control    # each selection unmutated: must pass, or CAUGHT means nothing
 
 Each mutation replaces one exact snippet (which must occur exactly once, or it is reported as STALE: update it
 with the code) in a temporary copy of the package, then runs only the tests relevant to it against that copy.
@@ -125,7 +126,8 @@ def _target(pkg: str, dst: str, rel: str) -> str:
     return os.path.join(dst, rel)
 
 
-def run(m: Mutation, timeout: int) -> tuple[str, float]:
+def run(m: Mutation, timeout: int, control: bool = False) -> tuple[str, float]:
+    """CAUGHT / NOT CAUGHT for the mutation; with `control`, PASS / FAIL of its test selection on the unmutated copy."""
     with tempfile.TemporaryDirectory(prefix="siglip2-mut-") as dst:
         pkg = _copy_tree(dst)
         path = _target(pkg, dst, m.path)
@@ -133,8 +135,9 @@ def run(m: Mutation, timeout: int) -> tuple[str, float]:
             src = f.read()
         if src.count(m.old) != 1:
             return "STALE", 0.0
-        with open(path, "w") as f:
-            f.write(src.replace(m.old, m.new))
+        if not control:
+            with open(path, "w") as f:
+                f.write(src.replace(m.old, m.new))
         env = dict(os.environ, PYTHONPATH=pkg + os.pathsep + os.environ.get("PYTHONPATH", ""))
         check = subprocess.run([sys.executable, "-c", "import siglip2; print(siglip2.__file__)"], env=env, cwd=dst,
                                capture_output=True, text=True)
@@ -149,6 +152,8 @@ def run(m: Mutation, timeout: int) -> tuple[str, float]:
         dt = time.time() - t0
         if proc.returncode == 5:
             return "NO TESTS", dt
+        if control:
+            return ("PASS" if proc.returncode == 0 else "FAIL"), dt
         return ("CAUGHT" if proc.returncode != 0 else "NOT CAUGHT"), dt
 
 
@@ -156,6 +161,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="run the mutations whose name contains this")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--control", action="store_true", help="run each selection on the unmutated copy (must pass)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per mutation")
     a = ap.parse_args(argv)
     todo = [m for m in MUTATIONS if a.only is None or a.only in m.name]
@@ -165,13 +171,13 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for m in todo:
-        verdict, dt = run(m, a.timeout)
+        verdict, dt = run(m, a.timeout, a.control)
         rows.append((m.name, verdict, dt))
         print(f"{m.name:32s} {verdict:10s} {dt:6.0f} s", flush=True)
     print("\n| mutation | result | seconds |\n|---|---|---|")
     for name, verdict, dt in rows:
         print(f"| {name} | {verdict} | {dt:.0f} |")
-    return 0 if all(v == "CAUGHT" for _, v, _ in rows) else 1
+    return 0 if all(v == ("PASS" if a.control else "CAUGHT") for _, v, _ in rows) else 1
 
 
 if __name__ == "__main__":
