@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import bench_ms, environment, peak_for, peak_mem_mb  # noqa: E402
+import itertools
+
+from bench.common import bench_ms, environment, peak_for, peak_mem_mb
 
 ASPECTS = [1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 3 / 2, 2 / 3, 2.0, 1 / 2, 3.0]  # height / width
 
@@ -106,7 +108,7 @@ def _make_fn(provider, q, k, v, cu, lens, max_len, pad_len, H, D):
 
         def f():
             outs = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
-                    for a, b in zip(bounds[:-1], bounds[1:])]
+                    for a, b in itertools.pairwise(bounds)]
             return torch.cat(outs)
         return f, None
     if provider == "flex":
@@ -146,7 +148,7 @@ def run(args) -> list[dict]:
         lens = naflex_lengths(B, N)
         max_len, total = max(lens), sum(lens)
         case = f"N{N}-B{B}-H{H}-D{D}-tok{total}"
-        cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
         fwd_flops = 4 * sum(s * s for s in lens) * H * D
         base = {}
         for provider in _providers(device):
@@ -166,9 +168,11 @@ def run(args) -> list[dict]:
                 out = fn()
                 do = torch.randn_like(out)
                 modes = {
-                    "fwd": (lambda: fn(), 1.0),
-                    "bwd": (lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True), 2.5),
-                    "fwdbwd": (lambda: torch.autograd.grad(fn(), (q, k, v), do), 3.5),
+                    # defaults bind this iteration's tensors (each closure is timed before the loop moves on)
+                    "fwd": (lambda fn=fn: fn(), 1.0),
+                    "bwd": (lambda out=out, q=q, k=k, v=v, do=do: torch.autograd.grad(out, (q, k, v), do,
+                                                                                     retain_graph=True), 2.5),
+                    "fwdbwd": (lambda fn=fn, q=q, k=k, v=v, do=do: torch.autograd.grad(fn(), (q, k, v), do), 3.5),
                 }
                 if mask_ms is not None:
                     rows.append(dict(op="attention", case=case, provider=provider, mode="mask", ms=mask_ms,

@@ -14,9 +14,8 @@ import copy
 import math
 import os
 
-import torch
-
 import common
+import torch
 
 SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=16,
               num_patches=256)
@@ -95,7 +94,7 @@ def run(args):
                 note = f"{path}; kernels via " + ("the interpreter" if os.environ.get("TRITON_INTERPRET")
                                                   else "their PyTorch references on CPU")
 
-            def fn(m=m):
+            def fn(m=m, pv=pv, mask=mask, ss=ss):
                 with torch.no_grad():
                     return m(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss).pooler_output
 

@@ -29,7 +29,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_ms, environment, measured_copy_gbps, peak_for, peak_mem_mb  # noqa: E402
+from common import bench_ms, environment, measured_copy_gbps, peak_for, peak_mem_mb
 
 OP = "naflex_patch_embed"
 
@@ -103,7 +103,7 @@ def providers(inputs, device, dtype):
     from siglip2.kernels._utils import interpreting
     from siglip2.kernels.patch_embed import naflex_patch_embed
 
-    x, s, w, b, p = inputs
+    _x, s, w, b, p = inputs
     D, K = w.shape
     P = math.isqrt(K // 3)
     out = {}
@@ -125,7 +125,7 @@ def providers(inputs, device, dtype):
 
 def _bytes(inputs):
     x, _, w, b, p = inputs
-    B, L, K = x.shape
+    B, L, _K = x.shape
     D = w.shape[0]
     return (x.numel() * x.element_size() + w.numel() * w.element_size() + b.numel() * b.element_size()
             + p.numel() * p.element_size() + B * L * D * w.element_size())
@@ -211,7 +211,7 @@ def check(args) -> None:
     for prov, fn in providers(inputs, args.device, torch.float32).items():
         with torch.no_grad():
             out = fn(*inputs)
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{prov}: {m}")
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, msg=lambda m, prov=prov: f"{prov}: {m}")
 
 
 if __name__ == "__main__":

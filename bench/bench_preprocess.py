@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_ms  # noqa: E402  (after the sys.path insert)
+from common import bench_ms
 
 
 def _cases(quick: bool):

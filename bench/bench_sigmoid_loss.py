@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_ms, environment, peak_for, peak_mem_mb  # noqa: E402
+from common import bench_ms, environment, peak_for, peak_mem_mb
 
-from siglip2.kernels import reference  # noqa: E402
-from siglip2.kernels.loss import sigmoid_loss  # noqa: E402
+from siglip2.kernels import reference
+from siglip2.kernels.loss import sigmoid_loss
 
 OP = "sigmoid_loss"
 
@@ -103,7 +103,7 @@ def run(args) -> list[dict]:
                                   "note": f"skipped: the n x n logits ({n}^2) would not fit in memory"})
                 continue
 
-            def step(fn=fn):
+            def step(fn=fn, xs=xs):
                 loss = fn(*xs)
                 return torch.autograd.grad(loss, xs)
 

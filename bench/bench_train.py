@@ -118,10 +118,9 @@ def _synthetic_batches(n, m, patch, vocab, device, seed=0):
 
 
 def bench_step(args) -> dict:
+    from siglip2 import train_utils as U
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
-
-    from siglip2 import train_utils as U
     from siglip2.train import _setup_distributed
     from siglip2.train_data import BatchPlan, CaptionedSamples, Collate, PlanSampler
 
@@ -284,6 +283,7 @@ def _ring_case(args, w, group, rank, device) -> list[dict]:
     import torch.distributed as dist
     import torch.distributed.nn.functional as dnn
     import torch.nn.functional as F
+
     from siglip2.kernels.loss import DistributedSigmoidLoss
 
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 # Some bench modules import `bench.common`, others `common`: one module object, so one progress hook.
 sys.modules.setdefault("bench.common", common)

@@ -5,8 +5,14 @@ Importing this package needs neither Triton nor a GPU.
 """
 from typing import TYPE_CHECKING, Any
 
-from .configuration import (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig,
-                            SiglipVisionConfig)
+from .configuration import (
+    Siglip2Config,
+    Siglip2TextConfig,
+    Siglip2VisionConfig,
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+)
 from .loading import CheckpointError
 
 if TYPE_CHECKING:  # loaded lazily by __getattr__ below; imported here so type checkers see the names
@@ -33,6 +39,19 @@ def __getattr__(name: str) -> Any:
         return getattr(tokenization, name)
     raise AttributeError(f"module 'siglip2' has no attribute {name!r}")
 
-__all__ = ["Siglip2Config", "Siglip2TextConfig", "Siglip2VisionConfig", "SiglipConfig", "SiglipTextConfig",
-           "SiglipVisionConfig", "CheckpointError", "zero_shot_classify", "embed", "Siglip2ImageProcessor",
-           "SiglipImageProcessor", "Siglip2Tokenizer", "Siglip2Processor", "SiglipProcessor"]
+__all__ = [
+    "CheckpointError",
+    "Siglip2Config",
+    "Siglip2ImageProcessor",
+    "Siglip2Processor",
+    "Siglip2TextConfig",
+    "Siglip2Tokenizer",
+    "Siglip2VisionConfig",
+    "SiglipConfig",
+    "SiglipImageProcessor",
+    "SiglipProcessor",
+    "SiglipTextConfig",
+    "SiglipVisionConfig",
+    "embed",
+    "zero_shot_classify",
+]

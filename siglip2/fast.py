@@ -48,6 +48,16 @@ class SiglipTextModel(modeling.SiglipTextModel):
     default_impl = "triton"
 
 
-__all__ = ["Siglip2Model", "Siglip2VisionModel", "Siglip2TextModel", "Siglip2ForImageClassification",
-           "SiglipModel", "SiglipVisionModel", "SiglipTextModel", "PackedBatch", "register", "patch_transformers",
-           "unpatch_transformers"]
+__all__ = [
+    "PackedBatch",
+    "Siglip2ForImageClassification",
+    "Siglip2Model",
+    "Siglip2TextModel",
+    "Siglip2VisionModel",
+    "SiglipModel",
+    "SiglipTextModel",
+    "SiglipVisionModel",
+    "patch_transformers",
+    "register",
+    "unpatch_transformers",
+]

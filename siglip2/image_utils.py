@@ -16,6 +16,7 @@ import os
 import numpy as np
 import torch
 
+
 def positive_int(name: str, value: object, upper: int | None = None, why: str = "") -> int:
     """`value` as an int >= 1 (and <= upper): never a silent default for 0, a truncated 2.5, a bool or a string."""
     import numbers
@@ -274,7 +275,7 @@ def pil_coefficients(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = _SUPPORT[kind] * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    ksize = math.ceil(support) * 2 + 1
     center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
     xmin = np.maximum(
         (center - support + 0.5).astype(np.int64), 0

@@ -213,7 +213,7 @@ def resolve_dtype(dtype, config=None):
     (config.json's dtype, as transformers reads it; the stored dtype when the config records none)."""
     import torch
 
-    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         return dtype
     if isinstance(dtype, str):
         name = dtype

@@ -24,13 +24,30 @@ from torch import nn
 from siglip2.kernels import sigmoid_loss
 
 from . import loading
-from .configuration import (ConfigLike, Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
-                            SiglipTextConfig, SiglipVisionConfig, _Config, config_from_any)
-from .layers import (Siglip2Attention, Siglip2Encoder, Siglip2EncoderLayer, Siglip2MLP,  # noqa: F401
-                     Siglip2MultiheadAttentionPoolingHead, Siglip2TextEmbeddings, Siglip2VisionEmbeddings,
-                     SiglipVisionEmbeddings, _additive_mask)
-from .packing import PackedBatch
+from .configuration import (
+    ConfigLike,
+    Siglip2Config,
+    Siglip2TextConfig,
+    Siglip2VisionConfig,
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+    _Config,
+    config_from_any,
+)
+from .layers import (  # noqa: F401
+    Siglip2Attention,
+    Siglip2Encoder,
+    Siglip2EncoderLayer,
+    Siglip2MLP,
+    Siglip2MultiheadAttentionPoolingHead,
+    Siglip2TextEmbeddings,
+    Siglip2VisionEmbeddings,
+    SiglipVisionEmbeddings,
+    _additive_mask,
+)
 from .outputs import BaseModelOutputWithPooling, ImageClassifierOutput, Siglip2Output
+from .packing import PackedBatch
 from .validation import check_text_inputs, check_vision_inputs
 
 if TYPE_CHECKING:

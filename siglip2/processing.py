@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import numpy as np
 import torch
 
-from .image_utils import (get_image_size_for_max_num_patches, positive_int, resize_uint8, tensor_to_rgb,
-                          to_rgb_uint8)
+from .image_utils import get_image_size_for_max_num_patches, positive_int, resize_uint8, tensor_to_rgb, to_rgb_uint8
 from .loading import CheckpointError, atomic_write_text, resolve_dir
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ def as_image_list(images: Images, name: str = "images") -> list:
 class _ImageProcessor:
     """Shared config handling: attributes from defaults + kwargs, unknown config keys kept for saving."""
 
-    _defaults: dict = {}
+    _defaults: ClassVar[dict] = {}
     _transformers_type = ""
     # Set in __init__ from `_defaults`, the config file and the keywords; declared here for type checkers.
     do_resize: bool
@@ -194,7 +193,7 @@ class Siglip2ImageProcessor(_ImageProcessor):
     (B, max_num_patches) and `spatial_shapes` int64 (B, 2) = (h, w) patch grid.
     """
 
-    _defaults = dict(
+    _defaults: ClassVar[dict] = dict(
         do_resize=True,
         resample=2,
         do_rescale=True,
@@ -207,7 +206,7 @@ class Siglip2ImageProcessor(_ImageProcessor):
         do_convert_rgb=True,
     )
     _transformers_type = "Siglip2ImageProcessor"
-    model_input_names = ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
     patch_size: int
     max_num_patches: int
 
@@ -310,7 +309,7 @@ class SiglipImageProcessor(_ImageProcessor):
     """FixRes: resize to `size` = {"height", "width"} exactly (aspect ratio not kept), rescale, normalize.
     Returns `pixel_values` float32 (B, 3, H, W)."""
 
-    _defaults = dict(
+    _defaults: ClassVar[dict] = dict(
         do_resize=True,
         resample=3,
         do_rescale=True,
@@ -322,7 +321,7 @@ class SiglipImageProcessor(_ImageProcessor):
         do_convert_rgb=True,
     )
     _transformers_type = "SiglipImageProcessor"
-    model_input_names = ["pixel_values"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
     size: dict
 
     def _check_sizes(self) -> None:

@@ -150,7 +150,7 @@ def _transformers_twin(model, cfg, device, dtype):
         hf_cfg = transformers.Siglip2VisionConfig(**{k: getattr(cfg, k) for k in fields})
         hf = transformers.Siglip2VisionModel._from_config(hf_cfg, attn_implementation="sdpa")
         hf.load_state_dict(model.state_dict())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return None, f"transformers {transformers.__version__} failed to build: {type(e).__name__}: {e}"[:200]
     # transformers wraps `to` with functools.wraps, which pyright types as an unbound method (a false "missing self")
     twin = hf.to(device=device, dtype=dtype).eval()  # pyright: ignore[reportCallIssue]

@@ -44,5 +44,12 @@ class SiglipTextModel(modeling.SiglipTextModel):
     default_impl = "reference"
 
 
-__all__ = ["Siglip2Model", "Siglip2VisionModel", "Siglip2TextModel", "Siglip2ForImageClassification",
-           "SiglipModel", "SiglipVisionModel", "SiglipTextModel"]
+__all__ = [
+    "Siglip2ForImageClassification",
+    "Siglip2Model",
+    "Siglip2TextModel",
+    "Siglip2VisionModel",
+    "SiglipModel",
+    "SiglipTextModel",
+    "SiglipVisionModel",
+]

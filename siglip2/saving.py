@@ -20,6 +20,7 @@ save is in flight or stopped between its commit and its end.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -72,13 +73,13 @@ def _find_unserializable(d: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] 
     """The dotted key of the first value json cannot write (for an error that names the field)."""
     if isinstance(d, dict):
         for k, v in d.items():
-            found = _find_unserializable(v, path + (str(k),))
+            found = _find_unserializable(v, (*path, str(k)))
             if found:
                 return found
         return None
     if isinstance(d, (list, tuple)):
         for i, v in enumerate(d):
-            found = _find_unserializable(v, path + (str(i),))
+            found = _find_unserializable(v, (*path, str(i)))
             if found:
                 return found
         return None
@@ -133,10 +134,8 @@ def _current_files(directory: str) -> set:
     out = {n for n in names if _SHARD_NAME.fullmatch(n) or _TMP_NAME.fullmatch(n)}
     out |= {n for n in (SINGLE_NAME, INDEX_NAME) if n in names}
     if INDEX_NAME in names:
-        try:
+        with contextlib.suppress(CheckpointError):  # an unreadable index: its shards are not removed (not ours?)
             out |= set(read_index(directory, journal={}).values())
-        except CheckpointError:
-            pass  # an unreadable index: its shards are not removed (they may not be ours)
     return out & names
 
 

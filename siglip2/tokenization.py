@@ -14,15 +14,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from .image_utils import positive_int
 from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
-from .processing import (BatchFeature, Device, Images, Siglip2ImageProcessor, SiglipImageProcessor,
-                         image_processor_from_pretrained)
+from .processing import (
+    BatchFeature,
+    Device,
+    Images,
+    Siglip2ImageProcessor,
+    SiglipImageProcessor,
+    image_processor_from_pretrained,
+)
 
 if TYPE_CHECKING:
     import tokenizers
@@ -317,8 +323,8 @@ class Siglip2Processor:
     """Images + text -> the model's keys. Defaults as transformers' Siglip2Processor: text padded to 64 with
     truncation; images at max_num_patches=256, patch_size=16 (overriding the image processor's saved ones)."""
 
-    text_defaults = {"padding": "max_length", "truncation": True, "max_length": 64}
-    image_defaults = {"max_num_patches": 256, "patch_size": 16}
+    text_defaults: ClassVar[dict] = {"padding": "max_length", "truncation": True, "max_length": 64}
+    image_defaults: ClassVar[dict] = {"max_num_patches": 256, "patch_size": 16}
 
     def __init__(self, image_processor: Siglip2ImageProcessor | SiglipImageProcessor,
                  tokenizer: Siglip2Tokenizer) -> None:
@@ -377,5 +383,5 @@ class Siglip2Processor:
 class SiglipProcessor(Siglip2Processor):
     """FixRes processor: transformers' SiglipProcessor has no text padding defaults."""
 
-    text_defaults = {"padding": False, "truncation": None, "max_length": None}
-    image_defaults: dict = {}
+    text_defaults: ClassVar[dict] = {"padding": False, "truncation": None, "max_length": None}
+    image_defaults: ClassVar[dict] = {}

@@ -275,12 +275,12 @@ def train(cfg: TrainConfig) -> dict:
 def _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files,
           log_path):
     import torch
+    from torch.distributed.tensor import DTensor
 
-    from . import train_utils as U
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
 
-    from torch.distributed.tensor import DTensor
+    from . import train_utils as U
 
     dist_loss = DistributedSigmoidLoss(impl=cfg.kernel_impl) if world > 1 else None
     params = [p for p in module.parameters() if p.requires_grad]

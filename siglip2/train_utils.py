@@ -93,7 +93,7 @@ def apply_activation_checkpointing(model) -> int:
 def wrap(module, *, fsdp: bool, precision: str, device):
     """DDP (the default under torchrun) or FSDP2: fully_shard per Siglip2EncoderLayer, then the root, with bf16
     params and fp32 gradient reduction under --precision bf16. One process: the module itself."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 and not fsdp:
+    if not (dist.is_available() and dist.is_initialized()) or (dist.get_world_size() == 1 and not fsdp):
         return module
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

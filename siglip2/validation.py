@@ -48,7 +48,7 @@ def check_vision_inputs(config: Any, pixel_values: torch.Tensor | None, pixel_at
     B, L, F = pixel_values.shape
     _nonempty_batch("pixel_values", B, "images")
     want = config.num_channels * config.patch_size ** 2
-    if F != want:
+    if want != F:
         raise ValueError(f"pixel_values last dimension must be num_channels * patch_size**2 = {want} "
                          f"(pre-patchified NaFlex input), got {F} (shape {tuple(pixel_values.shape)})")
     if spatial_shapes is None:
@@ -109,7 +109,7 @@ def check_text_inputs(config: Any, input_ids: object, attention_mask: torch.Tens
         raise ValueError(f"input_ids: sequence length 0 (shape {tuple(input_ids.shape)}); each text needs at least "
                          f"one token (the pooled output is the last token)")
     _nonempty_batch("input_ids", input_ids.numel() // L, "texts")
-    if L > config.max_position_embeddings:
+    if config.max_position_embeddings < L:
         raise ValueError(f"input_ids has sequence length {L}, more than max_position_embeddings "
                          f"({config.max_position_embeddings})")
     B = input_ids.reshape(-1, L).shape[0]
