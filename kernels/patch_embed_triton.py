@@ -212,8 +212,8 @@ def _pos_adjoint_kernel(
 # of the launch (dtype class "16bit" (bf16/fp16: tensor-core dots) or "fp32" (IEEE FMA dots): `dtype_class`).
 # Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
 # == LOCAL == 0) and within the family's shared memory per block, under triton 3.8 and 3.9, in every variant a
-# launch can specialize (tests/test_aot.py, kernels/_aot_cases.py); among those, the largest tile. Throughput
-# tuning on real GPUs is owed: no GPU has timed these.
+# launch can specialize (kernels/_aot_cases.py; tests/test_aot.py, all of them with SIGLIP2_AOT_FULL=1); among
+# those, the largest tile. Throughput tuning on real GPUs is owed: no GPU has timed these.
 # fwd: key (weight dtype class, aligned) -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 # "aligned": K and D multiples of 16 and 16-byte aligned pointers (NaFlex P=16: K = 768). Triton then
 # vectorizes the loads and pipelines them with cp.async; 16-bit: a 128x128 tile, 3 stages of 64-wide K slices
@@ -230,10 +230,12 @@ _FWD_BASE = {
 # - sm_100 (ptxas-blackwell, triton 3.9): fp16 unaligned 64x64x32 with 4 warps and fp32 aligned 64x64x16 with 4
 #   warps each spill 8 B (bf16 does not); the same tiles with 8 warps do not.
 # - sm_120: fp16 aligned 128x128x64 spills 40 B under triton 3.8 (2 stages: 32 B), 128x64x64 with 3 stages 8 B
-#   under 3.6 (ptxas-blackwell 12.9); 128x64x64 with 2 stages is spill-free under 3.6, 3.8 and 3.9.
+#   under 3.6 (ptxas-blackwell 12.9); 128x64x64 with 2 stages is spill-free under 3.6, 3.8 and 3.9. Unaligned
+#   64x64x32 with 4 warps spills 8 B under 3.9 (fp16, and bf16 weights with fp32 pixels, at P=14's pointer
+#   alignment); with 8 warps, as on sm_100, no variant spills under 3.8 or 3.9.
 # "default" (unknown architectures) takes both.
 _FWD_SM100 = {("16bit", False): (64, 64, 32, 8, 3), ("fp32", True): (64, 64, 16, 8, 2)}
-_FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 2)}
+_FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 2), ("16bit", False): (64, 64, 32, 8, 3)}
 FWD_CONFIGS = {
     "sm80": _FWD_BASE,
     "sm86": _FWD_BASE,
@@ -245,9 +247,12 @@ FWD_CONFIGS = {
 # adjoint: key dY dtype class -> (BLOCK_M, BLOCK_N, num_warps, num_stages). 32 tokens per step: with 64, triton
 # 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few loop-invariant
 # values. fp32 with 4 warps spills 8 B on sm_90 under triton 3.8; 8 warps do not.
+# sm_100: with D not a multiple of 16 (no SigLIP2 width), 32x64 spills 8 B (16-bit, 4 warps) and 16 B (fp32, 8
+# warps) under triton 3.9; 32x32 tiles do not, in any variant, under 3.8 or 3.9. "default" takes them.
 _ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 8, 2)}
-ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": _ADJ_BASE, "sm100": _ADJ_BASE, "sm120": _ADJ_BASE,
-               "default": _ADJ_BASE}
+_ADJ_SM100 = {"16bit": (32, 32, 4, 2), "fp32": (32, 32, 8, 2)}
+ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": _ADJ_BASE, "sm100": _ADJ_SM100, "sm120": _ADJ_BASE,
+               "default": _ADJ_SM100}
 check_tables("patch_embed fwd", FWD_CONFIGS)
 check_tables("patch_embed adjoint", ADJ_CONFIGS)
 # The CPU interpreter runs one program at a time: small blocks keep it fast. Same tuple layouts as the tables.

@@ -33,8 +33,9 @@ G_BUFFER_BYTES = 512 * 2**20
 # dtype class (`dtype_class`: "16bit" runs tensor-core dots, "fp32" IEEE FMA dots to match eager fp32).
 # Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
 # == LOCAL == 0) and within the family's shared memory per block, under triton 3.8 and 3.9, in every variant a
-# launch can specialize (dtype, EVEN_K, HAS_POS, STORE_G; tests/test_aot.py, kernels/_aot_cases.py); among those,
-# the largest tile. Throughput tuning on real GPUs is owed: no GPU has timed these.
+# launch can specialize (dtype, EVEN_K, HAS_POS, STORE_G: kernels/_aot_cases.py; tests/test_aot.py, all of them
+# with SIGLIP2_AOT_FULL=1); among those, the largest tile. Throughput tuning on real GPUs is owed: no GPU has
+# timed these.
 # key -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 # 16-bit: 128 x 64 x 64 tiles with 8 warps, no stack use on sm_80/sm_90 (128 x 128 and 64 x 128 spill there);
 # 2 stages: with 3, triton 3.6 (ptxas 12.8) spills the HAS_POS=False variant on sm_80 (128 registers + 8 B stack).
@@ -43,7 +44,10 @@ _BASE = {
     "16bit": (128, 64, 64, 8, 2),
     "fp32": (64, 64, 32, 4, 3),
 }
-CONFIGS = {"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": _BASE, "sm120": _BASE, "default": _BASE}
+# sm_100: the fp32 64 x 64 x 32 tile with 4 warps spills 56 B at EVEN_K=False (triton 3.8 and 3.9; 2 stages: 32-40
+# B); with 8 warps it is spill-free in every variant (224 registers). "default" (unknown architectures) takes it.
+_SM100 = {**_BASE, "fp32": (64, 64, 32, 8, 3)}
+CONFIGS = {"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": _SM100, "sm120": _BASE, "default": _SM100}
 check_tables("sigmoid_loss", CONFIGS)
 # The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there (the same tuple layout).
 INTERPRET_CONFIG = (128, 128, 128, 4, 1)
