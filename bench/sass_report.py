@@ -149,9 +149,9 @@ def diff(row: dict, top: int = 6) -> str:
 def table(rows) -> str:
     lines = [f"{'kernel':<6} {'arch':<7} {'D':>3} {'tile':<16} {'loop':>5} {'ref':>5} {'ratio':>6}  opcodes vs ref"]
     for r in rows:
-        lines.append(f"{r['kernel']:<6} {r['arch']:<7} {r['head_dim']:>3} {r['tile']:<16} {r['loop_instructions']:>5} "
-                     f"{r['reference_loop_instructions']:>5} {r['loop_instructions'] / r['reference_loop_instructions']:>6.2f}"
-                     f"  {diff(r)}")
+        n, ref = r["loop_instructions"], r["reference_loop_instructions"]
+        lines.append(f"{r['kernel']:<6} {r['arch']:<7} {r['head_dim']:>3} {r['tile']:<16} {n:>5} {ref:>5} "
+                     f"{n / ref:>6.2f}  {diff(r)}")
     return "\n".join(lines)
 
 

@@ -77,6 +77,8 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
                         "dq": (T._attn_bwd_dq_kernel, bm2, bn2, w2, s_)}[kname]
     cx = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=layout == "varlen", HAS_MASK=layout == "padded+mask",
               DOT_FP32=False, PRECISION=dot_precision(dtype), BLOCK_M=m, BLOCK_N=n)
+    if kname == "fwd":
+        cx["NEG_SCALE"] = False  # a negative softmax scale (never SigLIP2's) compiles its own forward
     sig = _attn_signature(fn, cx, dtype)
     aligned = {"aligned": [a for a, t in sig.items() if t.startswith("*") or t == "i32"],
                "pointers": True, "unaligned": False}[how]

@@ -37,7 +37,8 @@ def _check_qkv(q, k, v, ndim, op):
 def _check_scale(softmax_scale, op):
     if softmax_scale is None:
         return
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or not math.isfinite(softmax_scale):
+    if (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real)
+            or not math.isfinite(softmax_scale)):
         raise ValueError(f"{op}: softmax_scale must be None or a finite real number, got {softmax_scale!r}")
 
 

@@ -5,9 +5,14 @@ varlen reads (total, H, D) with int32 cu_seqlens; padded reads (B, H, L, D) stri
 per-key bool mask (any pattern, not only a prefix). Softmax statistics are fp32 in base 2: the kernels
 fold log2(e) into the scale and use exp2, and the saved LSE is log2-sum-exp2 (internal, never returned).
 A query with no visible key has LSE = +inf, so the output and every gradient it touches are exactly 0.
-Head dims above 64 that are not a power of two are split into a power-of-two main tile plus a >=16-wide tail
-(72 = 64 + 16, 96 = 64 + 32) instead of one padded power-of-two tile; dims <= 64 pad to 32 or 64 (40 runs in a 64
-tile). See `head_dim_split`.
+Loops (FlashAttention's AMD Triton backend / Triton's fused-attention tutorial): full key (dQ, forward) or query
+(dK/dV) blocks run through a block helper with APPLY_MASK=False, which loads without masks and scales the scores
+with one FFMA (`s * scale_log2e - m`, m the scaled row max); only the sequence's last, partial block, and every
+block of the key-mask path, take APPLY_MASK=True (split head dims: the forward and dQ still mask every block,
+see docs/design.md). bench/sass_report.py counts what these loops compile to.
+Head dims that are not a power of two are split into a power-of-two main tile plus a >=16-wide tail
+(72 = 64 + 16, 96 = 64 + 32; dims <= 64 pad to 32 or 64, so 40 runs in a 64 tile: see `head_dim_split`),
+loaded and stored through one pair of helpers (`_ptrs2`, `_load2`, `_store2`).
 Backward: delta = rowsum(dO * O), then a dK/dV kernel looping over query blocks and a dQ kernel looping
 over key blocks, both recomputing P from the LSE (no atomics, no O(L^2) memory).
 Launchers: `attention_fwd`, `attention_bwd`; `attention_op` is the torch.library custom op
@@ -28,15 +33,102 @@ LOG2E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------------------------
-# Kernels
+# Helpers: dots, casts, tiles split along the head dim
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+def _dot(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     # the 3.9 interpreter multiplies raw bf16 bit patterns in tl.dot: compute in fp32 there
     if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=PRECISION)
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        c = tl.dot(a, b, acc, input_precision=PRECISION)
+    return c
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, DOT_FP32: tl.constexpr):
+    """fp32 -> `dtype`, rounding to nearest even. The 3.9 interpreter's fp32 -> bf16 cast truncates, so when
+    interpreting the rounding is done on the fp32 bits first (the cast then only drops zeros); compiled kernels
+    use the hardware's rounding cast."""
+    if DOT_FP32 and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _ptrs(base, rows, s_row, C0: tl.constexpr, BLOCK_C: tl.constexpr, TRANS: tl.constexpr):
+    """Pointers to columns C0 .. C0 + BLOCK_C of `rows`: [rows, BLOCK_C], or [BLOCK_C, rows] with TRANS."""
+    cols = C0 + tl.arange(0, BLOCK_C)
+    if TRANS:
+        p = base + rows[None, :] * s_row + cols[:, None]
+    else:
+        p = base + rows[:, None] * s_row + cols[None, :]
+    return p
+
+
+@triton.jit
+def _ptrs2(base, rows, s_row, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, TRANS: tl.constexpr):
+    """(main, tail) pointer tiles of a head-dim split; without a tail (BLOCK_DT == 0) the tail is the main."""
+    p = _ptrs(base, rows, s_row, 0, BLOCK_D, TRANS)
+    pt = p
+    if BLOCK_DT > 0:
+        pt = _ptrs(base, rows, s_row, BLOCK_D, BLOCK_DT, TRANS)
+    return p, pt
+
+
+@triton.jit
+def _load(ptrs, row_ok, C0: tl.constexpr, BLOCK_C: tl.constexpr, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr,
+          TRANS: tl.constexpr):
+    """A tile from `_ptrs`, zero past the head dim (only when the tile reaches past it) and, with MASK_ROWS, in
+    rows where `row_ok` is False; a full block (MASK_ROWS False, the tile inside the head dim) loads unmasked."""
+    col_ok = (C0 + tl.arange(0, BLOCK_C)) < HEAD_DIM
+    if TRANS:
+        col_ok = col_ok[:, None]
+    else:
+        col_ok = col_ok[None, :]
+    if MASK_ROWS:
+        if TRANS:
+            row_ok = row_ok[None, :]
+        else:
+            row_ok = row_ok[:, None]
+        if C0 + BLOCK_C > HEAD_DIM:
+            x = tl.load(ptrs, mask=row_ok & col_ok, other=0.)
+        else:
+            x = tl.load(ptrs, mask=row_ok, other=0.)
+    else:
+        if C0 + BLOCK_C > HEAD_DIM:
+            x = tl.load(ptrs, mask=col_ok, other=0.)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _load2(p, pt, row_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
+           MASK_ROWS: tl.constexpr, TRANS: tl.constexpr):
+    """(main, tail) tiles from `_ptrs2`'s pointers; without a tail the tail is the main tile (never used)."""
+    x = _load(p, row_ok, 0, BLOCK_D, HEAD_DIM, MASK_ROWS, TRANS)
+    xt = x
+    if BLOCK_DT > 0:
+        xt = _load(pt, row_ok, BLOCK_D, BLOCK_DT, HEAD_DIM, MASK_ROWS, TRANS)
+    return x, xt
+
+
+@triton.jit
+def _store2(base, rows, s_row, row_ok, x, xt, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+            BLOCK_DT: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Store the fp32 (main, tail) tiles of `rows` in base's dtype, rows where `row_ok` and columns < HEAD_DIM."""
+    dt = base.dtype.element_ty
+    cols = tl.arange(0, BLOCK_D)
+    tl.store(base + rows[:, None] * s_row + cols[None, :], _cast(x, dt, DOT_FP32),
+             mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :])
+    if BLOCK_DT > 0:
+        cols = BLOCK_D + tl.arange(0, BLOCK_DT)
+        tl.store(base + rows[:, None] * s_row + cols[None, :], _cast(xt, dt, DOT_FP32),
+                 mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :])
 
 
 @triton.jit
@@ -56,13 +148,79 @@ def _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN: tl.constex
 
 
 @triton.jit
+def _block_at(base, start, s_row, o_r, SPLIT: tl.constexpr):
+    """(base pointer, row offsets) addressing rows start + o_r of `base`. Unsplit head dims load in 16-byte
+    vectors: the block's base pointer moves and the few row offsets stay loop-invariant. With a tail (SPLIT) the
+    loads are narrower and loop-invariant offsets for every element spill (D 72 on sm_80), so they are
+    recomputed per block from the absolute rows."""
+    if SPLIT:
+        b, r = base, start + o_r
+    else:
+        b, r = base + start * s_row, o_r
+    return b, r
+
+
+@triton.jit
+def _key_ok(o_n, T_k, key_mask, HAS_MASK: tl.constexpr):
+    """Keys of the block that exist and, with a key mask, are not masked out."""
+    m_n = o_n < T_k
+    if HAS_MASK:
+        m_n = m_n & (tl.load(key_mask + o_n, mask=m_n, other=0) != 0)
+    return m_n
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _fwd_block(b_q, b_qt, k, v, o_n, s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct, qk_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, APPLY_MASK: tl.constexpr,
+               HAS_MASK: tl.constexpr, NEG_SCALE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """One key block of the online softmax: keys `o_n` (0 .. BLOCK_N) of the block starting at `k`, `v`.
+    m_n (keys that count) is read only with APPLY_MASK."""
+    p_kT, p_kTt = _ptrs2(k, o_n, s_kt, BLOCK_D, BLOCK_DT, True)
+    b_kT, b_kTt = _load2(p_kT, p_kTt, m_n, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, True)
+    # [BLOCK_M, BLOCK_N]
+    b_s = _dot(b_q, b_kT, None, DOT_FP32, PRECISION)
+    if BLOCK_DT > 0:
+        b_s = _dot(b_qt, b_kTt, b_s, DOT_FP32, PRECISION)
+    if APPLY_MASK:
+        b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        if HAS_MASK:
+            # a row whose keys are all masked so far keeps an -inf max: pivot at 0 so exp2 gives 0, not NaN.
+            # Without a key mask the last block holds a key, so its max is finite.
+            b_m_new = tl.where(b_m_new == float("-inf"), 0., b_m_new)
+        b_p = tl.math.exp2(b_s - b_m_new[:, None])
+    else:
+        # the scaled row max from the unscaled one (its min for a negative scale): one FFMA per score below
+        if NEG_SCALE:
+            b_m_new = tl.maximum(b_m, tl.min(b_s, 1) * qk_scale)
+        else:
+            b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
+        b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
+    # [BLOCK_M]
+    b_alpha = tl.math.exp2(b_m - b_m_new)
+    b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    b_p = _cast(b_p, v.dtype.element_ty, DOT_FP32)
+    p_v, p_vt = _ptrs2(v, o_n, s_vt, BLOCK_D, BLOCK_DT, False)
+    b_v, b_vt = _load2(p_v, p_vt, m_n, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, False)
+    # [BLOCK_M, BLOCK_D (+ BLOCK_DT)]
+    b_acc = _dot(b_p, b_v, b_acc * b_alpha[:, None], DOT_FP32, PRECISION)
+    if BLOCK_DT > 0:
+        b_acct = _dot(b_p, b_vt, b_acct * b_alpha[:, None], DOT_FP32, PRECISION)
+    return b_m_new, b_l, b_acc, b_acct
+
+
+@triton.jit
 def _attn_fwd_kernel(
     q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh, s_lb, s_lh, s_mb,
     L_Q, L_K, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr,
+    NEG_SCALE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
@@ -74,67 +232,82 @@ def _attn_fwd_kernel(
     v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
     o += i_b64 * s_ob + bos_q * s_ot + i_h * s_oh
     lse += i_b64 * s_lb + i_h * s_lh + bos_q
+    key_mask += i_b64 * s_mb
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < T_q
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    # [BLOCK_M, BLOCK_D]
-    b_q = tl.load(q + o_m[:, None] * s_qt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
+    o_n = tl.arange(0, BLOCK_N)
+    # [BLOCK_M, BLOCK_D], [BLOCK_M, BLOCK_DT]
+    p_q, p_qt = _ptrs2(q, o_m, s_qt, BLOCK_D, BLOCK_DT, False)
+    b_q, b_qt = _load2(p_q, p_qt, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False)
+    # each block addresses its keys and values through `_block_at`
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if BLOCK_DT > 0:
-        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
-        m_dt = o_dt < HEAD_DIM
-        # [BLOCK_M, BLOCK_DT]
-        b_qt = tl.load(q + o_m[:, None] * s_qt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
-        b_acct = tl.zeros([BLOCK_M, BLOCK_DT], dtype=tl.float32)
+    b_acct = tl.zeros([BLOCK_M, BLOCK_DT if BLOCK_DT > 0 else 1], dtype=tl.float32)
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
-        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = o_n < T_k
-        if HAS_MASK:
-            m_n = m_n & (tl.load(key_mask + i_b64 * s_mb + o_n, mask=m_n, other=0) != 0)
-        # [BLOCK_D, BLOCK_N]
-        b_kT = tl.load(k + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
-        # [BLOCK_M, BLOCK_N]
-        b_s = _dot(b_q, b_kT, DOT_FP32, PRECISION)
-        if BLOCK_DT > 0:
-            # [BLOCK_DT, BLOCK_N]
-            b_kTt = tl.load(k + o_n[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
-            b_s += _dot(b_qt, b_kTt, DOT_FP32, PRECISION)
-        b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
-        # [BLOCK_M]
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        if HAS_MASK:
-            # a row whose keys are all masked so far keeps an -inf max: pivot at 0 so exp2 gives 0, not NaN
-            b_m_new = tl.where(b_m_new == float("-inf"), 0., b_m_new)
-        b_alpha = tl.math.exp2(b_m - b_m_new)
-        # [BLOCK_M, BLOCK_N]
-        b_p = tl.math.exp2(b_s - b_m_new[:, None])
-        b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_p = b_p.to(v.dtype.element_ty)
-        # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(v + o_n[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
-        b_acc = b_acc * b_alpha[:, None] + _dot(b_p, b_v, DOT_FP32, PRECISION)
-        if BLOCK_DT > 0:
-            # [BLOCK_N, BLOCK_DT]
-            b_vt = tl.load(v + o_n[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
-            b_acct = b_acct * b_alpha[:, None] + _dot(b_p, b_vt, DOT_FP32, PRECISION)
-        b_m = b_m_new
+    if BLOCK_DT > 0:
+        # split head dims keep the loop of commit 5607c3d, every block masked: the block-helper loops spilled 8-16 B
+        # on three D 72 table entries under triton 3.8/3.9 (docs/benchmarks.md); new tiles for them are owed
+        o_d = tl.arange(0, BLOCK_D)
+        m_d = o_d < HEAD_DIM
+        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
+        m_dt = o_dt < HEAD_DIM
+        for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
+            o_nn = i_n * BLOCK_N + o_n
+            m_n = _key_ok(o_nn, T_k, key_mask, HAS_MASK)
+            # [BLOCK_D, BLOCK_N]
+            b_kT = tl.load(k + o_nn[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
+            b_s = _dot(b_q, b_kT, None, DOT_FP32, PRECISION)
+            b_kTt = tl.load(k + o_nn[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
+            b_s += _dot(b_qt, b_kTt, None, DOT_FP32, PRECISION)
+            b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
+            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+            if HAS_MASK:
+                b_m_new = tl.where(b_m_new == float("-inf"), 0., b_m_new)
+            b_alpha = tl.math.exp2(b_m - b_m_new)
+            b_p = tl.math.exp2(b_s - b_m_new[:, None])
+            b_l = b_l * b_alpha + tl.sum(b_p, 1)
+            b_p = _cast(b_p, v.dtype.element_ty, DOT_FP32)
+            b_v = tl.load(v + o_nn[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
+            b_acc = b_acc * b_alpha[:, None] + _dot(b_p, b_v, None, DOT_FP32, PRECISION)
+            b_vt = tl.load(v + o_nn[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
+            b_acct = b_acct * b_alpha[:, None] + _dot(b_p, b_vt, None, DOT_FP32, PRECISION)
+            b_m = b_m_new
+    elif HAS_MASK:
+        # any key may be masked: every block takes the masked path
+        for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
+            m_n = _key_ok(i_n * BLOCK_N + o_n, T_k, key_mask, True)
+            b_m, b_l, b_acc, b_acct = _fwd_block(b_q, b_qt, k + i_n * BLOCK_N * s_kt, v + i_n * BLOCK_N * s_vt, o_n,
+                                                 s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct, qk_scale, HEAD_DIM,
+                                                 BLOCK_D, BLOCK_DT, True, True, NEG_SCALE, DOT_FP32, PRECISION)
+    else:
+        n_full = T_k // BLOCK_N
+        for i_n in range(0, n_full):
+            kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
+            vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
+            b_m, b_l, b_acc, b_acct = _fwd_block(b_q, b_qt, kb, vb, rows, s_kt, s_vt, None, b_m, b_l, b_acc, b_acct,
+                                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, False, False, NEG_SCALE,
+                                                 DOT_FP32, PRECISION)
+        if n_full * BLOCK_N < T_k:  # the partial last block
+            m_n = _key_ok(n_full * BLOCK_N + o_n, T_k, key_mask, False)
+            kb, rows = _block_at(k, n_full * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
+            vb, _ = _block_at(v, n_full * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
+            b_m, b_l, b_acc, b_acct = _fwd_block(b_q, b_qt, kb, vb, rows, s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct,
+                                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False, NEG_SCALE,
+                                                 DOT_FP32, PRECISION)
 
     # a query with no visible key has l == 0: output exactly 0 and LSE = +inf (P = 0 in the backward)
     b_has = b_l > 0
     b_inv = tl.where(b_has, 1. / tl.where(b_has, b_l, 1.), 0.)
     tl.store(lse + o_m, tl.where(b_has, b_m + tl.math.log2(tl.where(b_has, b_l, 1.)), float("inf")), mask=m_m)
-    # [BLOCK_M, BLOCK_D]
-    tl.store(o + o_m[:, None] * s_ot + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
-             mask=m_m[:, None] & m_d[None, :])
-    if BLOCK_DT > 0:
-        tl.store(o + o_m[:, None] * s_ot + o_dt[None, :], (b_acct * b_inv[:, None]).to(o.dtype.element_ty),
-                 mask=m_m[:, None] & m_dt[None, :])
+    _store2(o, o_m, s_ot, m_m, b_acc * b_inv[:, None], b_acct * b_inv[:, None], HEAD_DIM, BLOCK_D, BLOCK_DT,
+            DOT_FP32)
 
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
 
 @triton.jit
 def _attn_bwd_preprocess_kernel(
@@ -151,11 +324,49 @@ def _attn_bwd_preprocess_kernel(
     o_d = tl.arange(0, BLOCK_DP)
     m_md = (o_m < T_q)[:, None] & (o_d < HEAD_DIM)[None, :]
     # [BLOCK_M, BLOCK_DP]
-    b_o = tl.load(o + i_b64 * s_ob + bos_q * s_ot + i_h * s_oh + o_m[:, None] * s_ot + o_d[None, :], mask=m_md, other=0.)
-    b_do = tl.load(do + i_b64 * s_db + bos_q * s_dt + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_md, other=0.)
+    o += i_b64 * s_ob + bos_q * s_ot + i_h * s_oh
+    do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
+    b_o = tl.load(o + o_m[:, None] * s_ot + o_d[None, :], mask=m_md, other=0.)
+    b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_md, other=0.)
     # [BLOCK_M]
     tl.store(delta + i_b64 * s_lb + i_h * s_lh + bos_q + o_m, tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1),
              mask=o_m < T_q)
+
+
+@triton.jit
+def _dkdv_block(b_k, b_kt, b_v, b_vt, q, do, lse, delta, o_m, s_qt, s_dt, m_m, m_kv, b_dk, b_dkt, b_dv, b_dvt,
+                qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
+                APPLY_MASK: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """One query block of dK/dV: queries `o_m` (0 .. BLOCK_M) of the block starting at q, do, lse, delta. With
+    APPLY_MASK, rows past the sequence (m_m False) read q = dO = 0 and LSE = +inf, so their P is exactly 0."""
+    p_q, p_qt = _ptrs2(q, o_m, s_qt, BLOCK_D, BLOCK_DT, False)
+    p_do, p_dot = _ptrs2(do, o_m, s_dt, BLOCK_D, BLOCK_DT, False)
+    b_q, b_qt = _load2(p_q, p_qt, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, False)
+    b_do, b_dot = _load2(p_do, p_dot, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, False)
+    if APPLY_MASK:
+        b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
+        b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
+    else:
+        b_lse = tl.load(lse + o_m)
+        b_delta = tl.load(delta + o_m)
+    # [BLOCK_N, BLOCK_M]
+    b_sT = _dot(b_k, tl.trans(b_q), None, DOT_FP32, PRECISION)
+    b_dpT = _dot(b_v, tl.trans(b_do), None, DOT_FP32, PRECISION)
+    if BLOCK_DT > 0:
+        b_sT = _dot(b_kt, tl.trans(b_qt), b_sT, DOT_FP32, PRECISION)
+        b_dpT = _dot(b_vt, tl.trans(b_dot), b_dpT, DOT_FP32, PRECISION)
+    b_pT = tl.math.exp2(b_sT * qk_scale - b_lse[None, :])
+    if HAS_MASK:  # masked keys (rows of the held block) get P = 0
+        b_pT = tl.where(m_kv[:, None], b_pT, 0.)
+    b_dsT = _cast(b_pT * (b_dpT - b_delta[None, :]), q.dtype.element_ty, DOT_FP32)
+    b_pT = _cast(b_pT, do.dtype.element_ty, DOT_FP32)
+    # [BLOCK_N, BLOCK_D (+ BLOCK_DT)]
+    b_dv = _dot(b_pT, b_do, b_dv, DOT_FP32, PRECISION)
+    b_dk = _dot(b_dsT, b_q, b_dk, DOT_FP32, PRECISION)
+    if BLOCK_DT > 0:
+        b_dvt = _dot(b_pT, b_dot, b_dvt, DOT_FP32, PRECISION)
+        b_dkt = _dot(b_dsT, b_qt, b_dkt, DOT_FP32, PRECISION)
+    return b_dk, b_dkt, b_dv, b_dvt
 
 
 @triton.jit
@@ -184,65 +395,65 @@ def _attn_bwd_dkdv_kernel(
 
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < T_k
-    m_kv = m_n
-    if HAS_MASK:
-        m_kv = m_n & (tl.load(key_mask + i_b64 * s_mb + o_n, mask=m_n, other=0) != 0)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    # [BLOCK_N, BLOCK_D]
-    b_k = tl.load(k + o_n[:, None] * s_kt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
-    b_v = tl.load(v + o_n[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
+    o_m = tl.arange(0, BLOCK_M)
+    # [BLOCK_N, BLOCK_D], [BLOCK_N, BLOCK_DT]
+    p_k, p_kt = _ptrs2(k, o_n, s_kt, BLOCK_D, BLOCK_DT, False)
+    p_v, p_vt = _ptrs2(v, o_n, s_vt, BLOCK_D, BLOCK_DT, False)
+    b_k, b_kt = _load2(p_k, p_kt, m_n, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False)
+    b_v, b_vt = _load2(p_v, p_vt, m_n, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False)
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    if BLOCK_DT > 0:
-        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
-        m_dt = o_dt < HEAD_DIM
-        # [BLOCK_N, BLOCK_DT]
-        b_kt = tl.load(k + o_n[:, None] * s_kt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
-        b_vt = tl.load(v + o_n[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
-        b_dkt = tl.zeros([BLOCK_N, BLOCK_DT], dtype=tl.float32)
-        b_dvt = tl.zeros([BLOCK_N, BLOCK_DT], dtype=tl.float32)
+    b_dkt = tl.zeros([BLOCK_N, BLOCK_DT if BLOCK_DT > 0 else 1], dtype=tl.float32)
+    b_dvt = tl.zeros([BLOCK_N, BLOCK_DT if BLOCK_DT > 0 else 1], dtype=tl.float32)
+    m_kv = _key_ok(o_n, T_k, key_mask + i_b64 * s_mb, HAS_MASK)
+    # each block addresses its queries, output gradients and statistics through `_block_at`
+    m_full = T_q // BLOCK_M
+    for i_m in range(0, m_full):
+        qb, rows = _block_at(q, i_m * BLOCK_M, s_qt, o_m, BLOCK_DT > 0)
+        dob, _ = _block_at(do, i_m * BLOCK_M, s_dt, o_m, BLOCK_DT > 0)
+        lb, _ = _block_at(lse, i_m * BLOCK_M, 1, o_m, BLOCK_DT > 0)
+        db, _ = _block_at(delta, i_m * BLOCK_M, 1, o_m, BLOCK_DT > 0)
+        b_dk, b_dkt, b_dv, b_dvt = _dkdv_block(b_k, b_kt, b_v, b_vt, qb, dob, lb, db, rows, s_qt, s_dt, None, m_kv,
+                                               b_dk, b_dkt, b_dv, b_dvt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT,
+                                               False, HAS_MASK, DOT_FP32, PRECISION)
+    if m_full * BLOCK_M < T_q:  # the partial last block
+        qb, rows = _block_at(q, m_full * BLOCK_M, s_qt, o_m, BLOCK_DT > 0)
+        dob, _ = _block_at(do, m_full * BLOCK_M, s_dt, o_m, BLOCK_DT > 0)
+        lb, _ = _block_at(lse, m_full * BLOCK_M, 1, o_m, BLOCK_DT > 0)
+        db, _ = _block_at(delta, m_full * BLOCK_M, 1, o_m, BLOCK_DT > 0)
+        b_dk, b_dkt, b_dv, b_dvt = _dkdv_block(b_k, b_kt, b_v, b_vt, qb, dob, lb, db, rows, s_qt, s_dt,
+                                               m_full * BLOCK_M + o_m < T_q, m_kv, b_dk, b_dkt, b_dv, b_dvt, qk_scale,
+                                               HEAD_DIM, BLOCK_D, BLOCK_DT, True, HAS_MASK, DOT_FP32, PRECISION)
 
-    for i_m in range(0, tl.cdiv(T_q, BLOCK_M)):
-        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_m = o_m < T_q
-        # [BLOCK_M, BLOCK_D]
-        b_q = tl.load(q + o_m[:, None] * s_qt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
-        b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
-        # rows past the sequence end read LSE = +inf, so their P is exactly 0
-        b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
-        b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
-        # [BLOCK_N, BLOCK_M]
-        b_sT = _dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION)
-        b_dpT = _dot(b_v, tl.trans(b_do), DOT_FP32, PRECISION)
-        if BLOCK_DT > 0:
-            # [BLOCK_M, BLOCK_DT]
-            b_qt = tl.load(q + o_m[:, None] * s_qt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
-            b_dot = tl.load(do + o_m[:, None] * s_dt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
-            b_sT += _dot(b_kt, tl.trans(b_qt), DOT_FP32, PRECISION)
-            b_dpT += _dot(b_vt, tl.trans(b_dot), DOT_FP32, PRECISION)
-        b_pT = tl.math.exp2(b_sT * qk_scale - b_lse[None, :])
-        if HAS_MASK:
-            b_pT = tl.where(m_kv[:, None], b_pT, 0.)
-        b_dsT = (b_pT * (b_dpT - b_delta[None, :])).to(q.dtype.element_ty)
-        b_pT = b_pT.to(do.dtype.element_ty)
-        # [BLOCK_N, BLOCK_D]
-        b_dv += _dot(b_pT, b_do, DOT_FP32, PRECISION)
-        b_dk += _dot(b_dsT, b_q, DOT_FP32, PRECISION)
-        if BLOCK_DT > 0:
-            # [BLOCK_N, BLOCK_DT]
-            b_dvt += _dot(b_pT, b_dot, DOT_FP32, PRECISION)
-            b_dkt += _dot(b_dsT, b_qt, DOT_FP32, PRECISION)
+    _store2(dk, o_n, s_dkt, m_n, b_dk * sm_scale, b_dkt * sm_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
+    _store2(dv, o_n, s_dvt, m_n, b_dv, b_dvt, HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
 
-    # [BLOCK_N, BLOCK_D]
-    tl.store(dk + o_n[:, None] * s_dkt + o_d[None, :], (b_dk * sm_scale).to(dk.dtype.element_ty),
-             mask=m_n[:, None] & m_d[None, :])
-    tl.store(dv + o_n[:, None] * s_dvt + o_d[None, :], b_dv.to(dv.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+
+@triton.jit
+def _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, k, v, o_n, s_kt, s_vt, m_n, b_dq, b_dqt, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, APPLY_MASK: tl.constexpr,
+              DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """One key block of dQ: keys `o_n` (0 .. BLOCK_N) of the block starting at k, v. With APPLY_MASK, keys where
+    m_n is False get P = 0 (they read as 0, a finite score)."""
+    p_kT, p_kTt = _ptrs2(k, o_n, s_kt, BLOCK_D, BLOCK_DT, True)
+    p_vT, p_vTt = _ptrs2(v, o_n, s_vt, BLOCK_D, BLOCK_DT, True)
+    b_kT, b_kTt = _load2(p_kT, p_kTt, m_n, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, True)
+    b_vT, b_vTt = _load2(p_vT, p_vTt, m_n, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, True)
+    # [BLOCK_M, BLOCK_N]
+    b_s = _dot(b_q, b_kT, None, DOT_FP32, PRECISION)
+    b_dp = _dot(b_do, b_vT, None, DOT_FP32, PRECISION)
     if BLOCK_DT > 0:
-        tl.store(dk + o_n[:, None] * s_dkt + o_dt[None, :], (b_dkt * sm_scale).to(dk.dtype.element_ty),
-                 mask=m_n[:, None] & m_dt[None, :])
-        tl.store(dv + o_n[:, None] * s_dvt + o_dt[None, :], b_dvt.to(dv.dtype.element_ty),
-                 mask=m_n[:, None] & m_dt[None, :])
+        b_s = _dot(b_qt, b_kTt, b_s, DOT_FP32, PRECISION)
+        b_dp = _dot(b_dot, b_vTt, b_dp, DOT_FP32, PRECISION)
+    b_p = tl.math.exp2(b_s * qk_scale - b_lse[:, None])
+    if APPLY_MASK:
+        b_p = tl.where(m_n[None, :], b_p, 0.)
+    b_ds = _cast(b_p * (b_dp - b_delta[:, None]), k.dtype.element_ty, DOT_FP32)
+    # [BLOCK_M, BLOCK_D (+ BLOCK_DT)]
+    b_dq = _dot(b_ds, tl.trans(b_kT), b_dq, DOT_FP32, PRECISION)
+    if BLOCK_DT > 0:
+        b_dqt = _dot(b_ds, tl.trans(b_kTt), b_dqt, DOT_FP32, PRECISION)
+    return b_dq, b_dqt
 
 
 @triton.jit
@@ -266,56 +477,45 @@ def _attn_bwd_dq_kernel(
     v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
     lse += i_b64 * s_lb + i_h * s_lh + bos_q
     delta += i_b64 * s_lb + i_h * s_lh + bos_q
+    key_mask += i_b64 * s_mb
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < T_q
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    # [BLOCK_M, BLOCK_D]
-    b_q = tl.load(q + o_m[:, None] * s_qt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
-    b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.)
-    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if BLOCK_DT > 0:
-        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
-        m_dt = o_dt < HEAD_DIM
-        # [BLOCK_M, BLOCK_DT]
-        b_qt = tl.load(q + o_m[:, None] * s_qt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
-        b_dot = tl.load(do + o_m[:, None] * s_dt + o_dt[None, :], mask=m_m[:, None] & m_dt[None, :], other=0.)
-        b_dqt = tl.zeros([BLOCK_M, BLOCK_DT], dtype=tl.float32)
-    # [BLOCK_M]
+    o_n = tl.arange(0, BLOCK_N)
+    # [BLOCK_M, BLOCK_D], [BLOCK_M, BLOCK_DT]
+    p_q, p_qt = _ptrs2(q, o_m, s_qt, BLOCK_D, BLOCK_DT, False)
+    p_do, p_dot = _ptrs2(do, o_m, s_dt, BLOCK_D, BLOCK_DT, False)
+    b_q, b_qt = _load2(p_q, p_qt, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False)
+    b_do, b_dot = _load2(p_do, p_dot, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False)
+    # [BLOCK_M]: rows past the sequence end read LSE = +inf, so their P is exactly 0
     b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
     b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    b_dqt = tl.zeros([BLOCK_M, BLOCK_DT if BLOCK_DT > 0 else 1], dtype=tl.float32)
+    # each block addresses its keys and values through `_block_at`
 
-    for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
-        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = o_n < T_k
-        if HAS_MASK:
-            m_n = m_n & (tl.load(key_mask + i_b64 * s_mb + o_n, mask=m_n, other=0) != 0)
-        # [BLOCK_D, BLOCK_N]
-        b_kT = tl.load(k + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
-        b_vT = tl.load(v + o_n[None, :] * s_vt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
-        # [BLOCK_M, BLOCK_N]
-        b_s = _dot(b_q, b_kT, DOT_FP32, PRECISION)
-        b_dp = _dot(b_do, b_vT, DOT_FP32, PRECISION)
-        if BLOCK_DT > 0:
-            # [BLOCK_DT, BLOCK_N]
-            b_kTt = tl.load(k + o_n[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
-            b_vTt = tl.load(v + o_n[None, :] * s_vt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
-            b_s += _dot(b_qt, b_kTt, DOT_FP32, PRECISION)
-            b_dp += _dot(b_dot, b_vTt, DOT_FP32, PRECISION)
-        # keys past the end (or masked) were read as 0, which is a finite score: zero their P explicitly
-        b_p = tl.where(m_n[None, :], tl.math.exp2(b_s * qk_scale - b_lse[:, None]), 0.)
-        b_ds = (b_p * (b_dp - b_delta[:, None])).to(k.dtype.element_ty)
-        # [BLOCK_M, BLOCK_D]
-        b_dq += _dot(b_ds, tl.trans(b_kT), DOT_FP32, PRECISION)
-        if BLOCK_DT > 0:
-            b_dqt += _dot(b_ds, tl.trans(b_kTt), DOT_FP32, PRECISION)
+    if HAS_MASK or BLOCK_DT > 0:  # every block masked: see the forward
+        for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
+            m_n = _key_ok(i_n * BLOCK_N + o_n, T_k, key_mask, HAS_MASK)
+            kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
+            vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
+            b_dq, b_dqt = _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, kb, vb, rows, s_kt, s_vt, m_n, b_dq,
+                                    b_dqt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, True, DOT_FP32, PRECISION)
+    else:
+        n_full = T_k // BLOCK_N
+        for i_n in range(0, n_full):
+            kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
+            vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
+            b_dq, b_dqt = _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, kb, vb, rows, s_kt, s_vt, None, b_dq,
+                                    b_dqt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, False, DOT_FP32, PRECISION)
+        if n_full * BLOCK_N < T_k:  # the partial last block
+            m_n = _key_ok(n_full * BLOCK_N + o_n, T_k, key_mask, False)
+            kb, rows = _block_at(k, n_full * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
+            vb, _ = _block_at(v, n_full * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
+            b_dq, b_dqt = _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, kb, vb, rows, s_kt, s_vt, m_n, b_dq,
+                                    b_dqt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, True, DOT_FP32, PRECISION)
 
-    tl.store(dq + o_m[:, None] * s_dqt + o_d[None, :], (b_dq * sm_scale).to(dq.dtype.element_ty),
-             mask=m_m[:, None] & m_d[None, :])
-    if BLOCK_DT > 0:
-        tl.store(dq + o_m[:, None] * s_dqt + o_dt[None, :], (b_dqt * sm_scale).to(dq.dtype.element_ty),
-                 mask=m_m[:, None] & m_dt[None, :])
+    _store2(dq, o_m, s_dqt, m_m, b_dq * sm_scale, b_dqt * sm_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,7 +700,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, m
     _attn_fwd_kernel[grid](
         q=q, k=k, v=v, o=o, lse=lse, **la.args, **_strides("q", q, la.is_varlen), **_strides("k", k, la.is_varlen),
         **_strides("v", v, la.is_varlen), **_strides("o", o, la.is_varlen), qk_scale=scale * LOG2E,
-        BLOCK_D=bd, BLOCK_DT=bdt, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        NEG_SCALE=scale < 0, BLOCK_D=bd, BLOCK_DT=bdt, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o, lse

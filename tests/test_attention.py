@@ -1,10 +1,11 @@
 """Tests for siglip2.kernels.varlen_attention / padded_attention (kernels/attention.py, attention_triton.py).
 
-Run: `pytest tests/test_attention.py --durations=10` (CPU: Triton interpreter, ~2 min; GPU tests skip without CUDA).
+Run: `pytest tests/test_attention.py --durations=10` (CPU: Triton interpreter, ~5 min on 2 cores; GPU tests skip without CUDA).
 Every kernel result is compared with a float64 per-sequence loop (the oracle): its error may be at most 2x the
 error of the eager reference run at the same precision (tests/numerics.py). Kernel outputs are NaN-prefilled
-(kernels._utils.NAN_FILL), so an element no program writes fails the test. bf16 runs only on GPU (the 3.9
-interpreter's bf16 dot is broken).
+(kernels._utils.NAN_FILL), so an element no program writes fails the test. bf16 runs on CPU too: the kernels
+take their dots in fp32 (DOT_FP32) and round their fp32 -> bf16 casts on the bits (`_cast`) when interpreting,
+because the 3.9 interpreter's bf16 dot multiplies raw bit patterns and its bf16 cast truncates.
 """
 import subprocess
 import sys
@@ -18,6 +19,19 @@ from siglip2.kernels import reference as R
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
+
+try:
+    import triton
+    import triton.language as tl
+
+    from siglip2.kernels.attention_triton import _cast
+
+    @triton.jit
+    def _cast_kernel(x, y, N: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.store(y + o, _cast(tl.load(x + o), tl.bfloat16, True))
+except ImportError:  # the validation tests run without triton
+    _cast_kernel = None
 
 
 @pytest.fixture(autouse=True)
@@ -203,6 +217,41 @@ def test_padded_equals_varlen():
     torch.testing.assert_close(out_p.transpose(1, 2)[mask], out_v, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(xp.grad[:, mask], xv.grad, rtol=1e-5, atol=1e-6)
     assert (xp.grad[1:, ~mask] == 0).all()  # masked keys receive no gradient
+
+
+@pytest.mark.parametrize("D", [64, 72])
+def test_bf16_varlen_matches_oracle(D):
+    """bf16 through the kernels on CPU too: the interpreter's fp32 -> bf16 cast truncates, so the kernels round
+    to nearest even on the fp32 bits first when interpreting (attention_triton._cast); a truncating cast of P, dS
+    or the output would miss the 2x-eager rule. Lengths cover full and partial key blocks (the sm_80 tiles are
+    64 keys wide in the forward, 32 in dQ, 32 queries in dK/dV)."""
+    _check_varlen([1, 64, 100, 0, 37], [1, 64, 100, 0, 37], 2, D, torch.bfloat16, "triton")
+
+
+def test_bf16_padded_mask_matches_oracle():
+    mask = torch.rand(2, 70, device=DEV) > 0.3
+    mask[1, 40:] = False
+    _check_padded(2, 2, 33, 70, 72, torch.bfloat16, mask, "triton")
+
+
+def test_bf16_interpreter_cast_rounds():
+    """The kernels' bf16 cast rounds to nearest even under the interpreter (as torch and the GPU do)."""
+    x = torch.randn(1024, device=DEV) * 10
+    x[:4] = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, float("inf"), -float("inf")])  # ties to even, inf
+    y = torch.empty(1024, dtype=torch.bfloat16, device=DEV)
+    _cast_kernel[(1,)](x, y, N=1024)
+    assert torch.equal(y, x.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_varlen_negative_and_zero_scale(scale):
+    """The full-block path takes the scaled row max from the unscaled one (its min for a negative scale)."""
+    lens = [5, 64, 70]
+    q, k, v = (torch.randn(sum(lens), 2, 64, device=DEV) for _ in range(3))
+    cu = _cu(lens)
+    out = A.varlen_attention(q, k, v, cu, cu, 70, 70, softmax_scale=scale, impl="triton")
+    ref = R.varlen_attention(q.double(), k.double(), v.double(), cu, cu, 70, 70, scale)
+    _assert("out", out, ref, R.varlen_attention(q, k, v, cu, cu, 70, 70, scale))
 
 
 def test_no_grad_path_matches():

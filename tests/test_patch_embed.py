@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from siglip2.kernels.patch_embed import naflex_patch_embed
-from tests.numerics import assert_close_to_oracle
+from tests.numerics import assert_close_to_oracle, max_err
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -103,6 +103,15 @@ def _check_all(inputs, cu_seqlens=None, impl="triton"):
     out, gout = _run(naflex_patch_embed, inputs, grad, cu_seqlens, impl=impl)
     atol = 1e-5 if inputs[2].dtype == torch.float32 else 1e-3
     assert out.dtype == inputs[2].dtype
+    if impl == "reference":
+        # The eager baseline has the reference's own numerics, so the 2x rule would compare it with itself: the
+        # reference gets a fixed bound against the oracle instead, 16 eps x the largest |oracle| value (the worst
+        # measured over fp32/fp16/bf16, G 4 and 16, three seeds: 3.4 eps); any real defect is O(1).
+        eps = torch.finfo(inputs[2].dtype).eps
+        for name, a, o in zip(("out", *(f"d{n}" for n in NAMES)), [out, *gout], [ref64, *g64]):
+            bound = 16 * eps * o.abs().max().item()
+            assert max_err(a, o) <= bound, f"reference {name}: error {max_err(a, o):.3e} > {bound:.3e}"
+        return
     assert_close_to_oracle("out", out, ref64, base, atol=atol)
     for name, a, o, bl in zip(NAMES, gout, g64, gbase):
         assert a.dtype == bl.dtype, name
