@@ -69,7 +69,7 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
     from . import attention_triton as T
     from ._utils import dot_precision
 
-    dclass, queries, tile = key
+    _, queries, tile = key
     bd, bdt = _SPLIT[tile]
     bm, bn, w, s = T.FWD_CONFIGS[fam][key]
     bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
@@ -119,7 +119,7 @@ def attention_cases(ccs=AOT_CCS, siglip2_only=False):
                                           op="attention", kernel="preprocess", dtype=_TY[dtype], head_dim=D,
                                           layout=layout, queries=queries, tile=str(pm), num_warps=pw, num_stages=1,
                                           required=required, fn=T._attn_bwd_preprocess_kernel, signature=sig,
-                                          constexprs=cx, aligned=True if how != "unaligned" else False))
+                                          constexprs=cx, aligned=how != "unaligned"))
     return _dedupe(cases)
 
 

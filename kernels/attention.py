@@ -99,9 +99,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _check_int("max_seqlen_k", max_seqlen_k, op)
     _check_scale(softmax_scale, op)
     if check_values and not torch.compiler.is_compiling():  # one host sync; skipped inside compiled graphs
-        for name, cu, t, mx, mx_name in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q, "max_seqlen_q"),
+        for name, cu, tensor, mx, mx_name in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q, "max_seqlen_q"),
                                          ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k, "max_seqlen_k")):
-            longest = _cu_seqlens_max(name, cu, t.shape[0], op)
+            longest = _cu_seqlens_max(name, cu, tensor.shape[0], op)
             if mx < longest:
                 raise ValueError(f"{op}: {mx_name} must be >= the longest sequence in {name} ({longest}), got {mx}")
     impl = resolve_impl(impl, q.device, op, _unsupported(q))

@@ -664,7 +664,7 @@ class _Launch:
     args: dict  # kernel arguments common to the forward, dK/dV and dQ kernels
 
     @staticmethod
-    def of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask) -> "_Launch":
+    def of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask) -> _Launch:
         is_varlen = cu_seqlens_q is not None
         if is_varlen:
             B, (total_q, H, D) = cu_seqlens_q.numel() - 1, q.shape

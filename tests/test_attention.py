@@ -1,6 +1,7 @@
 """Tests for siglip2.kernels.varlen_attention / padded_attention (kernels/attention.py, attention_triton.py).
 
-Run: `pytest tests/test_attention.py --durations=10` (CPU: Triton interpreter, ~5 min on 2 cores; GPU tests skip without CUDA).
+Run: `pytest tests/test_attention.py --durations=10` (CPU: Triton interpreter, ~5 min on 2 cores; GPU tests skip
+without CUDA).
 Every kernel result is compared with a float64 per-sequence loop (the oracle): its error may be at most 2x the
 error of the eager reference run at the same precision (tests/numerics.py). Kernel outputs are NaN-prefilled
 (kernels._utils.NAN_FILL), so an element no program writes fails the test. bf16 runs on CPU too: the kernels
@@ -12,8 +13,8 @@ import sys
 
 import pytest
 import torch
-
 from numerics import assert_close_to_oracle
+
 from siglip2.kernels import attention as A
 from siglip2.kernels import reference as R
 
