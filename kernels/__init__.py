@@ -12,5 +12,11 @@ from .attention import padded_attention, varlen_attention
 from .loss import DistributedSigmoidLoss, sigmoid_loss
 from .patch_embed import naflex_patch_embed
 
-__all__ = ["reference", "varlen_attention", "padded_attention", "naflex_patch_embed", "sigmoid_loss",
-           "DistributedSigmoidLoss"]
+__all__ = [
+           "DistributedSigmoidLoss",
+           "naflex_patch_embed",
+           "padded_attention",
+           "reference",
+           "sigmoid_loss",
+           "varlen_attention",
+]

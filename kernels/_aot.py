@@ -141,7 +141,6 @@ def _aot_worker() -> None:
     """Subprocess side of `aot_run`: a pickled case list on stdin, a pickled result list to the file argv[1]."""
     import importlib
     import pickle
-
     import resource
 
     def cpu():  # this process and its finished children (ptxas, cuobjdump): compile cost independent of load
@@ -187,7 +186,8 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
         procs = []
         for j, idx in enumerate(shards):
             path = os.path.join(d, f"{j}.pkl")
-            log = open(os.path.join(d, f"{j}.log"), "w+b")  # a file, not a pipe: a chatty shard cannot block
+            # a file, not a pipe: a chatty shard cannot block; closed once its process is reaped, below
+            log = open(os.path.join(d, f"{j}.log"), "w+b")  # noqa: SIM115
             p = subprocess.Popen([sys.executable, "-c", code, path], env=env, stdin=subprocess.PIPE,
                                  stdout=log, stderr=subprocess.STDOUT)
             p.stdin.write(pickle.dumps([work[i] for i in idx]))

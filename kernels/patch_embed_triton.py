@@ -434,7 +434,7 @@ def _(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, nee
 
 
 def _setup_context(ctx, inputs, output):
-    pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, _total = inputs
+    pixel_values, spatial_shapes, weight, _bias, pos_embed, cu_seqlens, _total = inputs
     ctx.save_for_backward(pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens)
 
 

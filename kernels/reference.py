@@ -12,7 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 # ----------------------------------------------------------------------------------------------
 # Attention
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     prefix sums of h*w) returns only the valid tokens packed as (sum h*w, D).
     """
     patches = F.linear(pixel_values.to(weight.dtype), weight, bias)  # (B, L, D)
-    B, L, _ = patches.shape
+    _B, L, _ = patches.shape
     pos = []
     for (h, w) in spatial_shapes.tolist():
         p = resize_pos_embed(pos_embed, h, w).to(pos_embed.dtype)  # (h*w, D)

@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 
 def _old_interpreter() -> str | None:
@@ -36,8 +36,8 @@ def _old_interpreter() -> str | None:
 
 
 def pytest_report_header(config):
-    import triton
     import transformers
+    import triton
 
     return f"torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, " \
            f"{'CUDA' if torch.cuda.is_available() else 'CPU: Triton interpreter (TRITON_INTERPRET=1)'}"

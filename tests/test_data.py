@@ -4,8 +4,11 @@ rank sharding and token batching.
 Run: `pytest tests/test_data.py` (~3 s).
 """
 
+import functools
 import io
+import itertools
 import json
+import operator
 import random
 
 import numpy as np
@@ -45,7 +48,7 @@ def test_folder_list_and_table_sources(tmp_path):
 
     with pytest.raises(ValueError, match="image_column"):
         data.open_source(tmp_path / "t.jsonl")
-    with pytest.raises(ValueError, match="text_column.*'nope'"):
+    with pytest.raises(ValueError, match=r"text_column.*'nope'"):
         data.open_source(tmp_path / "t.csv", text_column="nope")
     with pytest.raises(FileNotFoundError, match="input"):
         data.open_source(tmp_path / "missing")
@@ -154,7 +157,7 @@ def test_rank_slices_are_disjoint_and_cover():
     for n in (0, 1, 7, 10):
         for w in (1, 2, 3):
             parts = [list(data.rank_slice(n, r, w)) for r in range(w)]
-            assert sorted(sum(parts, [])) == list(range(n))
+            assert sorted(functools.reduce(operator.iadd, parts, [])) == list(range(n))
             assert data.shard_for_rank(list("abcdefghij")[:n], 0, w) == [list("abcdefghij")[i] for i in parts[0]]
     with pytest.raises(ValueError, match="rank"):
         data.rank_slice(3, 2, 2)
@@ -168,7 +171,7 @@ def test_token_batches_never_exceed_budget_and_cover_once():
         assert [i for b in batches for i in b] == list(range(200))
         assert all(sum(lens[i] for i in b) <= T for b in batches)
         # greedy: adding the next batch's first item would have overflowed
-        assert all(sum(lens[i] for i in b) + lens[n[0]] > T for b, n in zip(batches, batches[1:]))
+        assert all(sum(lens[i] for i in b) + lens[n[0]] > T for b, n in itertools.pairwise(batches))
     assert data.num_patches(480, 640, 16, 256) == 252
     with pytest.raises(ValueError, match="tokens_per_batch"):
         data.pack_by_tokens([5, 20], 16)

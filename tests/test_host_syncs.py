@@ -22,9 +22,8 @@ def tower():
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
 def test_one_host_sync_per_forward(tower, mode):
     pv, mask, shapes = naflex_inputs(SHAPES, 16)
-    with mode():
-        with count_host_syncs() as syncs, count_triton_launches() as launches:
-            out = tower(pv, mask, shapes)
+    with mode(), count_host_syncs() as syncs, count_triton_launches() as launches:
+        out = tower(pv, mask, shapes)
     assert sum(syncs.values()) <= 1, dict(syncs)
     assert launches["_attn_fwd_kernel"] >= 4 + 1, dict(launches)  # one per layer, plus the pooling head
     assert launches["_patch_embed_fwd_kernel"] >= 1, dict(launches)

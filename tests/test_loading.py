@@ -102,19 +102,19 @@ def test_truncated_safetensors_names_the_file(tmp_path, hf_dir):
     data = (hf_dir / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
-    with pytest.raises(CheckpointError, match="model.safetensors.*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*truncated or corrupt"):
         ref.Siglip2Model.from_pretrained(tmp_path)
 
 
 def test_no_weights_file(tmp_path, hf_dir):
     (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
-    with pytest.raises(CheckpointError, match="no model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"no model.safetensors"):
         ref.Siglip2Model.from_pretrained(tmp_path)
 
 
 def test_offline_hub_id_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="could not get 'google/siglip2-does-not-exist'.*local directory"):
+    with pytest.raises(CheckpointError, match=r"could not get 'google/siglip2-does-not-exist'.*local directory"):
         ref.Siglip2Model.from_pretrained("google/siglip2-does-not-exist", cache_dir=tmp_path)
 
 

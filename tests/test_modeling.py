@@ -127,7 +127,7 @@ def test_nx1_strip_is_resized_correctly(impl):
     hf = hf_siglip2()
     emb = (ref if impl == "reference" else fast).Siglip2VisionModel(hf.config.vision_config).embeddings
     emb.load_state_dict(hf.vision_model.embeddings.state_dict())
-    pv, mask, ss = naflex_inputs([(12, 1), (3, 8)], 24)
+    pv, _mask, ss = naflex_inputs([(12, 1), (3, 8)], 24)
     with torch.no_grad():
         if impl == "reference":
             out = emb(pv, ss)

@@ -72,7 +72,7 @@ def oracle(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=Non
     add (reference.naflex_patch_embed's numerics, without the CPU width-1 interpolate bug)."""
     x, w, b = (t.to(dtype) for t in (pixel_values, weight, bias))
     p = pos_embed.to(dtype)
-    B, L, _ = x.shape
+    _B, L, _ = x.shape
     out = []
     for i, (h, wd) in enumerate(spatial_shapes.tolist()):
         r = _resize(p if dtype == torch.float64 else p.float(), h, wd).to(dtype)
@@ -140,7 +140,7 @@ def _axis_weights(n_in, n_out):
 @pytest.mark.parametrize("G", [4, 16])
 def test_separable_weights_equal_interpolate(G):
     P = torch.randn(G, G, 3, dtype=torch.float64)
-    for h, w in _shapes(G) + [(2 * G, 3 * G), (G - 1, G + 1)]:
+    for h, w in [*_shapes(G), (2 * G, 3 * G), (G - 1, G + 1)]:
         ref = _resize(P.reshape(G * G, 3), h, w).reshape(h, w, 3)
         sep = torch.einsum("yi,ijd,xj->yxd", _axis_weights(G, h), P, _axis_weights(G, w))
         torch.testing.assert_close(sep, ref, rtol=0, atol=1e-12)

@@ -8,6 +8,7 @@ when the process dies). After each, from_pretrained must load the old or the new
 save must leave a clean directory. Runtime: about 15-25 s on 2 busy cores.
 """
 import builtins
+import contextlib
 import errno
 import json
 import os
@@ -119,7 +120,8 @@ TRANSITIONS = {"single->single": (None, None), "single->sharded": (None, "40KB")
 def test_save_interrupted_at_every_file_operation_loads_old_or_new(tmp_path, monkeypatch, transition, mode):
     old_size, new_size = TRANSITIONS[transition]
     old, new = _model(1, 0), _model(2, 1)
-    kw = lambda size: {} if size is None else {"max_shard_size": size}
+    def kw(size):
+        return {} if size is None else {"max_shard_size": size}
     template = tmp_path / "template"
     old.save_pretrained(template, **kw(old_size))
     old_state, new_state = old.state_dict(), new.state_dict()
@@ -137,10 +139,9 @@ def test_save_interrupted_at_every_file_operation_loads_old_or_new(tmp_path, mon
         shutil.copytree(template, d)
         with monkeypatch.context() as m:
             _Injector(m, fail_at=k, mode=mode)
-            try:  # a failed read of the old index is tolerated (its shards still go): the save then completes
+            # a failed read of the old index is tolerated (its shards still go): the save then completes
+            with contextlib.suppress(OSError, _Crash):
                 new.save_pretrained(d, **kw(new_size))
-            except (OSError, _Crash):
-                pass
         loaded = ref.Siglip2VisionModel.from_pretrained(d).state_dict()
         is_old, is_new = _same(loaded, old_state), _same(loaded, new_state)
         assert is_old or is_new, f"{transition}, {mode} at operation {k}: neither the old nor the new checkpoint"
@@ -270,7 +271,7 @@ def test_bad_config_json_names_file_and_field(tmp_path):
     with pytest.raises(TypeError, match=r"config.json: Siglip2VisionConfig.hidden_size must be an int, got str '32'"):
         ref.Siglip2VisionModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("[1, 2]")
-    with pytest.raises(CheckpointError, match="config.json: expected a JSON object"):
+    with pytest.raises(CheckpointError, match=r"config.json: expected a JSON object"):
         ref.Siglip2VisionModel.from_pretrained(tmp_path)
 
 

@@ -119,5 +119,5 @@ def test_distributed_loss_without_process_group_raises():
     if dist.is_available() and dist.is_initialized():
         pytest.skip("a default process group is initialized in this process")
     x = F.normalize(torch.randn(3, 8), dim=-1)
-    with pytest.raises(RuntimeError, match="no torch.distributed process group is initialized"):
+    with pytest.raises(RuntimeError, match=r"no torch.distributed process group is initialized"):
         DistributedSigmoidLoss(impl="reference")(x, x, torch.zeros(1), torch.zeros(1))

@@ -12,8 +12,8 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
-
 from numerics import assert_close_to_oracle, max_err
+
 from siglip2.kernels import reference
 from siglip2.kernels._utils import interpreting
 from siglip2.kernels.loss import DistributedSigmoidLoss, sigmoid_loss
@@ -68,9 +68,9 @@ def _check(impl, n, d, scale, bias, dtype, **kw):
     out, g_out = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl=impl), lo)
     assert out.shape == () and out.dtype == runs[0][0].dtype
     # per output, the baseline is the eager order with the largest error against the oracle
-    worst = [max((r[j] for r in runs), key=lambda b: max_err(b, o)) for j, o in enumerate([oracle] + g_oracle)]
+    worst = [max((r[j] for r in runs), key=lambda b: max_err(b, o)) for j, o in enumerate([oracle, *g_oracle])]
     for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
-                             [out] + g_out, [oracle] + g_oracle, worst):
+                             [out, *g_out], [oracle, *g_oracle], worst):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         # floor: 2 ulps of the result's magnitude (the eager result can be luckily within half an ulp)
         floor = 2e-6 if dtype == torch.float32 else 1e-4
@@ -345,7 +345,7 @@ def test_gpu_matches_oracle(n, d, dtype):
     base, g_base = _loss_and_grads(reference.sigmoid_loss, lo)
     out, g_out = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl="triton"), lo)
     for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
-                             [out] + g_out, [oracle] + g_oracle, [base] + g_base):
+                             [out, *g_out], [oracle, *g_oracle], [base, *g_base]):
         assert_close_to_oracle(name, a, o, b, atol=1e-6)
 
 
@@ -354,7 +354,7 @@ def test_gpu_multi_chunk_and_graph_capture(monkeypatch):
     from siglip2.kernels import sigmoid_loss_triton as K
 
     monkeypatch.setattr(K, "G_BUFFER_BYTES", 1024 * 3000 * 2)  # 3 chunks
-    hi, lo = _make(3000, 768, 2.3, -1.5, torch.bfloat16)
+    _hi, lo = _make(3000, 768, 2.3, -1.5, torch.bfloat16)
     lo = [x.cuda() for x in lo]
     ref_loss, ref_grads = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl="triton"), lo)
     xs = [x.clone().requires_grad_() for x in lo]

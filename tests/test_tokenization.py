@@ -174,7 +174,7 @@ def test_save_roundtrip_and_errors(tmp_path):
         tok(3)
     with pytest.raises(ValueError, match="different lengths"):
         tok(["a", "a photo of a cat"])
-    with pytest.raises(CheckpointError, match="tokenizer.json"):
+    with pytest.raises(CheckpointError, match=r"tokenizer.json"):
         Siglip2Tokenizer.from_pretrained(tmp_path)
 
 
@@ -221,7 +221,7 @@ def test_processor_matches_transformers(tmp_path):
             ref(images=images, text=texts, return_tensors="pt", **kw),
         )
         assert sorted(a.keys()) == sorted(b.keys())
-        for k in b.keys():
+        for k in b:
             assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
             assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=0), k
     assert ours(images=images)["pixel_values"].shape == (2, 256, 768)

@@ -20,6 +20,7 @@ launch uses the c10d rendezvous on `localhost:0` (the agent binds a free port an
 session with its output in a file, and a timeout kills torchrun's group and every rank (torchrun starts each in
 a session of its own) and fails with the output.
 """
+import contextlib
 import json
 import os
 import signal
@@ -42,12 +43,12 @@ def _common(data, tok):
 
 def _jobs(data, tok, root):
     """(name, argv) of the jobs every rank runs in order; per-rank budget 128 patches (8 or 4 images)."""
-    c = _common(data, tok) + ["--tokens-per-batch", "128"]
-    return [("ddp", c + ["--out", f"{root}/ddp"]),
-            ("fsdp", c + ["--fsdp", "--out", f"{root}/fsdp"]),
-            ("fsdp_part", c + ["--fsdp", "--stop-after", "2", "--out", f"{root}/fsdp_resumed"]),
-            ("fsdp_resume", c + ["--fsdp", "--resume", "--out", f"{root}/fsdp_resumed"]),
-            ("fsdp_bf16", c + ["--fsdp", "--precision", "bf16", "--out", f"{root}/fsdp_bf16"])]
+    c = [*_common(data, tok), "--tokens-per-batch", "128"]
+    return [("ddp", [*c, "--out", f"{root}/ddp"]),
+            ("fsdp", [*c, "--fsdp", "--out", f"{root}/fsdp"]),
+            ("fsdp_part", [*c, "--fsdp", "--stop-after", "2", "--out", f"{root}/fsdp_resumed"]),
+            ("fsdp_resume", [*c, "--fsdp", "--resume", "--out", f"{root}/fsdp_resumed"]),
+            ("fsdp_bf16", [*c, "--fsdp", "--precision", "bf16", "--out", f"{root}/fsdp_bf16"])]
 
 
 def _worker(data, tok, root):
@@ -85,10 +86,8 @@ def _torchrun(args, log_path, nproc=2, timeout=TIMEOUT_S):
             ranks = _descendants(p.pid)  # torchrun starts each rank in a session of its own: collect them first
             os.killpg(p.pid, signal.SIGKILL)
             for pid in ranks:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             p.wait()
             rc = None
     with open(log_path) as f:
@@ -153,8 +152,7 @@ def test_ddp_and_fsdp2_match_one_process_and_resume(shapes, tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the reference: one process, the combined batch (twice the per-rank budget)
-        assert main(_common(shapes["data"], shapes["tok"]) + ["--tokens-per-batch", "256",
-                                                              "--out", str(tmp_path / "single")]) == 0
+        assert main([*_common(shapes["data"], shapes["tok"]), "--tokens-per-batch", "256", "--out", str(tmp_path / "single")]) == 0
     finally:
         torch.set_num_threads(n)
     out = _torchrun([__file__, shapes["data"], shapes["tok"], str(tmp_path)], tmp_path / "torchrun.log")

@@ -15,11 +15,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from launches import count_triton_launches  # noqa: E402
-from tiny import hf_model, naflex_inputs, perturb_, text_inputs  # noqa: E402
+from launches import count_triton_launches
+from tiny import hf_model, naflex_inputs, perturb_, text_inputs
 
-from siglip2.fast import patch_transformers, register, unpatch_transformers  # noqa: E402
-from siglip2.integrations import transformers as integ  # noqa: E402
+from siglip2.fast import patch_transformers, register, unpatch_transformers
+from siglip2.integrations import transformers as integ
 
 ATOL = 1e-5
 
@@ -254,12 +254,12 @@ def test_non_padding_masks_fall_back_to_sdpa():
 
 
 def test_unsupported_transformers_version_is_refused(monkeypatch):
-    with pytest.raises(RuntimeError, match="transformers >=5.0,<6.0; found transformers 4.57.1"):
+    with pytest.raises(RuntimeError, match=r"transformers >=5.0,<6.0; found transformers 4.57.1"):
         integ.check_version("4.57.1")
     model = _siglip2()
     pristine = copy.deepcopy(model.state_dict())
     monkeypatch.setattr(integ, "_installed_version", lambda: "6.1.0")
-    with pytest.raises(RuntimeError, match="found transformers 6.1.0"):
+    with pytest.raises(RuntimeError, match=r"found transformers 6.1.0"):
         patch_transformers(model)
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert all(torch.equal(a, b) for a, b in zip(pristine.values(), model.state_dict().values()))
@@ -270,7 +270,7 @@ def test_bad_arguments_are_named():
         register(impl="cuda")
     with pytest.raises(ValueError, match="kernel_impl must be one of"):
         patch_transformers(_siglip2(), kernel_impl="fast")
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module"):
         patch_transformers("google/siglip2-base-patch16-naflex")
 
 

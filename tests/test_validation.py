@@ -1,10 +1,10 @@
 """Every model-entry validation error: it names the argument, what was expected and what came."""
 import pytest
 import torch
+from tiny import hf_siglip2, naflex_inputs, text_inputs
 
 import siglip2.fast as fast
 import siglip2.reference as ref
-from tiny import hf_siglip2, naflex_inputs, text_inputs
 
 
 @pytest.fixture(scope="module", params=["reference", "triton"])
@@ -17,7 +17,7 @@ def model(request):
 
 def _inputs():
     pv, mask, ss = naflex_inputs([(4, 5), (2, 3)], 24)
-    ids, am = text_inputs(2, 12)
+    ids, _am = text_inputs(2, 12)
     return dict(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss)
 
 
@@ -106,7 +106,6 @@ def test_unknown_keyword(model):
 
 def test_fixres_wrong_resolution():
     import transformers
-
     from tiny import tiny_config_dict
 
     d = tiny_config_dict()
