@@ -162,8 +162,8 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                           DOT_FP32=False, MAIN_PREC=pt.dot_precision(dtype),
                                           POS_PREC=pt.pos_precision(dtype))
                             ptrs = [n for n, ty in sig.items() if ty.startswith("*")]
-                            for how, div16 in ([("aligned", ptrs + ["K", "D"])] if aligned else
-                                               [("pointers", ptrs + ["D"]), ("none", None)]):
+                            for how, div16 in ([("aligned", [*ptrs, "K", "D"])] if aligned else
+                                               [("pointers", [*ptrs, "D"]), ("none", None)]):
                                 add(cc, fam, f"fwd-{_TY[dtype]}-x{_TY[xdt]}-{bm}x{bn}x{bk}-"
                                              f"{'packed' if packed else 'padded'}-{how}",
                                     pt._patch_embed_fwd_kernel, sig, consts, nw, ns, div16)

@@ -88,7 +88,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     """
     op = "varlen_attention"
     _check_qkv(q, k, v, 3, op)
-    for name, cu, t in (("cu_seqlens_q", cu_seqlens_q, q), ("cu_seqlens_k", cu_seqlens_k, k)):
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         check_tensor(name, cu, ndim=1, dtypes=(torch.int32,), device=q.device, op=op)
         if cu.numel() < 2:
             raise ValueError(f"{op}: {name} must hold B+1 >= 2 prefix sums, got {cu.numel()} entries")

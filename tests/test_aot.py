@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from siglip2.kernels import _configs  # noqa: E402
+from siglip2.kernels import _configs
 
 
 def test_family_lookup():
@@ -26,7 +26,9 @@ def test_family_lookup():
     assert _configs.family(75) == _configs.family(130) == "default"  # unknown: the table that fits everywhere
     assert _configs.smem_limit(120) == _configs.smem_limit(86) == 99 * 1024
     assert _configs.smem_limit(80) == 163 * 1024 and _configs.smem_limit(100) == 227 * 1024
-    from siglip2.kernels import attention_triton as T, patch_embed_triton as P, sigmoid_loss_triton as L
+    from siglip2.kernels import attention_triton as T
+    from siglip2.kernels import patch_embed_triton as P
+    from siglip2.kernels import sigmoid_loss_triton as L
 
     for tables in (T.FWD_CONFIGS, T.BWD_CONFIGS, P.FWD_CONFIGS, P.ADJ_CONFIGS, L.CONFIGS):
         assert set(tables) == set(_configs.FAMILIES)

@@ -52,7 +52,7 @@ def _assert(name, out, oracle, baseline, atol=1e-6):
 
 
 def _cu(lens, device=DEV):
-    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
 
 
 def _rand(*shape, dtype, device=DEV):
