@@ -14,6 +14,7 @@ Batches: images of a realistic aspect-ratio mix resized NaFlex-style to at most 
   flash_attn      flash_attn.flash_attn_varlen_func, when installed
 The speedup column is against sdpa_mask. Run standalone: `python bench/bench_attention.py [--cpu] [--quick]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,11 +55,13 @@ def _providers(device):
     provs = ["triton", "triton_pad", "sdpa_mask", "sdpa_per_image", "flex"]
     try:
         from torch.nn.attention import varlen  # noqa: F401
+
         provs.append("torch_varlen")
     except Exception:
         pass
     try:
         import flash_attn  # noqa: F401
+
         provs.append("flash_attn")
     except Exception:
         pass
@@ -74,7 +77,7 @@ def _make_fn(provider, q, k, v, cu, lens, max_len, pad_len, H, D):
     if provider == "triton":
         return lambda: varlen_attention(q, k, v, cu, cu, max_len, max_len, impl="triton"), None
     if provider == "triton_pad":
-        scale = D ** -0.5
+        scale = D**-0.5
 
         class _Pad(torch.autograd.Function):
             @staticmethod
@@ -85,8 +88,9 @@ def _make_fn(provider, q, k, v, cu, lens, max_len, pad_len, H, D):
 
             @staticmethod
             def backward(ctx, do):
-                return T.attention_bwd(do, *ctx.saved_tensors, cu, cu, None, max_len, max_len, scale,
-                                       head_dim_mode="pad")
+                return T.attention_bwd(
+                    do, *ctx.saved_tensors, cu, cu, None, max_len, max_len, scale, head_dim_mode="pad"
+                )
 
         return lambda: _Pad.apply(q, k, v), None
     valid = torch.arange(pad_len, device=q.device)[None, :] < torch.tensor(lens, device=q.device)[:, None]
@@ -102,14 +106,18 @@ def _make_fn(provider, q, k, v, cu, lens, max_len, pad_len, H, D):
         def f():
             o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=bias)
             return o.transpose(1, 2)[valid]
+
         return f, None
     if provider == "sdpa_per_image":
         bounds = cu.tolist()
 
         def f():
-            outs = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
-                    for a, b in itertools.pairwise(bounds)]
+            outs = [
+                F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
+                for a, b in itertools.pairwise(bounds)
+            ]
             return torch.cat(outs)
+
         return f, None
     if provider == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -125,6 +133,7 @@ def _make_fn(provider, q, k, v, cu, lens, max_len, pad_len, H, D):
         def f():
             o = flex(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=block_mask)
             return o[0].transpose(0, 1)
+
         return f, mask_ms
     if provider == "torch_varlen":
         from torch.nn.attention.varlen import varlen_attn
@@ -155,12 +164,28 @@ def run(args) -> list[dict]:
             if provider == "triton_pad" and D & (D - 1) == 0:
                 continue
             if provider.startswith("triton") and device == "cpu" and not interp:
-                rows.append(dict(op="attention", case=case, provider=provider, mode="fwd", ms=None,
-                                 note="triton on CPU needs TRITON_INTERPRET=1 (interpreter timings are meaningless)"))
+                rows.append(
+                    dict(
+                        op="attention",
+                        case=case,
+                        provider=provider,
+                        mode="fwd",
+                        ms=None,
+                        note="triton on CPU needs TRITON_INTERPRET=1 (interpreter timings are meaningless)",
+                    )
+                )
                 continue
             if provider == "flex" and device == "cpu":
-                rows.append(dict(op="attention", case=case, provider=provider, mode="fwd", ms=None,
-                                 note="FlexAttention is benchmarked on CUDA only"))
+                rows.append(
+                    dict(
+                        op="attention",
+                        case=case,
+                        provider=provider,
+                        mode="fwd",
+                        ms=None,
+                        note="FlexAttention is benchmarked on CUDA only",
+                    )
+                )
                 continue
             q, k, v = (torch.randn(total, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
             try:
@@ -170,26 +195,55 @@ def run(args) -> list[dict]:
                 modes = {
                     # defaults bind this iteration's tensors (each closure is timed before the loop moves on)
                     "fwd": (lambda fn=fn: fn(), 1.0),
-                    "bwd": (lambda out=out, q=q, k=k, v=v, do=do: torch.autograd.grad(out, (q, k, v), do,
-                                                                                     retain_graph=True), 2.5),
+                    "bwd": (
+                        lambda out=out, q=q, k=k, v=v, do=do: torch.autograd.grad(
+                            out, (q, k, v), do, retain_graph=True
+                        ),
+                        2.5,
+                    ),
                     "fwdbwd": (lambda fn=fn, q=q, k=k, v=v, do=do: torch.autograd.grad(fn(), (q, k, v), do), 3.5),
                 }
                 if mask_ms is not None:
-                    rows.append(dict(op="attention", case=case, provider=provider, mode="mask", ms=mask_ms,
-                                     note="create_block_mask per batch"))
+                    rows.append(
+                        dict(
+                            op="attention",
+                            case=case,
+                            provider=provider,
+                            mode="mask",
+                            ms=mask_ms,
+                            note="create_block_mask per batch",
+                        )
+                    )
                 for mode, (f, mult) in modes.items():
                     ms = bench_ms(f, device=device)
                     tflops = mult * fwd_flops / (ms * 1e-3) / 1e12
                     if provider == "sdpa_mask":
                         base[mode] = ms
-                    rows.append(dict(op="attention", case=case, provider=provider, mode=mode, ms=ms,
-                                     tflops=tflops, pct_peak=(100 * tflops / peak) if peak else None,
-                                     peak_mem_mb=peak_mem_mb(f, device=device),
-                                     speedup=(base[mode] / ms) if mode in base else None))
+                    rows.append(
+                        dict(
+                            op="attention",
+                            case=case,
+                            provider=provider,
+                            mode=mode,
+                            ms=ms,
+                            tflops=tflops,
+                            pct_peak=(100 * tflops / peak) if peak else None,
+                            peak_mem_mb=peak_mem_mb(f, device=device),
+                            speedup=(base[mode] / ms) if mode in base else None,
+                        )
+                    )
                 del out, do
             except Exception as e:  # a provider this torch/GPU lacks is reported, not fatal
-                rows.append(dict(op="attention", case=case, provider=provider, mode="fwd", ms=None,
-                                 note=f"failed: {type(e).__name__}: {str(e)[:200]}"))
+                rows.append(
+                    dict(
+                        op="attention",
+                        case=case,
+                        provider=provider,
+                        mode="fwd",
+                        ms=None,
+                        note=f"failed: {type(e).__name__}: {str(e)[:200]}",
+                    )
+                )
         for r in rows:  # providers that ran before sdpa_mask get their speedup now
             if r["case"] == case and r.get("ms") and r.get("speedup") is None and r["mode"] in base:
                 r["speedup"] = base[r["mode"]] / r["ms"]

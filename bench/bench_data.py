@@ -29,8 +29,16 @@ import time
 import numpy as np
 import torch
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field",
-          "stereo_motorcycle")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "stereo_motorcycle",
+)
 
 
 def make_photos(directory: str, size=(4000, 3000), names=PHOTOS, quality=90) -> list[str]:
@@ -89,7 +97,8 @@ def bench_decode(args) -> list[dict]:
         hf = Siglip2ImageProcessorPil()
         providers["transformers: load_image only"] = load_image
         providers["transformers: load_image + Siglip2ImageProcessorPil"] = lambda p: hf(
-            load_image(p), max_num_patches=M, return_tensors="pt")
+            load_image(p), max_num_patches=M, return_tensors="pt"
+        )
     except ImportError:
         print("transformers not installed: no baseline row", file=sys.stderr)
     times = {name: [] for name in providers}
@@ -103,24 +112,43 @@ def bench_decode(args) -> list[dict]:
                 times[name].append(time.perf_counter() - t)
     for name, ts in times.items():
         s = statistics.median(ts)
-        rows.append({"case": f"{len(paths)} x 12 MP JPEG, M={M}", "provider": name, "ms": s * 1e3,
-                     "images_per_s_per_core": 1 / s})
+        rows.append(
+            {
+                "case": f"{len(paths)} x 12 MP JPEG, M={M}",
+                "provider": name,
+                "ms": s * 1e3,
+                "images_per_s_per_core": 1 / s,
+            }
+        )
     base = next((r["ms"] for r in rows if r["provider"].startswith("exact: decode +")), None)
     for r in rows:
         r["speedup_vs_exact"] = base / r["ms"] if base else None
     return rows
 
 
-def _random_model(hidden=768, layers=12, heads=12, inter=3072, patch=16, num_patches=256, dtype=torch.float32,
-                  device="cpu", seed=0):
+def _random_model(
+    hidden=768, layers=12, heads=12, inter=3072, patch=16, num_patches=256, dtype=torch.float32, device="cpu", seed=0
+):
     from siglip2.configuration import Siglip2Config
     from siglip2.fast import Siglip2Model
 
     torch.manual_seed(seed)
-    text = dict(vocab_size=1000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=1,
-                num_attention_heads=heads, max_position_embeddings=64)
-    vision = dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                  patch_size=patch, num_patches=num_patches)
+    text = dict(
+        vocab_size=1000,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        max_position_embeddings=64,
+    )
+    vision = dict(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        patch_size=patch,
+        num_patches=num_patches,
+    )
     with torch.device(device):
         model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
     return model.to(dtype).eval()
@@ -147,13 +175,21 @@ def bench_fidelity(args) -> list[dict]:
     mask = exact["pixel_attention_mask"].bool()
     diff = (exact["pixel_values"] - fast["pixel_values"])[mask]  # normalized units: [-1, 1] spans 255 levels
     with torch.no_grad():
-        e = [model.get_image_features(**{k: b[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes")})
-             for b in (exact, fast)]
+        e = [
+            model.get_image_features(**{k: b[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes")})
+            for b in (exact, fast)
+        ]
     cos = torch.nn.functional.cosine_similarity(e[0].float(), e[1].float(), dim=-1)
-    return [{"case": f"{len(paths)} x 12 MP JPEG, M={M}", "weights": weights,
-             "pixel_mean_abs_diff_8bit": float(diff.abs().mean() * 127.5),
-             "pixel_max_abs_diff_8bit": float(diff.abs().max() * 127.5),
-             "cosine_min": float(cos.min()), "cosine_median": float(cos.median())}]
+    return [
+        {
+            "case": f"{len(paths)} x 12 MP JPEG, M={M}",
+            "weights": weights,
+            "pixel_mean_abs_diff_8bit": float(diff.abs().mean() * 127.5),
+            "pixel_max_abs_diff_8bit": float(diff.abs().max() * 127.5),
+            "cosine_min": float(cos.min()),
+            "cosine_median": float(cos.median()),
+        }
+    ]
 
 
 def bench_e2e(args) -> list[dict]:
@@ -191,8 +227,10 @@ def bench_e2e(args) -> list[dict]:
     imgs = [data.decode_image(r) for r in recs]
     t_decode = time.perf_counter() - t
     t = time.perf_counter()
-    batches = [data.naflex_collate([(r.key, im) for r, im in zip(recs[i:i + B], imgs[i:i + B])], ip)
-               for i in range(0, len(recs), B)]
+    batches = [
+        data.naflex_collate([(r.key, im) for r, im in zip(recs[i : i + B], imgs[i : i + B])], ip)
+        for i in range(0, len(recs), B)
+    ]
     t_pre = time.perf_counter() - t
     keys = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
     dev = torch.device(args.device)
@@ -210,12 +248,16 @@ def bench_e2e(args) -> list[dict]:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t_model = time.perf_counter() - t
-    rows = [{"stage": "decode (serial)", "s": t_decode}, {"stage": "preprocess (serial)", "s": t_pre},
-            {"stage": "H2D" + (" (cpu: no copy)" if dev.type == "cpu" else ""), "s": t_h2d},
-            {"stage": "model", "s": t_model}]
+    rows = [
+        {"stage": "decode (serial)", "s": t_decode},
+        {"stage": "preprocess (serial)", "s": t_pre},
+        {"stage": "H2D" + (" (cpu: no copy)" if dev.type == "cpu" else ""), "s": t_h2d},
+        {"stage": "model", "s": t_model},
+    ]
     for workers in (0, 1):
-        loader = torch.utils.data.DataLoader(_as_iterable_dataset(stream()), batch_size=None, num_workers=workers,
-                                             prefetch_factor=4 if workers else None)
+        loader = torch.utils.data.DataLoader(
+            _as_iterable_dataset(stream()), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+        )
         wait, busy, model_spans = 0.0, [], []
         t = time.perf_counter()
         it = iter(_Prefetch(loader, dev))
@@ -234,10 +276,12 @@ def bench_e2e(args) -> list[dict]:
         run = sum(b - a for a, b in model_spans)
         overlap = sum(max(0.0, min(b, d) - max(a, c)) for a, b in model_spans for c, d in busy)
         name = f"pipeline, {workers} worker{'s' if workers != 1 else ''}"
-        rows += [{"stage": f"{name}: wall", "s": time.perf_counter() - t},
-                 {"stage": f"{name}: main waits for data", "s": wait},
-                 {"stage": f"{name}: main runs the model", "s": run},
-                 {"stage": f"{name}: decode + preprocess while the model runs", "s": overlap}]
+        rows += [
+            {"stage": f"{name}: wall", "s": time.perf_counter() - t},
+            {"stage": f"{name}: main waits for data", "s": wait},
+            {"stage": f"{name}: main runs the model", "s": run},
+            {"stage": f"{name}: decode + preprocess while the model runs", "s": overlap},
+        ]
     for r in rows:
         r["images"] = len(recs)
     rows.append({"stage": "load average (1 min) of this machine", "value": os.getloadavg()[0]})
@@ -282,18 +326,42 @@ def bench_gpu(args) -> list[dict]:
     del model
     for extra in ([], ["--fast-decode"]):
         out = os.path.join(work, "out" + "".join(extra))
-        cmd = [sys.executable, "-m", "siglip2", "embed-dataset", imgs, "--out", out, "--model", ckpt, "--dtype",
-               str(dtype).replace("torch.", ""), "--batch-size", str(B), "--num-workers", str(args.workers),
-               "--max-num-patches", "256", "--device", args.device, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "siglip2",
+            "embed-dataset",
+            imgs,
+            "--out",
+            out,
+            "--model",
+            ckpt,
+            "--dtype",
+            str(dtype).replace("torch.", ""),
+            "--batch-size",
+            str(B),
+            "--num-workers",
+            str(args.workers),
+            "--max-num-patches",
+            "256",
+            "--device",
+            args.device,
+            *extra,
+        ]
         t = time.perf_counter()
         r = subprocess.run(cmd, check=True, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t
         summary = [line for line in r.stderr.splitlines() if line.startswith("embed-dataset:")][-1]
         print(summary, file=sys.stderr)
         rate = float(re.search(r"\(([0-9.]+) images/s", summary).group(1))
-        rows.append({"case": f"embed-dataset {' '.join(extra) or 'exact'}, {args.workers} workers, "
-                             f"{args.num_images} x 1024x768 JPEG", "images_per_s": rate,
-                     "images_per_s_with_startup": args.num_images / wall})
+        rows.append(
+            {
+                "case": f"embed-dataset {' '.join(extra) or 'exact'}, {args.workers} workers, "
+                f"{args.num_images} x 1024x768 JPEG",
+                "images_per_s": rate,
+                "images_per_s_with_startup": args.num_images / wall,
+            }
+        )
     return rows
 
 
@@ -313,8 +381,17 @@ def main():
 
     import siglip2
 
-    print(json.dumps({"torch": torch.__version__, "pillow": PIL.__version__, "siglip2": siglip2.__version__,
-                      "cpu": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}))
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "pillow": PIL.__version__,
+                "siglip2": siglip2.__version__,
+                "cpu": os.cpu_count(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+    )
     for r in fn(args):
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}))
 

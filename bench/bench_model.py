@@ -8,6 +8,7 @@ counted (they are useful work for nobody), so padded baselines show lower TFLOP/
 Cases: So400m/16 (D=1152, 27 layers, MLP 4304, 16 heads of 72) and B/16 at max_num_patches 256, batch 256 on CUDA;
 a tiny config on CPU. Images get a realistic mix of aspect ratios (grids from the NaFlex resize of 4:3, 3:4, 16:9, 1:1).
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,12 +18,25 @@ import os
 import common
 import torch
 
-SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=16,
-              num_patches=256)
-B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16,
-           num_patches=256)
-TINY = dict(hidden_size=64, intermediate_size=134, num_hidden_layers=2, num_attention_heads=4, patch_size=4,
-            num_patches=16)
+SO400M = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    patch_size=16,
+    num_patches=256,
+)
+B16 = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    patch_size=16,
+    num_patches=256,
+)
+TINY = dict(
+    hidden_size=64, intermediate_size=134, num_hidden_layers=2, num_attention_heads=4, patch_size=4, num_patches=16
+)
 
 
 def grid_for(h_px, w_px, p, max_patches):
@@ -63,8 +77,11 @@ def run(args):
     import siglip2.reference as ref
 
     env = common.environment()
-    cases = [("tiny", TINY, 8, 16)] if args.quick else [("So400m/16", SO400M, 256, 256), ("B/16", B16, 256, 256),
-                                                         ("B/16", B16, 64, 1024)]
+    cases = (
+        [("tiny", TINY, 8, 16)]
+        if args.quick
+        else [("So400m/16", SO400M, 256, 256), ("B/16", B16, 256, 256), ("B/16", B16, 64, 1024)]
+    )
     peak = common.peak_for(env, "bf16_tflops")
     rows = []
     for name, cfg, B, L in cases:
@@ -91,8 +108,9 @@ def run(args):
             note = None
             if args.device == "cpu" and label != "transformers-sdpa" and label != "reference":
                 path = "padded, attention backend" if label == "transformers+siglip2_triton" else "packed path"
-                note = f"{path}; kernels via " + ("the interpreter" if os.environ.get("TRITON_INTERPRET")
-                                                  else "their PyTorch references on CPU")
+                note = f"{path}; kernels via " + (
+                    "the interpreter" if os.environ.get("TRITON_INTERPRET") else "their PyTorch references on CPU"
+                )
 
             def fn(m=m, pv=pv, mask=mask, ss=ss):
                 with torch.no_grad():
@@ -101,10 +119,21 @@ def run(args):
             ms = common.bench_ms(fn, device=args.device, rep=5 if args.quick else 20)
             times[label] = ms
             tf = fl / (ms * 1e-3) / 1e12
-            rows.append(dict(op="model", case=f"{name} B={B} L={L}", provider=label, mode="fwd", ms=ms, tflops=tf,
-                             pct_peak=(100 * tf / peak) if peak else None, images_per_s=B / (ms * 1e-3),
-                             peak_mem_mb=common.peak_mem_mb(fn, args.device), note=note))
-        for r in rows[-len(models):]:
+            rows.append(
+                dict(
+                    op="model",
+                    case=f"{name} B={B} L={L}",
+                    provider=label,
+                    mode="fwd",
+                    ms=ms,
+                    tflops=tf,
+                    pct_peak=(100 * tf / peak) if peak else None,
+                    images_per_s=B / (ms * 1e-3),
+                    peak_mem_mb=common.peak_mem_mb(fn, args.device),
+                    note=note,
+                )
+            )
+        for r in rows[-len(models) :]:
             r["speedup"], r["baseline"] = times["transformers-sdpa"] / r["ms"], "transformers-sdpa"
     return rows
 

@@ -20,6 +20,7 @@ aspect ratios drawn log-uniformly in [1/4, 4] and fit into max_num_patches (as t
 On CPU (`quick`), tiny sizes; the Triton provider runs only under TRITON_INTERPRET (a tiny case), else a row
 says why it was skipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ OP = "naflex_patch_embed"
 # ----------------------------------------------------------------------------------------------
 # Inputs and providers
 # ----------------------------------------------------------------------------------------------
+
 
 def naflex_shapes(B: int, max_patches: int, seed: int = 0):
     """(h, w) per image: a log-uniform aspect ratio in [1/4, 4], as many patches as fit in max_patches."""
@@ -123,17 +125,24 @@ def providers(inputs, device, dtype):
 # Measurement
 # ----------------------------------------------------------------------------------------------
 
+
 def _bytes(inputs):
     x, _, w, b, p = inputs
     B, L, _K = x.shape
     D = w.shape[0]
-    return (x.numel() * x.element_size() + w.numel() * w.element_size() + b.numel() * b.element_size()
-            + p.numel() * p.element_size() + B * L * D * w.element_size())
+    return (
+        x.numel() * x.element_size()
+        + w.numel() * w.element_size()
+        + b.numel() * b.element_size()
+        + p.numel() * p.element_size()
+        + B * L * D * w.element_size()
+    )
 
 
 def _measure(fn, inputs, mode, device):
     x, s, w, b, p = inputs
     if mode == "fwd":
+
         def call():
             with torch.no_grad():
                 return fn(x, s, w, b, p)
@@ -145,6 +154,7 @@ def _measure(fn, inputs, mode, device):
             for t in leaves:
                 t.grad = None
             fn(leaves[0], s, leaves[1], leaves[2], leaves[3]).backward(grad)
+
     rep = 3 if device == "cpu" else 20
     return bench_ms(call, warmup=1, rep=rep, device=device), peak_mem_mb(call, device)
 
@@ -182,11 +192,17 @@ def run(args) -> list[dict]:
                     continue
                 ms, mem = _measure(fn, inputs, mode, device)
                 mult = 3.0 if mode == "fwd+bwd" else 1.0  # backward ~ 2 GEMMs more
-                row = dict(op=OP, case=name, provider=prov, mode=mode, ms=ms,
-                           gbps=(nbytes / (ms * 1e-3) / 1e9) if mode == "fwd" else None,
-                           tflops=mult * flops / (ms * 1e-3) / 1e12,
-                           pct_peak=(100 * roofline_ms / ms) if roofline_ms and mode == "fwd" else None,
-                           peak_mem_mb=mem)
+                row = dict(
+                    op=OP,
+                    case=name,
+                    provider=prov,
+                    mode=mode,
+                    ms=ms,
+                    gbps=(nbytes / (ms * 1e-3) / 1e9) if mode == "fwd" else None,
+                    tflops=mult * flops / (ms * 1e-3) / 1e12,
+                    pct_peak=(100 * roofline_ms / ms) if roofline_ms and mode == "fwd" else None,
+                    peak_mem_mb=mem,
+                )
                 if prov == "transformers":
                     base_ms = ms
                 found.append(row)
@@ -194,8 +210,16 @@ def run(args) -> list[dict]:
                 row["speedup"] = base_ms / row["ms"] if base_ms else None
             rows += found
             if not any(r["provider"] == "triton" for r in found):
-                rows.append(dict(op=OP, case=name, provider="triton", mode=mode, ms=None,
-                                 note="skipped: Triton needs CUDA, or TRITON_INTERPRET=1 on CPU (then tiny cases only)"))
+                rows.append(
+                    dict(
+                        op=OP,
+                        case=name,
+                        provider="triton",
+                        mode=mode,
+                        ms=None,
+                        note="skipped: Triton needs CUDA, or TRITON_INTERPRET=1 on CPU (then tiny cases only)",
+                    )
+                )
         del inputs
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -25,9 +25,7 @@ from common import bench_ms
 def _cases(quick: bool):
     rng = np.random.default_rng(0)
     if quick:
-        return [
-            ("4x 120x160 M=64", [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(4)], 64)
-        ]
+        return [("4x 120x160 M=64", [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(4)], 64)]
     mixed = [
         rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         for h, w in [
@@ -69,9 +67,7 @@ def run(args) -> list[dict]:
         cpu_tensors = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arrays]
         ref = pil_proc(pils, max_num_patches=M)["pixel_values"]
         providers = [("ours-pil", "cpu", lambda pils=pils, M=M: pil_proc(pils, max_num_patches=M))]
-        providers.append(
-            ("ours-torch-cpu", "cpu", lambda ts=cpu_tensors, M=M: torch_proc(ts, max_num_patches=M))
-        )
+        providers.append(("ours-torch-cpu", "cpu", lambda ts=cpu_tensors, M=M: torch_proc(ts, max_num_patches=M)))
         if args.device == "cuda" and torch.cuda.is_available():
             cuda_tensors = [t.cuda() for t in cpu_tensors]
             providers.append(

@@ -10,6 +10,7 @@ the baseline is siglip_kernel when it ran for that case, else eager. Materialize
 with a row saying so when their n x n buffers cannot fit. On CPU (quick) the Triton provider runs through
 the interpreter at one tiny size only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def _siglip_kernel():
     try:
         import siglip_kernel
     except ImportError:
-        wheel = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wheels",
-                             "siglip_kernel-0.1.2-py3-none-any.whl")
+        wheel = os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "wheels", "siglip_kernel-0.1.2-py3-none-any.whl"
+        )
         if not os.path.exists(wheel):
             return None
         sys.path.append(wheel)  # a pure-Python wheel imports straight from the zip
@@ -99,8 +101,9 @@ def run(args) -> list[dict]:
                 case_rows.append({**row, "ms": None, "note": "interpreter too slow on CPU beyond n=128"})
                 continue
             if name in ("eager", "compile") and not _materialized_fits(n, device):
-                case_rows.append({**row, "ms": None,
-                                  "note": f"skipped: the n x n logits ({n}^2) would not fit in memory"})
+                case_rows.append(
+                    {**row, "ms": None, "note": f"skipped: the n x n logits ({n}^2) would not fit in memory"}
+                )
                 continue
 
             def step(fn=fn, xs=xs):
@@ -115,10 +118,18 @@ def run(args) -> list[dict]:
                 case_rows.append({**row, "ms": None, "note": "out of memory"})
                 continue
             tflops = flops / (ms * 1e-3) / 1e12
-            case_rows.append({**row, "ms": ms, "tflops": tflops, "peak_mem_mb": mem,
-                              "pct_peak": 100 * tflops / peak if peak else None})
-        base = next((r for r in case_rows if r["provider"] == "siglip_kernel" and r.get("ms")), None) or \
-            next((r for r in case_rows if r["provider"] == "eager" and r.get("ms")), None)
+            case_rows.append(
+                {
+                    **row,
+                    "ms": ms,
+                    "tflops": tflops,
+                    "peak_mem_mb": mem,
+                    "pct_peak": 100 * tflops / peak if peak else None,
+                }
+            )
+        base = next((r for r in case_rows if r["provider"] == "siglip_kernel" and r.get("ms")), None) or next(
+            (r for r in case_rows if r["provider"] == "eager" and r.get("ms")), None
+        )
         for r in case_rows:
             if base is not None and r.get("ms"):
                 r["speedup"] = base["ms"] / r["ms"]

@@ -27,6 +27,7 @@ pad_fraction is the padding of the padded host layout (the packed model does not
 random full-budget batches (no loader: the GPU step alone). Output: one JSON line per result (with device,
 versions, date, load average), then a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-SMALL = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
-         "patch_size": 16, "num_patches": 256}
+SMALL = {
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "patch_size": 16,
+    "num_patches": 256,
+}
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
@@ -106,10 +113,12 @@ def _synthetic_batches(n, m, patch, vocab, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     h = math.isqrt(m)
     w = m // h
-    batch = {"pixel_values": torch.randn(n, m, 3 * patch * patch, generator=g),
-             "pixel_attention_mask": torch.zeros(n, m, dtype=torch.long),
-             "spatial_shapes": torch.tensor([[h, w]] * n),
-             "input_ids": torch.randint(0, vocab, (n, 64), generator=g)}
+    batch = {
+        "pixel_values": torch.randn(n, m, 3 * patch * patch, generator=g),
+        "pixel_attention_mask": torch.zeros(n, m, dtype=torch.long),
+        "spatial_shapes": torch.tensor([[h, w]] * n),
+        "input_ids": torch.randint(0, vocab, (n, 64), generator=g),
+    }
     batch["pixel_attention_mask"][:, : h * w] = 1
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["budget"] = m
@@ -169,10 +178,16 @@ def bench_step(args) -> dict:
             collate([ds[j] for j in idx])
             serial.append((time.perf_counter() - t) * 1e3)
         serial_ms = statistics.median(serial)
-        batches = iter(torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
-                                                   num_workers=args.workers,
-                                                   prefetch_factor=4 if args.workers else None,
-                                                   pin_memory=device.type == "cuda"))
+        batches = iter(
+            torch.utils.data.DataLoader(
+                ds,
+                batch_sampler=sampler,
+                collate_fn=collate,
+                num_workers=args.workers,
+                prefetch_factor=4 if args.workers else None,
+                pin_memory=device.type == "cuda",
+            )
+        )
     dist_loss = DistributedSigmoidLoss(impl=args.kernel_impl) if world > 1 else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16" and not args.fsdp)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -193,8 +208,11 @@ def bench_step(args) -> dict:
             img, txt, scale, bias = module(*inputs)
         sync()
         t2, c2 = time.perf_counter(), time.process_time()
-        loss = dist_loss(img, txt, scale, bias) if dist_loss else sigmoid_loss(img, txt, scale, bias,
-                                                                                impl=args.kernel_impl)
+        loss = (
+            dist_loss(img, txt, scale, bias)
+            if dist_loss
+            else sigmoid_loss(img, txt, scale, bias, impl=args.kernel_impl)
+        )
         sync()
         t3, c3 = time.perf_counter(), time.process_time()
         (loss * world).backward()
@@ -208,52 +226,91 @@ def bench_step(args) -> dict:
         t5, c5 = time.perf_counter(), time.process_time()
         if step >= args.warmup_steps:
             n, valid = img.shape[0], int(batch["pixel_attention_mask"].sum())
-            rows.append(dict(zip(PHASES, np.diff([t0, t1, t2, t3, t4, t5]) * 1e3), step=(t5 - t0) * 1e3,
-                             cpu=dict(zip(PHASES, np.diff([c0, c1, c2, c3, c4, c5]) * 1e3)), step_cpu=(c5 - c0) * 1e3,
-                             images=n, tokens=valid, slots=batch["pixel_attention_mask"].numel(),
-                             text_tokens=inputs[0].numel(), budget=batch["budget"]))
+            rows.append(
+                dict(
+                    zip(PHASES, np.diff([t0, t1, t2, t3, t4, t5]) * 1e3),
+                    step=(t5 - t0) * 1e3,
+                    cpu=dict(zip(PHASES, np.diff([c0, c1, c2, c3, c4, c5]) * 1e3)),
+                    step_cpu=(c5 - c0) * 1e3,
+                    images=n,
+                    tokens=valid,
+                    slots=batch["pixel_attention_mask"].numel(),
+                    text_tokens=inputs[0].numel(),
+                    budget=batch["budget"],
+                )
+            )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:  # Linux reports KiB
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     wall, cpu = sum(r["step"] for r in rows) / 1e3, sum(r["step_cpu"] for r in rows) / 1e3
-    out = {"size": args.size, "world_size": world, "precision": args.precision,
-           "grad_checkpointing": args.grad_checkpointing, "fsdp": args.fsdp, "seq_lens": args.seq_lens,
-           "mixed_budgets": args.mixed, "tokens_per_batch": tokens, "batch_per_rank": args.batch_size,
-           "steps_timed": len(rows), "workers": args.workers,
-           **{f"{p}_ms": statistics.median(r[p] for r in rows) for p in PHASES},
-           "step_ms": statistics.median(r["step"] for r in rows),
-           **{f"{p}_cpu_ms": statistics.median(r["cpu"][p] for r in rows) for p in PHASES},
-           "step_cpu_ms": statistics.median(r["step_cpu"] for r in rows),
-           "images_per_s": world * sum(r["images"] for r in rows) / wall,
-           "tokens_per_s": world * sum(r["tokens"] for r in rows) / wall,
-           "text_tokens_per_s": world * sum(r["text_tokens"] for r in rows) / wall,
-           "images_per_cpu_s": sum(r["images"] for r in rows) / cpu,
-           "tokens_per_cpu_s": sum(r["tokens"] for r in rows) / cpu,
-           "pad_fraction": 1 - sum(r["tokens"] for r in rows) / sum(r["slots"] for r in rows),
-           "load_avg": os.getloadavg()[0],
-           "peak_mem_gb": peak, "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process RSS",
-           "data_serial_ms": serial_ms,
-           "step_ms_by_budget": {m: statistics.median(r["step"] for r in rows if r["budget"] == m)
-                                 for m in sorted({r["budget"] for r in rows})},
-           "step_cpu_ms_by_budget": {m: statistics.median(r["step_cpu"] for r in rows if r["budget"] == m)
-                                     for m in sorted({r["budget"] for r in rows})}}
+    out = {
+        "size": args.size,
+        "world_size": world,
+        "precision": args.precision,
+        "grad_checkpointing": args.grad_checkpointing,
+        "fsdp": args.fsdp,
+        "seq_lens": args.seq_lens,
+        "mixed_budgets": args.mixed,
+        "tokens_per_batch": tokens,
+        "batch_per_rank": args.batch_size,
+        "steps_timed": len(rows),
+        "workers": args.workers,
+        **{f"{p}_ms": statistics.median(r[p] for r in rows) for p in PHASES},
+        "step_ms": statistics.median(r["step"] for r in rows),
+        **{f"{p}_cpu_ms": statistics.median(r["cpu"][p] for r in rows) for p in PHASES},
+        "step_cpu_ms": statistics.median(r["step_cpu"] for r in rows),
+        "images_per_s": world * sum(r["images"] for r in rows) / wall,
+        "tokens_per_s": world * sum(r["tokens"] for r in rows) / wall,
+        "text_tokens_per_s": world * sum(r["text_tokens"] for r in rows) / wall,
+        "images_per_cpu_s": sum(r["images"] for r in rows) / cpu,
+        "tokens_per_cpu_s": sum(r["tokens"] for r in rows) / cpu,
+        "pad_fraction": 1 - sum(r["tokens"] for r in rows) / sum(r["slots"] for r in rows),
+        "load_avg": os.getloadavg()[0],
+        "peak_mem_gb": peak,
+        "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process RSS",
+        "data_serial_ms": serial_ms,
+        "step_ms_by_budget": {
+            m: statistics.median(r["step"] for r in rows if r["budget"] == m)
+            for m in sorted({r["budget"] for r in rows})
+        },
+        "step_cpu_ms_by_budget": {
+            m: statistics.median(r["step_cpu"] for r in rows if r["budget"] == m)
+            for m in sorted({r["budget"] for r in rows})
+        },
+    }
     return out if rank == 0 else None
 
 
 def bench_buckets(args) -> list[dict]:
     """Fixed length, buckets and mixed budgets at the same per-rank patch budget, each in a fresh process."""
     T = args.batch_size * 256
-    cases = [("fixed 256", ["--seq-lens", "256", "--batch-size", str(args.batch_size)]),
-             ("buckets 64,128,256", ["--seq-lens", "64,128,256", "--tokens-per-batch", str(T)]),
-             ("mixed 64,128,256", ["--seq-lens", "64,128,256", "--tokens-per-batch", str(T), "--mixed"])]
-    common = ["--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--workers", str(args.workers),
-              "--threads", str(args.threads), "--cache", args.cache, "--size", args.size, "--num-images",
-              str(args.num_images)]
+    cases = [
+        ("fixed 256", ["--seq-lens", "256", "--batch-size", str(args.batch_size)]),
+        ("buckets 64,128,256", ["--seq-lens", "64,128,256", "--tokens-per-batch", str(T)]),
+        ("mixed 64,128,256", ["--seq-lens", "64,128,256", "--tokens-per-batch", str(T), "--mixed"]),
+    ]
+    common = [
+        "--steps",
+        str(args.steps),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--cache",
+        args.cache,
+        "--size",
+        args.size,
+        "--num-images",
+        str(args.num_images),
+    ]
     rows = []
     for name, extra in cases:
-        r = subprocess.run([sys.executable, __file__, "step", *common, *extra], capture_output=True, text=True,
-                           check=False)
+        r = subprocess.run(
+            [sys.executable, __file__, "step", *common, *extra], capture_output=True, text=True, check=False
+        )
         if r.returncode:
             raise SystemExit(f"buckets: case {name!r} failed:\n{r.stderr[-3000:]}")
         rows.append({"case": name, **json.loads(r.stdout.strip().splitlines()[-1])})
@@ -306,7 +363,7 @@ def _ring_case(args, w, group, rank, device) -> list[dict]:
         logits = (img @ every.t()).float() * s.exp() + b  # (n, N)
         labels = -torch.ones_like(logits)
         r = dist.get_rank(group)
-        labels[:, r * n:(r + 1) * n] += 2 * torch.eye(n, device=device)
+        labels[:, r * n : (r + 1) * n] += 2 * torch.eye(n, device=device)
         loss = F.logsigmoid(labels * logits).sum() / (-n * w)  # this rank's share of the global loss
         loss.backward()
         total = loss.detach().clone()
@@ -329,9 +386,19 @@ def _ring_case(args, w, group, rank, device) -> list[dict]:
             img.grad = txt.grad = s.grad = b.grad = None
         if device.type == "cuda":
             peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        rows.append({"loss": name, "world_size": w, "local_batch": n, "global_batch": n * w, "dim": d,
-                     "dtype": str(dtype).replace("torch.", ""), "loss_value": value,
-                     "ms": statistics.median(times[args.warmup_steps:]), "peak_mem_mb": peak})
+        rows.append(
+            {
+                "loss": name,
+                "world_size": w,
+                "local_batch": n,
+                "global_batch": n * w,
+                "dim": d,
+                "dtype": str(dtype).replace("torch.", ""),
+                "loss_value": value,
+                "ms": statistics.median(times[args.warmup_steps :]),
+                "peak_mem_mb": peak,
+            }
+        )
     return rows
 
 

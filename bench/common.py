@@ -6,6 +6,7 @@ Each row carries: op, case, provider, mode, ms (median), and where defined tflop
 peak_mem_mb and speedup (vs. the op's named baseline, same run). The timing method itself (bench_ms, peak_mem_mb,
 environment) is siglip2/_timing.py, shared with `siglip2 profile`.
 """
+
 from __future__ import annotations
 
 import torch

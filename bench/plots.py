@@ -8,6 +8,7 @@
 Sizes are read back from the case names each bench module writes (N<len>-B..-D<d>, B<b>-L<l>-D<d>, n<n>-d<d>,
 "<model> B=<b> L=<l>"). Rows without a time (skipped providers) are left out.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,26 +65,63 @@ def write_bench_plots(results: dict, out_dir: str) -> list[str]:
     sub = f"{env.get('device')}, {env.get('dtype', '')}, {env.get('date')}"
     paths = []
     if "attention" in ops:
-        s = _series(ops["attention"], r"^N(\d+)-", lambda r, m: f"{r['provider']} D={_get(r, D_RE)}",
-                    "tflops", mode="fwd")
-        paths.append(_plot(plt, s, f"varlen attention forward (useful FLOPs)\n{sub}", "max_num_patches (sequence "
-                           "length)", "TFLOP/s", os.path.join(out_dir, "attention_tflops_vs_seqlen.png")))
+        s = _series(
+            ops["attention"], r"^N(\d+)-", lambda r, m: f"{r['provider']} D={_get(r, D_RE)}", "tflops", mode="fwd"
+        )
+        paths.append(
+            _plot(
+                plt,
+                s,
+                f"varlen attention forward (useful FLOPs)\n{sub}",
+                "max_num_patches (sequence length)",
+                "TFLOP/s",
+                os.path.join(out_dir, "attention_tflops_vs_seqlen.png"),
+            )
+        )
     if "patch_embed" in ops:
-        s = _series(ops["patch_embed"], r"^B(\d+)-",
-                    lambda r, m: f"{r['provider']} L={_get(r, L_RE)} D={_get(r, D_RE)}", "gbps",
-                    mode="fwd")
-        paths.append(_plot(plt, s, f"patch embedding + position resize, forward (baseline: transformers "
-                           f"{env.get('transformers')})\n{sub}", "batch size", "GB/s",
-                           os.path.join(out_dir, "patch_embed_gbps_vs_batch.png")))
+        s = _series(
+            ops["patch_embed"],
+            r"^B(\d+)-",
+            lambda r, m: f"{r['provider']} L={_get(r, L_RE)} D={_get(r, D_RE)}",
+            "gbps",
+            mode="fwd",
+        )
+        paths.append(
+            _plot(
+                plt,
+                s,
+                f"patch embedding + position resize, forward (baseline: transformers {env.get('transformers')})\n{sub}",
+                "batch size",
+                "GB/s",
+                os.path.join(out_dir, "patch_embed_gbps_vs_batch.png"),
+            )
+        )
     if "loss" in ops:
         s = _series(ops["loss"], r"^n(\d+)-", lambda r, m: f"{r['provider']} d={_get(r, SMALL_D_RE)}", "ms")
-        paths.append(_plot(plt, s, f"sigmoid loss, forward + backward\n{sub}", "n (batch of pairs)", "ms",
-                           os.path.join(out_dir, "loss_ms_vs_n.png")))
+        paths.append(
+            _plot(
+                plt,
+                s,
+                f"sigmoid loss, forward + backward\n{sub}",
+                "n (batch of pairs)",
+                "ms",
+                os.path.join(out_dir, "loss_ms_vs_n.png"),
+            )
+        )
     if "model" in ops:
-        s = _series(ops["model"], r"L=(\d+)", lambda r, m: f"{r['provider']} {str(r['case']).split(' B=')[0]}",
-                    "images_per_s")
-        paths.append(_plot(plt, s, f"vision tower forward\n{sub}", "max_num_patches", "images/s",
-                           os.path.join(out_dir, "model_images_per_s_vs_patches.png")))
+        s = _series(
+            ops["model"], r"L=(\d+)", lambda r, m: f"{r['provider']} {str(r['case']).split(' B=')[0]}", "images_per_s"
+        )
+        paths.append(
+            _plot(
+                plt,
+                s,
+                f"vision tower forward\n{sub}",
+                "max_num_patches",
+                "images/s",
+                os.path.join(out_dir, "model_images_per_s_vs_patches.png"),
+            )
+        )
     return [p for p in paths if p]
 
 

@@ -11,6 +11,7 @@ to them. A progress bar on stderr counts the ops and, within each op, its timed 
 byte model in its docstring; every row gives the median time, TFLOP/s or GB/s, % of the device peak, peak memory and
 the speedup over the op's baseline in the same run. The last stdout line is one JSON document.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,27 @@ import common
 # Some bench modules import `bench.common`, others `common`: one module object, so one progress hook.
 sys.modules.setdefault("bench.common", common)
 
-OPS = {"attention": "bench_attention", "patch_embed": "bench_patch_embed", "loss": "bench_sigmoid_loss",
-       "preprocess": "bench_preprocess", "model": "bench_model"}
-COLUMNS = ["case", "provider", "mode", "ms", "tflops", "gbps", "images_per_s", "pct_peak", "peak_mem_mb", "speedup",
-           "baseline", "note"]
+OPS = {
+    "attention": "bench_attention",
+    "patch_embed": "bench_patch_embed",
+    "loss": "bench_sigmoid_loss",
+    "preprocess": "bench_preprocess",
+    "model": "bench_model",
+}
+COLUMNS = [
+    "case",
+    "provider",
+    "mode",
+    "ms",
+    "tflops",
+    "gbps",
+    "images_per_s",
+    "pct_peak",
+    "peak_mem_mb",
+    "speedup",
+    "baseline",
+    "note",
+]
 
 
 def _fmt(v):
@@ -80,8 +98,12 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes (default on CPU)")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--out", help="results folder (default bench/results/<device>-<date>)")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
-                   help="write PNG plots next to results.json (default: when matplotlib is installed)")
+    p.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write PNG plots next to results.json (default: when matplotlib is installed)",
+    )
     args = p.parse_args(argv)
     if args.plots is None or args.plots:
         try:

@@ -15,6 +15,7 @@ dots and loads the split needs and no others.
 
 Do not change these kernels to make a ratio look better; if one must change, say why here.
 """
+
 from __future__ import annotations
 
 import triton
@@ -22,8 +23,20 @@ import triton.language as tl
 
 
 @triton.jit
-def ref_fwd_kernel(q, k, v, o, lse, s_t, T, qk_scale,
-                   BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def ref_fwd_kernel(
+    q,
+    k,
+    v,
+    o,
+    lse,
+    s_t,
+    T,
+    qk_scale,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     i_m, i_h = tl.program_id(0), tl.program_id(1)
     HD: tl.constexpr = BLOCK_D + BLOCK_DT
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -65,8 +78,24 @@ def ref_fwd_kernel(q, k, v, o, lse, s_t, T, qk_scale,
 
 
 @triton.jit
-def ref_dkdv_kernel(q, k, v, do, lse, delta, dk, dv, s_t, T, qk_scale, sm_scale,
-                    BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def ref_dkdv_kernel(
+    q,
+    k,
+    v,
+    do,
+    lse,
+    delta,
+    dk,
+    dv,
+    s_t,
+    T,
+    qk_scale,
+    sm_scale,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """BLOCK_N keys held, BLOCK_M queries streamed (the tutorial's _attn_bwd_dkdv)."""
     i_n, i_h = tl.program_id(0), tl.program_id(1)
     HD: tl.constexpr = BLOCK_D + BLOCK_DT
@@ -121,8 +150,23 @@ def ref_dkdv_kernel(q, k, v, do, lse, delta, dk, dv, s_t, T, qk_scale, sm_scale,
 
 
 @triton.jit
-def ref_dq_kernel(q, k, v, do, lse, delta, dq, s_t, T, qk_scale, sm_scale,
-                  BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def ref_dq_kernel(
+    q,
+    k,
+    v,
+    do,
+    lse,
+    delta,
+    dq,
+    s_t,
+    T,
+    qk_scale,
+    sm_scale,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """BLOCK_M queries held, BLOCK_N keys streamed (the tutorial's _attn_bwd_dq)."""
     i_m, i_h = tl.program_id(0), tl.program_id(1)
     HD: tl.constexpr = BLOCK_D + BLOCK_DT

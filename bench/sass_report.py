@@ -16,6 +16,7 @@ what the kernel does beyond the tail's own dots and loads.
 A SASS count says nothing about latency, dual issue or memory stalls: the first GPU measurement to take is in
 docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,7 +86,7 @@ def loop_stats(sass: str) -> tuple[int, collections.Counter]:
     """(instructions in the main loop, opcode counts there)."""
     instrs = parse_sass(sass)
     a, b = main_loop(instrs)
-    return b - a + 1, collections.Counter(opcode(t) for _, t in instrs[a:b + 1])
+    return b - a + 1, collections.Counter(opcode(t) for _, t in instrs[a : b + 1])
 
 
 def reference_case(case: dict) -> dict:
@@ -98,12 +99,28 @@ def reference_case(case: dict) -> dict:
     from siglip2.kernels._aot import _jit_function
 
     cx = dict(BLOCK_D=case["block_d"], BLOCK_DT=case["block_dt"], BLOCK_M=case["block_m"], BLOCK_N=case["block_n"])
-    sig = {n: ("*fp32" if n in floats else "fp32" if n in ("qk_scale", "sm_scale") else
-               "i32" if n in ("s_t", "T") else ptr) for n in _jit_function(fn).arg_names if n not in cx}
-    aligned = case["aligned"] if case["aligned"] is True else [n for n, t in sig.items() if t.startswith("*")
-                                                                 or t == "i32"]
-    return dict(name="ref-" + case["name"], cc=case["cc"], kernel=case["kernel"], fn=fn, signature=sig,
-                constexprs=cx, num_warps=case["num_warps"], num_stages=case["num_stages"], aligned=aligned, sass=True)
+    sig = {
+        n: (
+            "*fp32" if n in floats else "fp32" if n in ("qk_scale", "sm_scale") else "i32" if n in ("s_t", "T") else ptr
+        )
+        for n in _jit_function(fn).arg_names
+        if n not in cx
+    }
+    aligned = (
+        case["aligned"] if case["aligned"] is True else [n for n, t in sig.items() if t.startswith("*") or t == "i32"]
+    )
+    return dict(
+        name="ref-" + case["name"],
+        cc=case["cc"],
+        kernel=case["kernel"],
+        fn=fn,
+        signature=sig,
+        constexprs=cx,
+        num_warps=case["num_warps"],
+        num_stages=case["num_stages"],
+        aligned=aligned,
+        sass=True,
+    )
 
 
 def report(ccs=(80, 86, 89, 90, 100, 120), head_dims=(64, 72), kernels=KERNELS, jobs=None) -> list[dict]:
@@ -117,24 +134,38 @@ def report(ccs=(80, 86, 89, 90, 100, 120), head_dims=(64, 72), kernels=KERNELS, 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
-    ours = [dict(attention_kernel_case(k, cc, d, torch.bfloat16), sass=True)
-            for cc in ccs for d in head_dims for k in kernels]
+    ours = [
+        dict(attention_kernel_case(k, cc, d, torch.bfloat16), sass=True)
+        for cc in ccs
+        for d in head_dims
+        for k in kernels
+    ]
     refs = [reference_case(c) for c in ours]
     res = aot_run(ours + refs, jobs)
     rows = []
-    for case, r, rr in zip(ours, res[:len(ours)], res[len(ours):]):
+    for case, r, rr in zip(ours, res[: len(ours)], res[len(ours) :]):
         for x in (r, rr):
             if "error" in x:
                 raise RuntimeError(f"{x['name']} on sm_{x['cc']} failed to compile: {x['error']}")
         n, ops = loop_stats(r["sass"])
         rn, rops = loop_stats(rr["sass"])
-        rows.append(dict(kernel=case["kernel"], arch=f"sm_{case['cc']}", head_dim=case["head_dim"],
-                         loop_instructions=n, reference_loop_instructions=rn, opcodes=dict(ops.most_common()),
-                         reference_opcodes=dict(rops.most_common()),
-                         tile=f"{case['tile']}{'+' + str(case['block_dt']) if case['block_dt'] else ''} "
-                              f"w{case['num_warps']}s{case['num_stages']}",
-                         regs=r["regs"], reference_regs=rr["regs"], spill=r["stack"] + r["local"],
-                         triton=triton.__version__))
+        rows.append(
+            dict(
+                kernel=case["kernel"],
+                arch=f"sm_{case['cc']}",
+                head_dim=case["head_dim"],
+                loop_instructions=n,
+                reference_loop_instructions=rn,
+                opcodes=dict(ops.most_common()),
+                reference_opcodes=dict(rops.most_common()),
+                tile=f"{case['tile']}{'+' + str(case['block_dt']) if case['block_dt'] else ''} "
+                f"w{case['num_warps']}s{case['num_stages']}",
+                regs=r["regs"],
+                reference_regs=rr["regs"],
+                spill=r["stack"] + r["local"],
+                triton=triton.__version__,
+            )
+        )
     return rows
 
 
@@ -150,8 +181,10 @@ def table(rows) -> str:
     lines = [f"{'kernel':<6} {'arch':<7} {'D':>3} {'tile':<16} {'loop':>5} {'ref':>5} {'ratio':>6}  opcodes vs ref"]
     for r in rows:
         n, ref = r["loop_instructions"], r["reference_loop_instructions"]
-        lines.append(f"{r['kernel']:<6} {r['arch']:<7} {r['head_dim']:>3} {r['tile']:<16} {n:>5} {ref:>5} "
-                     f"{n / ref:>6.2f}  {diff(r)}")
+        lines.append(
+            f"{r['kernel']:<6} {r['arch']:<7} {r['head_dim']:>3} {r['tile']:<16} {n:>5} {ref:>5} "
+            f"{n / ref:>6.2f}  {diff(r)}"
+        )
     return "\n".join(lines)
 
 
@@ -166,8 +199,9 @@ def main(argv=None) -> int:
     kernels = tuple(args.kernels.split(","))
     if set(kernels) - set(KERNELS):
         ap.error(f"--kernels must be among {KERNELS}, got {args.kernels!r}")
-    rows = report(tuple(int(c) for c in args.ccs.split(",")), tuple(int(d) for d in args.head_dims.split(",")),
-                  kernels, args.jobs)
+    rows = report(
+        tuple(int(c) for c in args.ccs.split(",")), tuple(int(d) for d in args.head_dims.split(",")), kernels, args.jobs
+    )
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -8,6 +8,7 @@ pytest-benchmark does the timing and the statistics (min / median / mean over it
 cases catch CPU regressions between commits on the same machine; they say nothing about GPU speed
 (bench/run.py is the GPU benchmark). Each case checks its output once so that a broken path cannot look fast.
 """
+
 import math
 
 import numpy as np
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 SIZES = [(480, 640), (640, 480), (1080, 1920), (512, 512), (300, 1000), (2000, 1500), (224, 224), (768, 1024)]
-TOWER = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
-             num_patches=256)
+TOWER = dict(
+    hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, patch_size=16, num_patches=256
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,7 @@ def _naflex_batch(B, M, seed=0):
 
     P, K = TOWER["patch_size"], 3 * TOWER["patch_size"] ** 2
     g = torch.Generator().manual_seed(seed)
-    shapes = [tuple(s // P for s in get_image_size_for_max_num_patches(*SIZES[i % len(SIZES)], P, M))
-              for i in range(B)]
+    shapes = [tuple(s // P for s in get_image_size_for_max_num_patches(*SIZES[i % len(SIZES)], P, M)) for i in range(B)]
     pv, mask = torch.zeros(B, M, K), torch.zeros(B, M, dtype=torch.int32)
     for i, (h, w) in enumerate(shapes):
         pv[i, : h * w] = torch.randn(h * w, K, generator=g)

@@ -7,16 +7,17 @@ Public ops (each validates its inputs and dispatches with impl="auto"|"triton"|"
 Triton is imported lazily (inside the dispatch), so this package imports on machines without it.
 It never imports the model code.
 """
+
 from . import reference
 from .attention import padded_attention, varlen_attention
 from .loss import DistributedSigmoidLoss, sigmoid_loss
 from .patch_embed import naflex_patch_embed
 
 __all__ = [
-           "DistributedSigmoidLoss",
-           "naflex_patch_embed",
-           "padded_attention",
-           "reference",
-           "sigmoid_loss",
-           "varlen_attention",
+    "DistributedSigmoidLoss",
+    "naflex_patch_embed",
+    "padded_attention",
+    "reference",
+    "sigmoid_loss",
+    "varlen_attention",
 ]

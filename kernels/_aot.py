@@ -9,6 +9,7 @@ spill-free kernel has STACK == LOCAL == 0. `aot_run` compiles many cases in para
 set TRITON_INTERPRET=1, under which helper @triton.jit functions cannot be compiled). The cases themselves,
 per op and per architecture, are built by kernels/_aot_cases.py; tests/test_aot.py is the test.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,18 @@ def _python_function(fn):
     return fn
 
 
-def aot_compile(fn, signature: dict, constexprs: dict, cc: int, num_warps: int = 4, num_stages: int = 2,
-                aligned=False, maxnreg: int | None = None, keep_asm: bool = False, sass: bool = False) -> dict:
+def aot_compile(
+    fn,
+    signature: dict,
+    constexprs: dict,
+    cc: int,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    aligned=False,
+    maxnreg: int | None = None,
+    keep_asm: bool = False,
+    sass: bool = False,
+) -> dict:
     """Compile a @triton.jit kernel for `sm_<cc>` and report its resource usage.
 
     `signature` maps argument names to Triton types ("*bf16", "i32", "fp32"); names in `constexprs` may be left
@@ -107,8 +118,12 @@ def cubin_sass(cubin: bytes) -> str:
 def cubin_resource_usage(cubin: bytes) -> dict:
     out = _cuobjdump(cubin, "-res-usage")
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
-    return {"regs": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]),
-            "shared": int(fields["SHARED"])}
+    return {
+        "regs": int(fields["REG"]),
+        "stack": int(fields["STACK"]),
+        "local": int(fields["LOCAL"]),
+        "shared": int(fields["SHARED"]),
+    }
 
 
 def ptxas_report(ptx: str, cc: int) -> str:
@@ -122,8 +137,11 @@ def ptxas_report(ptx: str, cc: int) -> str:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        r = subprocess.run([get_ptxas(cc).path, "-v", f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.cubin")],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [get_ptxas(cc).path, "-v", f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.cubin")],
+            capture_output=True,
+            text=True,
+        )
     lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if "stack" in ln or "spill" in ln]
     return "; ".join(lines) or (r.stdout + r.stderr).strip()[-300:]
 
@@ -133,8 +151,7 @@ def _case_spec(case: dict) -> dict:
     (the caller's kernel may be an interpreter wrapper; the subprocess imports the real @triton.jit one)."""
     py = _python_function(case["fn"])
     aligned = case.get("aligned", False)
-    return dict(case, fn=(py.__module__, py.__name__),
-                aligned=aligned if isinstance(aligned, bool) else list(aligned))
+    return dict(case, fn=(py.__module__, py.__name__), aligned=aligned if isinstance(aligned, bool) else list(aligned))
 
 
 def _aot_worker() -> None:
@@ -152,9 +169,18 @@ def _aot_worker() -> None:
         fn = getattr(importlib.import_module(case["fn"][0]), case["fn"][1])
         cc, t0, c0 = case["cc"], time.perf_counter(), cpu()
         try:
-            u = aot_compile(fn, case["signature"], case["constexprs"], cc, case["num_warps"], case["num_stages"],
-                            case.get("aligned", False), case.get("maxnreg"), keep_asm=True,
-                            sass=case.get("sass", False))
+            u = aot_compile(
+                fn,
+                case["signature"],
+                case["constexprs"],
+                cc,
+                case["num_warps"],
+                case["num_stages"],
+                case.get("aligned", False),
+                case.get("maxnreg"),
+                keep_asm=True,
+                sass=case.get("sass", False),
+            )
         except Exception as e:  # report it as an offender rather than killing the whole shard
             u = {"error": f"{type(e).__name__}: {str(e)[-2000:]}"}
         ptx = u.pop("ptx", None)
@@ -188,8 +214,9 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
             path = os.path.join(d, f"{j}.pkl")
             # a file, not a pipe: a chatty shard cannot block; closed once its process is reaped, below
             log = open(os.path.join(d, f"{j}.log"), "w+b")  # noqa: SIM115
-            p = subprocess.Popen([sys.executable, "-c", code, path], env=env, stdin=subprocess.PIPE,
-                                 stdout=log, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(
+                [sys.executable, "-c", code, path], env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT
+            )
             p.stdin.write(pickle.dumps([work[i] for i in idx]))
             p.stdin.close()
             procs.append((p, path, log, idx))
@@ -224,8 +251,10 @@ def spill_table(results) -> str:
         if "error" in r:
             lines.append(f"{r['cc']:>4} {r.get('op', ''):<12} {r['name']:<62} ERROR {r['error'][-200:]!r}")
             continue
-        lines.append(f"{r['cc']:>4} {r.get('op', ''):<12} {r['name']:<62} {r['regs']:>4} {r['stack']:>5} "
-                     f"{r['local']:>5} {r['shared'] / 1024:>7.1f} {r['secs']:>5.1f}")
+        lines.append(
+            f"{r['cc']:>4} {r.get('op', ''):<12} {r['name']:<62} {r['regs']:>4} {r['stack']:>5} "
+            f"{r['local']:>5} {r['shared'] / 1024:>7.1f} {r['secs']:>5.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -239,8 +268,12 @@ def main(argv=None) -> int:
     from ._configs import AOT_CCS
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--tier", choices=("ci", "siglip2", "all"), default="siglip2",
-                    help="ci: the CI subset; siglip2: every SigLIP2 shape (default); all: every table entry")
+    ap.add_argument(
+        "--tier",
+        choices=("ci", "siglip2", "all"),
+        default="siglip2",
+        help="ci: the CI subset; siglip2: every SigLIP2 shape (default); all: every table entry",
+    )
     ap.add_argument("--ccs", default=",".join(map(str, AOT_CCS)))
     ap.add_argument("--op", choices=("attention", "patch_embed", "loss"), default=None)
     ap.add_argument("--jobs", type=int, default=None)
@@ -259,9 +292,11 @@ def main(argv=None) -> int:
             json.dump(dict(triton=triton.__version__, wall=wall, results=res), f, indent=0)
     bad = [r for r in res if is_offender(r)]
     print(spill_table(res if args.all else bad))
-    print(f"triton {triton.__version__}: {len(res)} cases, {len(bad)} offenders "
-          f"({sum(r.get('required', False) for r in bad)} required), {wall:.0f} s wall, "
-          f"{sum(r['cpu'] for r in res):.0f} CPU s")
+    print(
+        f"triton {triton.__version__}: {len(res)} cases, {len(bad)} offenders "
+        f"({sum(r.get('required', False) for r in bad)} required), {wall:.0f} s wall, "
+        f"{sum(r['cpu'] for r in res):.0f} CPU s"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ configs of B/16, L/16, So400m/14 and So400m/16). A required case must not spill;
 fit shared memory. `siglip2_only=True` builds the required cases alone; `all_cases(tier="ci")` a subset of them
 sized to CI's time budget.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,14 +36,28 @@ def _families(cc):
 
 # ---------------------------------------------------------------------------------------------- attention
 
+
 def _attn_signature(fn, constexprs, dtype):
     from ._aot import _jit_function
 
     ptr = "*" + _TY[dtype]
-    return {n: ("*fp32" if n in ("lse", "delta") else "*i32" if n.startswith("cu_seqlens") else
-                "*u8" if n == "key_mask" else "fp32" if n in ("qk_scale", "sm_scale") else
-                "i32" if n[:2] in ("s_", "L_") else ptr)
-            for n in _jit_function(fn).arg_names if n not in constexprs}
+    return {
+        n: (
+            "*fp32"
+            if n in ("lse", "delta")
+            else "*i32"
+            if n.startswith("cu_seqlens")
+            else "*u8"
+            if n == "key_mask"
+            else "fp32"
+            if n in ("qk_scale", "sm_scale")
+            else "i32"
+            if n[:2] in ("s_", "L_")
+            else ptr
+        )
+        for n in _jit_function(fn).arg_names
+        if n not in constexprs
+    }
 
 
 def _attn_variants(dclass, queries, tile, siglip2_only):
@@ -56,8 +71,11 @@ def _attn_variants(dclass, queries, tile, siglip2_only):
         out += [(dt, siglip2_d, lay, how, True) for dt in (torch.bfloat16, torch.float16) for lay in layouts]
     if not siglip2_only:
         dt = torch.float32 if dclass == "fp32" else torch.bfloat16
-        out += [(dt, tile, "varlen", "aligned", False), (dt, tile - 1, "varlen", "unaligned", False),
-                (dt, tile, "padded+mask", "aligned", False)]
+        out += [
+            (dt, tile, "varlen", "aligned", False),
+            (dt, tile - 1, "varlen", "unaligned", False),
+            (dt, tile, "padded+mask", "aligned", False),
+        ]
     return out
 
 
@@ -73,19 +91,54 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
     bd, bdt = _SPLIT[tile]
     bm, bn, w, s = T.FWD_CONFIGS[fam][key]
     bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
-    fn, m, n, nw, ns = {"fwd": (T._attn_fwd_kernel, bm, bn, w, s), "dkdv": (T._attn_bwd_dkdv_kernel, bm_, bn_, w_, s_),
-                        "dq": (T._attn_bwd_dq_kernel, bm2, bn2, w2, s_)}[kname]
-    cx = dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_DT=bdt, IS_VARLEN=layout == "varlen", HAS_MASK=layout == "padded+mask",
-              DOT_FP32=False, PRECISION=dot_precision(dtype), BLOCK_M=m, BLOCK_N=n)
+    fn, m, n, nw, ns = {
+        "fwd": (T._attn_fwd_kernel, bm, bn, w, s),
+        "dkdv": (T._attn_bwd_dkdv_kernel, bm_, bn_, w_, s_),
+        "dq": (T._attn_bwd_dq_kernel, bm2, bn2, w2, s_),
+    }[kname]
+    cx = dict(
+        HEAD_DIM=D,
+        BLOCK_D=bd,
+        BLOCK_DT=bdt,
+        IS_VARLEN=layout == "varlen",
+        HAS_MASK=layout == "padded+mask",
+        DOT_FP32=False,
+        PRECISION=dot_precision(dtype),
+        BLOCK_M=m,
+        BLOCK_N=n,
+    )
     if kname == "fwd":
         cx["NEG_SCALE"] = False  # a negative softmax scale (never SigLIP2's) compiles its own forward
     sig = _attn_signature(fn, cx, dtype)
-    aligned = {"aligned": [a for a, t in sig.items() if t.startswith("*") or t == "i32"],
-               "pointers": True, "unaligned": False}[how]
+    aligned = {
+        "aligned": [a for a, t in sig.items() if t.startswith("*") or t == "i32"],
+        "pointers": True,
+        "unaligned": False,
+    }[how]
     name = f"{kname}-{_TY[dtype]}-D{D}-{queries}-{layout}-{how}-{m}x{n}{'+' + str(bdt) if bdt else ''}-w{nw}s{ns}"
-    return dict(name=name, cc=cc, family=fam, op="attention", kernel=kname, dtype=_TY[dtype], head_dim=D,
-                layout=layout, queries=queries, tile=f"{m}x{n}", block_d=bd, block_dt=bdt, block_m=m, block_n=n,
-                num_warps=nw, num_stages=ns, required=required, fn=fn, signature=sig, constexprs=cx, aligned=aligned)
+    return dict(
+        name=name,
+        cc=cc,
+        family=fam,
+        op="attention",
+        kernel=kname,
+        dtype=_TY[dtype],
+        head_dim=D,
+        layout=layout,
+        queries=queries,
+        tile=f"{m}x{n}",
+        block_d=bd,
+        block_dt=bdt,
+        block_m=m,
+        block_n=n,
+        num_warps=nw,
+        num_stages=ns,
+        required=required,
+        fn=fn,
+        signature=sig,
+        constexprs=cx,
+        aligned=aligned,
+    )
 
 
 def attention_kernel_case(kname, cc, head_dim, dtype=torch.bfloat16, layout="varlen", queries="seq"):
@@ -115,15 +168,32 @@ def attention_cases(ccs=AOT_CCS, siglip2_only=False):
                         pm, pw = T.PREPROCESS_CONFIG
                         cx = dict(HEAD_DIM=D, BLOCK_DP=T._next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=True)
                         sig = _attn_signature(T._attn_bwd_preprocess_kernel, cx, dtype)
-                        cases.append(dict(name=f"preprocess-{_TY[dtype]}-D{D}-{how}-{pm}-w{pw}", cc=cc, family=fam,
-                                          op="attention", kernel="preprocess", dtype=_TY[dtype], head_dim=D,
-                                          layout=layout, queries=queries, tile=str(pm), num_warps=pw, num_stages=1,
-                                          required=required, fn=T._attn_bwd_preprocess_kernel, signature=sig,
-                                          constexprs=cx, aligned=how != "unaligned"))
+                        cases.append(
+                            dict(
+                                name=f"preprocess-{_TY[dtype]}-D{D}-{how}-{pm}-w{pw}",
+                                cc=cc,
+                                family=fam,
+                                op="attention",
+                                kernel="preprocess",
+                                dtype=_TY[dtype],
+                                head_dim=D,
+                                layout=layout,
+                                queries=queries,
+                                tile=str(pm),
+                                num_warps=pw,
+                                num_stages=1,
+                                required=required,
+                                fn=T._attn_bwd_preprocess_kernel,
+                                signature=sig,
+                                constexprs=cx,
+                                aligned=how != "unaligned",
+                            )
+                        )
     return _dedupe(cases)
 
 
 # ---------------------------------------------------------------------------------------------- patch embedding
+
 
 def _pe_dtypes(dclass):
     return [torch.float32] if dclass == "fp32" else [torch.bfloat16, torch.float16]
@@ -143,8 +213,21 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
     cases = []
 
     def add(cc, fam, name, fn, sig, consts, nw, ns, div16, required=True):
-        cases.append(dict(name=f"{name}-w{nw}s{ns}", cc=cc, family=fam, op="patch_embed", required=required, fn=fn,
-                          signature=sig, constexprs=consts, num_warps=nw, num_stages=ns, aligned=div16 or False))
+        cases.append(
+            dict(
+                name=f"{name}-w{nw}s{ns}",
+                cc=cc,
+                family=fam,
+                op="patch_embed",
+                required=required,
+                fn=fn,
+                signature=sig,
+                constexprs=consts,
+                num_warps=nw,
+                num_stages=ns,
+                aligned=div16 or False,
+            )
+        )
 
     for cc in ccs:
         for fam in _families(cc):
@@ -155,46 +238,111 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                         for packed in (False, True):
                             t = "*" + _TY[dtype]
                             # padded launches pass the (int64) shapes tensor as the unread cu_seqlens pointer
-                            sig = dict(x="*" + _TY[xdt], weight=t, bias=t, pos=t, shapes="*i64",
-                                       cu_seqlens="*i32" if packed else "*i64", y=t, L="i32", K="i32", D="i32",
-                                       total_rows="i32")
-                            consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PACKED=packed,
-                                          DOT_FP32=False, MAIN_PREC=pt.dot_precision(dtype),
-                                          POS_PREC=pt.pos_precision(dtype))
+                            sig = dict(
+                                x="*" + _TY[xdt],
+                                weight=t,
+                                bias=t,
+                                pos=t,
+                                shapes="*i64",
+                                cu_seqlens="*i32" if packed else "*i64",
+                                y=t,
+                                L="i32",
+                                K="i32",
+                                D="i32",
+                                total_rows="i32",
+                            )
+                            consts = dict(
+                                G=16,
+                                BLOCK_G=16,
+                                BLOCK_M=bm,
+                                BLOCK_N=bn,
+                                BLOCK_K=bk,
+                                PACKED=packed,
+                                DOT_FP32=False,
+                                MAIN_PREC=pt.dot_precision(dtype),
+                                POS_PREC=pt.pos_precision(dtype),
+                            )
                             ptrs = [n for n, ty in sig.items() if ty.startswith("*")]
-                            for how, div16 in ([("aligned", [*ptrs, "K", "D"])] if aligned else
-                                               [("pointers", [*ptrs, "D"]), ("none", None)]):
-                                add(cc, fam, f"fwd-{_TY[dtype]}-x{_TY[xdt]}-{bm}x{bn}x{bk}-"
-                                             f"{'packed' if packed else 'padded'}-{how}",
-                                    pt._patch_embed_fwd_kernel, sig, consts, nw, ns, div16)
+                            for how, div16 in (
+                                [("aligned", [*ptrs, "K", "D"])]
+                                if aligned
+                                else [("pointers", [*ptrs, "D"]), ("none", None)]
+                            ):
+                                add(
+                                    cc,
+                                    fam,
+                                    f"fwd-{_TY[dtype]}-x{_TY[xdt]}-{bm}x{bn}x{bk}-"
+                                    f"{'packed' if packed else 'padded'}-{how}",
+                                    pt._patch_embed_fwd_kernel,
+                                    sig,
+                                    consts,
+                                    nw,
+                                    ns,
+                                    div16,
+                                )
             for dclass, (bm, bn, nw, ns) in pt.ADJ_CONFIGS[fam].items():
                 for dtype in _pe_dtypes(dclass):
                     for packed in (False, True):
                         for imgs1 in (False, True):
-                            sig = dict(dy="*" + _TY[dtype], shapes="*i64", cu_seqlens="*i32" if packed else "*i64",
-                                       dpos_part="*fp32", B="i32", L="i32", D="i32", IMGS_PER_PROG="i32")
-                            consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
-                                          POS_PREC=pt.adjoint_precision(dtype))
+                            sig = dict(
+                                dy="*" + _TY[dtype],
+                                shapes="*i64",
+                                cu_seqlens="*i32" if packed else "*i64",
+                                dpos_part="*fp32",
+                                B="i32",
+                                L="i32",
+                                D="i32",
+                                IMGS_PER_PROG="i32",
+                            )
+                            consts = dict(
+                                G=16,
+                                BLOCK_G=16,
+                                BLOCK_M=bm,
+                                BLOCK_N=bn,
+                                PACKED=packed,
+                                POS_PREC=pt.adjoint_precision(dtype),
+                            )
                             if imgs1:
                                 consts["IMGS_PER_PROG"] = 1
                                 del sig["IMGS_PER_PROG"]
                             for aligned in (True, False):  # no alignment switch: a launch is either
                                 div16 = [n for n in sig if n != "IMGS_PER_PROG"] if aligned else None
-                                add(cc, fam, f"adj-{_TY[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}-"
-                                             f"imgs{'1' if imgs1 else 'N'}-{'aligned' if aligned else 'none'}",
-                                    pt._pos_adjoint_kernel, sig, consts, nw, ns, div16)
+                                add(
+                                    cc,
+                                    fam,
+                                    f"adj-{_TY[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}-"
+                                    f"imgs{'1' if imgs1 else 'N'}-{'aligned' if aligned else 'none'}",
+                                    pt._pos_adjoint_kernel,
+                                    sig,
+                                    consts,
+                                    nw,
+                                    ns,
+                                    div16,
+                                )
             if not siglip2_only:
                 # a launch passes an int argument equal to 1 as a constexpr: one image of one patch
                 bm, bn, nw, ns = pt.ADJ_CONFIGS[fam]["16bit"]
                 sig = dict(dy="*bf16", shapes="*i64", cu_seqlens="*i64", dpos_part="*fp32", D="i32")
-                consts = dict(G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, POS_PREC="tf32", PACKED=False, L=1, B=1,
-                              IMGS_PER_PROG=1)
-                add(cc, fam, f"adj-bf16-L1-B1-{bm}x{bn}-padded", pt._pos_adjoint_kernel, sig, consts, nw, ns,
-                    [n for n, ty in sig.items() if ty.startswith("*")], required=False)
+                consts = dict(
+                    G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, POS_PREC="tf32", PACKED=False, L=1, B=1, IMGS_PER_PROG=1
+                )
+                add(
+                    cc,
+                    fam,
+                    f"adj-bf16-L1-B1-{bm}x{bn}-padded",
+                    pt._pos_adjoint_kernel,
+                    sig,
+                    consts,
+                    nw,
+                    ns,
+                    [n for n, ty in sig.items() if ty.startswith("*")],
+                    required=False,
+                )
     return _dedupe(cases)
 
 
 # ---------------------------------------------------------------------------------------------- sigmoid loss
+
 
 def loss_cases(ccs=AOT_CCS, siglip2_only=False):
     """Every variant `sigmoid_loss_block_fwd` can launch, per table entry, all required (spill-free): dtype (bf16,
@@ -216,17 +364,52 @@ def loss_cases(ccs=AOT_CCS, siglip2_only=False):
                             for store_g in (True, False):
                                 if siglip2_only and not even_k:
                                     continue
-                                sig = dict(t="*" + t, i="*" + t, g="*" + (t if store_g else "fp32"), part="*fp32",
-                                           scale="*fp32", bias="*fp32", M="i32", N="i32", D="i32", diag0="i32",
-                                           s_t="i32", s_i="i32", s_g="i32", s_p="i32", g_mul="fp32")
-                                consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=even_k, HAS_POS=has_pos,
-                                              STORE_G=store_g, DOT_FP32=False, PRECISION=K.dot_precision(dtype))
-                                aligned = (["t", "i", "g", "part", "scale", "bias", "D", "s_t", "s_i"] if even_k
-                                           else False)
-                                cases.append(dict(name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}-{bm}x{bn}x{bk}"
-                                                       f"-w{nw}s{ns}", cc=cc, family=fam, op="loss", required=True,
-                                                  fn=K._sigmoid_loss_fwd_kernel, signature=sig, constexprs=consts,
-                                                  num_warps=nw, num_stages=ns, aligned=aligned))
+                                sig = dict(
+                                    t="*" + t,
+                                    i="*" + t,
+                                    g="*" + (t if store_g else "fp32"),
+                                    part="*fp32",
+                                    scale="*fp32",
+                                    bias="*fp32",
+                                    M="i32",
+                                    N="i32",
+                                    D="i32",
+                                    diag0="i32",
+                                    s_t="i32",
+                                    s_i="i32",
+                                    s_g="i32",
+                                    s_p="i32",
+                                    g_mul="fp32",
+                                )
+                                consts = dict(
+                                    BLOCK_M=bm,
+                                    BLOCK_N=bn,
+                                    BLOCK_K=bk,
+                                    EVEN_K=even_k,
+                                    HAS_POS=has_pos,
+                                    STORE_G=store_g,
+                                    DOT_FP32=False,
+                                    PRECISION=K.dot_precision(dtype),
+                                )
+                                aligned = (
+                                    ["t", "i", "g", "part", "scale", "bias", "D", "s_t", "s_i"] if even_k else False
+                                )
+                                cases.append(
+                                    dict(
+                                        name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}-{bm}x{bn}x{bk}"
+                                        f"-w{nw}s{ns}",
+                                        cc=cc,
+                                        family=fam,
+                                        op="loss",
+                                        required=True,
+                                        fn=K._sigmoid_loss_fwd_kernel,
+                                        signature=sig,
+                                        constexprs=consts,
+                                        num_warps=nw,
+                                        num_stages=ns,
+                                        aligned=aligned,
+                                    )
+                                )
     return _dedupe(cases)
 
 

@@ -7,6 +7,7 @@ num_warps and num_stages in the order the launcher's comment states. A launch lo
 (a future architecture, or an older one) gets the "default" entry: configs that compile with no register spills
 on every architecture in `AOT_CCS` and fit the smallest shared memory among them (99 KB).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,17 +15,27 @@ import torch
 # compute capability (10 * major + minor) -> family. sm_87 (Jetson Orin) has 163 KB, but the 99 KB consumer
 # configs are a safe fit there; sm_120/121 (RTX 50xx, RTX PRO 6000, DGX Spark) have consumer parts' 99 KB.
 FAMILY_OF_CC = {
-    80: "sm80",                       # Ampere datacenter: A100, A30
-    86: "sm86", 87: "sm86", 89: "sm86",  # Ampere / Ada consumer and workstation: A10, A40, RTX 3090/4090, L4, L40
-    90: "sm90",                       # Hopper: H100, H200, GH200
-    100: "sm100", 103: "sm100",       # Blackwell datacenter: B200, GB200, B300
-    120: "sm120", 121: "sm120",       # Blackwell consumer / workstation: RTX 5090, RTX PRO 6000
+    80: "sm80",  # Ampere datacenter: A100, A30
+    86: "sm86",
+    87: "sm86",
+    89: "sm86",  # Ampere / Ada consumer and workstation: A10, A40, RTX 3090/4090, L4, L40
+    90: "sm90",  # Hopper: H100, H200, GH200
+    100: "sm100",
+    103: "sm100",  # Blackwell datacenter: B200, GB200, B300
+    120: "sm120",
+    121: "sm120",  # Blackwell consumer / workstation: RTX 5090, RTX PRO 6000
 }
 FAMILIES = ("sm80", "sm86", "sm90", "sm100", "sm120", "default")
 
 # Opt-in dynamic shared memory per thread block, bytes (CUDA C programming guide, compute capabilities table).
-SMEM_LIMIT = {"sm80": 163 * 1024, "sm86": 99 * 1024, "sm90": 227 * 1024, "sm100": 227 * 1024,
-              "sm120": 99 * 1024, "default": 99 * 1024}
+SMEM_LIMIT = {
+    "sm80": 163 * 1024,
+    "sm86": 99 * 1024,
+    "sm90": 227 * 1024,
+    "sm100": 227 * 1024,
+    "sm120": 99 * 1024,
+    "default": 99 * 1024,
+}
 
 # The architectures the ahead-of-time compile test builds every table for (tests/test_aot.py).
 AOT_CCS = (80, 86, 89, 90, 100, 120)

@@ -4,6 +4,7 @@ rule, the one interpreter flag, and the one head-dim limit.
 
 Nothing here imports Triton at module import time, so `import siglip2` works on machines without it.
 """
+
 from __future__ import annotations
 
 import os

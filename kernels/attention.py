@@ -6,6 +6,7 @@ sequence i's (unmasked) keys, and a query with no visible key returns zeros. The
 attention_triton.attention_op (a torch.library custom op with autograd), imported only when dispatched to, so this
 module imports without Triton.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,11 @@ def _check_qkv(q, k, v, ndim, op):
 def _check_scale(softmax_scale, op):
     if softmax_scale is None:
         return
-    if (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real)
-            or not math.isfinite(softmax_scale)):
+    if (
+        isinstance(softmax_scale, bool)
+        or not isinstance(softmax_scale, numbers.Real)
+        or not math.isfinite(softmax_scale)
+    ):
         raise ValueError(f"{op}: softmax_scale must be None or a finite real number, got {softmax_scale!r}")
 
 
@@ -60,8 +64,9 @@ def _cu_seqlens_max(name, cu, total, op) -> int:
         raise ValueError(f"{op}: {name} must end at the number of packed tokens ({total}), got {last}")
     if shortest < 0:
         i = int((lens < 0).nonzero()[0])
-        raise ValueError(f"{op}: {name} must be non-decreasing, but entry {i + 1} ({int(c[i + 1])}) < entry {i} "
-                         f"({int(c[i])})")
+        raise ValueError(
+            f"{op}: {name} must be non-decreasing, but entry {i + 1} ({int(c[i + 1])}) < entry {i} ({int(c[i])})"
+        )
     return longest
 
 
@@ -74,8 +79,19 @@ def _unsupported(q):
     return None
 
 
-def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, *,
-                     impl="auto", check_values=True):
+def varlen_attention(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    softmax_scale=None,
+    *,
+    impl="auto",
+    check_values=True,
+):
     """Non-causal attention over packed sequences.
 
     q: (total_q, H, D); k, v: (total_k, H, D); fp16, bf16 or fp32.
@@ -93,14 +109,18 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         if cu.numel() < 2:
             raise ValueError(f"{op}: {name} must hold B+1 >= 2 prefix sums, got {cu.numel()} entries")
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
-        raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k must have the same length (B+1), got "
-                         f"{cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}")
+        raise ValueError(
+            f"{op}: cu_seqlens_q and cu_seqlens_k must have the same length (B+1), got "
+            f"{cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}"
+        )
     _check_int("max_seqlen_q", max_seqlen_q, op)
     _check_int("max_seqlen_k", max_seqlen_k, op)
     _check_scale(softmax_scale, op)
     if check_values and not torch.compiler.is_compiling():  # one host sync; skipped inside compiled graphs
-        for name, cu, tensor, mx, mx_name in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q, "max_seqlen_q"),
-                                         ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k, "max_seqlen_k")):
+        for name, cu, tensor, mx, mx_name in (
+            ("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q, "max_seqlen_q"),
+            ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k, "max_seqlen_k"),
+        ):
             longest = _cu_seqlens_max(name, cu, tensor.shape[0], op)
             if mx < longest:
                 raise ValueError(f"{op}: {mx_name} must be >= the longest sequence in {name} ({longest}), got {mx}")
@@ -110,8 +130,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         return reference.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
     from . import attention_triton
 
-    return attention_triton.attention_op(q, k, v, cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q, max_seqlen_k,
-                                         scale)[0]
+    return attention_triton.attention_op(q, k, v, cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q, max_seqlen_k, scale)[
+        0
+    ]
 
 
 def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None, *, impl="auto"):
@@ -128,8 +149,10 @@ def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None, *, impl
     if key_padding_mask is not None:
         check_tensor("key_padding_mask", key_padding_mask, ndim=2, dtypes=(torch.bool,), device=q.device, op=op)
         if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
-            raise ValueError(f"{op}: key_padding_mask must have shape (B, Lk) = {(k.shape[0], k.shape[2])}, "
-                             f"got {tuple(key_padding_mask.shape)}")
+            raise ValueError(
+                f"{op}: key_padding_mask must have shape (B, Lk) = {(k.shape[0], k.shape[2])}, "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
     _check_scale(softmax_scale, op)
     impl = resolve_impl(impl, q.device, op, _unsupported(q))
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5

@@ -18,6 +18,7 @@ over key blocks, both recomputing P from the LSE (no atomics, no O(L^2) memory).
 Launchers: `attention_fwd`, `attention_bwd`; `attention_op` is the torch.library custom op
 (`siglip2::attention_fwd`, differentiable) that kernels/attention.py calls.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ LOG2E = 1.4426950408889634
 # ----------------------------------------------------------------------------------------------
 # Helpers: dots, casts, tiles split along the head dim
 # ----------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _dot(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
@@ -80,8 +82,15 @@ def _ptrs2(base, rows, s_row, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, TRA
 
 
 @triton.jit
-def _load(ptrs, row_ok, C0: tl.constexpr, BLOCK_C: tl.constexpr, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr,
-          TRANS: tl.constexpr):
+def _load(
+    ptrs,
+    row_ok,
+    C0: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    MASK_ROWS: tl.constexpr,
+    TRANS: tl.constexpr,
+):
     """A tile from `_ptrs`, zero past the head dim (only when the tile reaches past it) and, with MASK_ROWS, in
     rows where `row_ok` is False; a full block (MASK_ROWS False, the tile inside the head dim) loads unmasked."""
     col_ok = (C0 + tl.arange(0, BLOCK_C)) < HEAD_DIM
@@ -95,20 +104,28 @@ def _load(ptrs, row_ok, C0: tl.constexpr, BLOCK_C: tl.constexpr, HEAD_DIM: tl.co
         else:
             row_ok = row_ok[:, None]
         if C0 + BLOCK_C > HEAD_DIM:
-            x = tl.load(ptrs, mask=row_ok & col_ok, other=0.)
+            x = tl.load(ptrs, mask=row_ok & col_ok, other=0.0)
         else:
-            x = tl.load(ptrs, mask=row_ok, other=0.)
+            x = tl.load(ptrs, mask=row_ok, other=0.0)
     else:
         if C0 + BLOCK_C > HEAD_DIM:
-            x = tl.load(ptrs, mask=col_ok, other=0.)
+            x = tl.load(ptrs, mask=col_ok, other=0.0)
         else:
             x = tl.load(ptrs)
     return x
 
 
 @triton.jit
-def _load2(p, pt, row_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
-           MASK_ROWS: tl.constexpr, TRANS: tl.constexpr):
+def _load2(
+    p,
+    pt,
+    row_ok,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    MASK_ROWS: tl.constexpr,
+    TRANS: tl.constexpr,
+):
     """(main, tail) tiles from `_ptrs2`'s pointers; without a tail the tail is the main tile (never used)."""
     x = _load(p, row_ok, 0, BLOCK_D, HEAD_DIM, MASK_ROWS, TRANS)
     xt = x
@@ -118,17 +135,33 @@ def _load2(p, pt, row_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D
 
 
 @triton.jit
-def _store2(base, rows, s_row, row_ok, x, xt, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_DT: tl.constexpr, DOT_FP32: tl.constexpr):
+def _store2(
+    base,
+    rows,
+    s_row,
+    row_ok,
+    x,
+    xt,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
     """Store the fp32 (main, tail) tiles of `rows` in base's dtype, rows where `row_ok` and columns < HEAD_DIM."""
     dt = base.dtype.element_ty
     cols = tl.arange(0, BLOCK_D)
-    tl.store(base + rows[:, None] * s_row + cols[None, :], _cast(x, dt, DOT_FP32),
-             mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :])
+    tl.store(
+        base + rows[:, None] * s_row + cols[None, :],
+        _cast(x, dt, DOT_FP32),
+        mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :],
+    )
     if BLOCK_DT > 0:
         cols = BLOCK_D + tl.arange(0, BLOCK_DT)
-        tl.store(base + rows[:, None] * s_row + cols[None, :], _cast(xt, dt, DOT_FP32),
-                 mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :])
+        tl.store(
+            base + rows[:, None] * s_row + cols[None, :],
+            _cast(xt, dt, DOT_FP32),
+            mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :],
+        )
 
 
 @triton.jit
@@ -173,10 +206,31 @@ def _key_ok(o_n, T_k, key_mask, HAS_MASK: tl.constexpr):
 # Forward
 # ----------------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _fwd_block(b_q, b_qt, k, v, o_n, s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct, qk_scale,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, APPLY_MASK: tl.constexpr,
-               HAS_MASK: tl.constexpr, NEG_SCALE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+def _fwd_block(
+    b_q,
+    b_qt,
+    k,
+    v,
+    o_n,
+    s_kt,
+    s_vt,
+    m_n,
+    b_m,
+    b_l,
+    b_acc,
+    b_acct,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    APPLY_MASK: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NEG_SCALE: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """One key block of the online softmax: keys `o_n` (0 .. BLOCK_N) of the block starting at `k`, `v`.
     m_n (keys that count) is read only with APPLY_MASK."""
     p_kT, p_kTt = _ptrs2(k, o_n, s_kt, BLOCK_D, BLOCK_DT, True)
@@ -191,7 +245,7 @@ def _fwd_block(b_q, b_qt, k, v, o_n, s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct, q
         if HAS_MASK:
             # a row whose keys are all masked so far keeps an -inf max: pivot at 0 so exp2 gives 0, not NaN.
             # Without a key mask the last block holds a key, so its max is finite.
-            b_m_new = tl.where(b_m_new == float("-inf"), 0., b_m_new)
+            b_m_new = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
         b_p = tl.math.exp2(b_s - b_m_new[:, None])
     else:
         # the scaled row max from the unscaled one (its min for a negative scale): one FFMA per score below
@@ -215,12 +269,42 @@ def _fwd_block(b_q, b_qt, k, v, o_n, s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct, q
 
 @triton.jit
 def _attn_fwd_kernel(
-    q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask,
-    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh, s_lb, s_lh, s_mb,
-    L_Q, L_K, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr,
-    NEG_SCALE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    q,
+    k,
+    v,
+    o,
+    lse,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    key_mask,
+    s_qb,
+    s_qt,
+    s_qh,
+    s_kb,
+    s_kt,
+    s_kh,
+    s_vb,
+    s_vt,
+    s_vh,
+    s_ob,
+    s_ot,
+    s_oh,
+    s_lb,
+    s_lh,
+    s_mb,
+    L_Q,
+    L_K,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NEG_SCALE: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
@@ -257,63 +341,137 @@ def _attn_fwd_kernel(
             o_nn = i_n * BLOCK_N + o_n
             m_n = _key_ok(o_nn, T_k, key_mask, HAS_MASK)
             # [BLOCK_D, BLOCK_N]
-            b_kT = tl.load(k + o_nn[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.)
+            b_kT = tl.load(k + o_nn[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
             b_s = _dot(b_q, b_kT, None, DOT_FP32, PRECISION)
-            b_kTt = tl.load(k + o_nn[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.)
+            b_kTt = tl.load(k + o_nn[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.0)
             b_s += _dot(b_qt, b_kTt, None, DOT_FP32, PRECISION)
             b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
             b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
             if HAS_MASK:
-                b_m_new = tl.where(b_m_new == float("-inf"), 0., b_m_new)
+                b_m_new = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
             b_alpha = tl.math.exp2(b_m - b_m_new)
             b_p = tl.math.exp2(b_s - b_m_new[:, None])
             b_l = b_l * b_alpha + tl.sum(b_p, 1)
             b_p = _cast(b_p, v.dtype.element_ty, DOT_FP32)
-            b_v = tl.load(v + o_nn[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.)
+            b_v = tl.load(v + o_nn[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
             b_acc = b_acc * b_alpha[:, None] + _dot(b_p, b_v, None, DOT_FP32, PRECISION)
-            b_vt = tl.load(v + o_nn[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.)
+            b_vt = tl.load(v + o_nn[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.0)
             b_acct = b_acct * b_alpha[:, None] + _dot(b_p, b_vt, None, DOT_FP32, PRECISION)
             b_m = b_m_new
     elif HAS_MASK:
         # any key may be masked: every block takes the masked path
         for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
             m_n = _key_ok(i_n * BLOCK_N + o_n, T_k, key_mask, True)
-            b_m, b_l, b_acc, b_acct = _fwd_block(b_q, b_qt, k + i_n * BLOCK_N * s_kt, v + i_n * BLOCK_N * s_vt, o_n,
-                                                 s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct, qk_scale, HEAD_DIM,
-                                                 BLOCK_D, BLOCK_DT, True, True, NEG_SCALE, DOT_FP32, PRECISION)
+            b_m, b_l, b_acc, b_acct = _fwd_block(
+                b_q,
+                b_qt,
+                k + i_n * BLOCK_N * s_kt,
+                v + i_n * BLOCK_N * s_vt,
+                o_n,
+                s_kt,
+                s_vt,
+                m_n,
+                b_m,
+                b_l,
+                b_acc,
+                b_acct,
+                qk_scale,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_DT,
+                True,
+                True,
+                NEG_SCALE,
+                DOT_FP32,
+                PRECISION,
+            )
     else:
         n_full = T_k // BLOCK_N
         for i_n in range(0, n_full):
             kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
             vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
-            b_m, b_l, b_acc, b_acct = _fwd_block(b_q, b_qt, kb, vb, rows, s_kt, s_vt, None, b_m, b_l, b_acc, b_acct,
-                                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, False, False, NEG_SCALE,
-                                                 DOT_FP32, PRECISION)
+            b_m, b_l, b_acc, b_acct = _fwd_block(
+                b_q,
+                b_qt,
+                kb,
+                vb,
+                rows,
+                s_kt,
+                s_vt,
+                None,
+                b_m,
+                b_l,
+                b_acc,
+                b_acct,
+                qk_scale,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_DT,
+                False,
+                False,
+                NEG_SCALE,
+                DOT_FP32,
+                PRECISION,
+            )
         if n_full * BLOCK_N < T_k:  # the partial last block
             m_n = _key_ok(n_full * BLOCK_N + o_n, T_k, key_mask, False)
             kb, rows = _block_at(k, n_full * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
             vb, _ = _block_at(v, n_full * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
-            b_m, b_l, b_acc, b_acct = _fwd_block(b_q, b_qt, kb, vb, rows, s_kt, s_vt, m_n, b_m, b_l, b_acc, b_acct,
-                                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False, NEG_SCALE,
-                                                 DOT_FP32, PRECISION)
+            b_m, b_l, b_acc, b_acct = _fwd_block(
+                b_q,
+                b_qt,
+                kb,
+                vb,
+                rows,
+                s_kt,
+                s_vt,
+                m_n,
+                b_m,
+                b_l,
+                b_acc,
+                b_acct,
+                qk_scale,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_DT,
+                True,
+                False,
+                NEG_SCALE,
+                DOT_FP32,
+                PRECISION,
+            )
 
     # a query with no visible key has l == 0: output exactly 0 and LSE = +inf (P = 0 in the backward)
     b_has = b_l > 0
-    b_inv = tl.where(b_has, 1. / tl.where(b_has, b_l, 1.), 0.)
-    tl.store(lse + o_m, tl.where(b_has, b_m + tl.math.log2(tl.where(b_has, b_l, 1.)), float("inf")), mask=m_m)
-    _store2(o, o_m, s_ot, m_m, b_acc * b_inv[:, None], b_acct * b_inv[:, None], HEAD_DIM, BLOCK_D, BLOCK_DT,
-            DOT_FP32)
+    b_inv = tl.where(b_has, 1.0 / tl.where(b_has, b_l, 1.0), 0.0)
+    tl.store(lse + o_m, tl.where(b_has, b_m + tl.math.log2(tl.where(b_has, b_l, 1.0)), float("inf")), mask=m_m)
+    _store2(o, o_m, s_ot, m_m, b_acc * b_inv[:, None], b_acct * b_inv[:, None], HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    o, do, delta, cu_seqlens_q,
-    s_ob, s_ot, s_oh, s_db, s_dt, s_dh, s_lb, s_lh, L_Q,
-    HEAD_DIM: tl.constexpr, BLOCK_DP: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
+    o,
+    do,
+    delta,
+    cu_seqlens_q,
+    s_ob,
+    s_ot,
+    s_oh,
+    s_db,
+    s_dt,
+    s_dh,
+    s_lb,
+    s_lh,
+    L_Q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, _, _ = _seq_bounds(cu_seqlens_q, cu_seqlens_q, i_b, L_Q, L_Q, IS_VARLEN)
@@ -326,17 +484,44 @@ def _attn_bwd_preprocess_kernel(
     # [BLOCK_M, BLOCK_DP]
     o += i_b64 * s_ob + bos_q * s_ot + i_h * s_oh
     do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
-    b_o = tl.load(o + o_m[:, None] * s_ot + o_d[None, :], mask=m_md, other=0.)
-    b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_md, other=0.)
+    b_o = tl.load(o + o_m[:, None] * s_ot + o_d[None, :], mask=m_md, other=0.0)
+    b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_md, other=0.0)
     # [BLOCK_M]
-    tl.store(delta + i_b64 * s_lb + i_h * s_lh + bos_q + o_m, tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1),
-             mask=o_m < T_q)
+    tl.store(
+        delta + i_b64 * s_lb + i_h * s_lh + bos_q + o_m,
+        tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1),
+        mask=o_m < T_q,
+    )
 
 
 @triton.jit
-def _dkdv_block(b_k, b_kt, b_v, b_vt, q, do, lse, delta, o_m, s_qt, s_dt, m_m, m_kv, b_dk, b_dkt, b_dv, b_dvt,
-                qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
-                APPLY_MASK: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+def _dkdv_block(
+    b_k,
+    b_kt,
+    b_v,
+    b_vt,
+    q,
+    do,
+    lse,
+    delta,
+    o_m,
+    s_qt,
+    s_dt,
+    m_m,
+    m_kv,
+    b_dk,
+    b_dkt,
+    b_dv,
+    b_dvt,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    APPLY_MASK: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """One query block of dK/dV: queries `o_m` (0 .. BLOCK_M) of the block starting at q, do, lse, delta. With
     APPLY_MASK, rows past the sequence (m_m False) read q = dO = 0 and LSE = +inf, so their P is exactly 0."""
     p_q, p_qt = _ptrs2(q, o_m, s_qt, BLOCK_D, BLOCK_DT, False)
@@ -345,7 +530,7 @@ def _dkdv_block(b_k, b_kt, b_v, b_vt, q, do, lse, delta, o_m, s_qt, s_dt, m_m, m
     b_do, b_dot = _load2(p_do, p_dot, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, APPLY_MASK, False)
     if APPLY_MASK:
         b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
-        b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
+        b_delta = tl.load(delta + o_m, mask=m_m, other=0.0)
     else:
         b_lse = tl.load(lse + o_m)
         b_delta = tl.load(delta + o_m)
@@ -357,7 +542,7 @@ def _dkdv_block(b_k, b_kt, b_v, b_vt, q, do, lse, delta, o_m, s_qt, s_dt, m_m, m
         b_dpT = _dot(b_vt, tl.trans(b_dot), b_dpT, DOT_FP32, PRECISION)
     b_pT = tl.math.exp2(b_sT * qk_scale - b_lse[None, :])
     if HAS_MASK:  # masked keys (rows of the held block) get P = 0
-        b_pT = tl.where(m_kv[:, None], b_pT, 0.)
+        b_pT = tl.where(m_kv[:, None], b_pT, 0.0)
     b_dsT = _cast(b_pT * (b_dpT - b_delta[None, :]), q.dtype.element_ty, DOT_FP32)
     b_pT = _cast(b_pT, do.dtype.element_ty, DOT_FP32)
     # [BLOCK_N, BLOCK_D (+ BLOCK_DT)]
@@ -371,13 +556,51 @@ def _dkdv_block(b_k, b_kt, b_v, b_vt, q, do, lse, delta, o_m, s_qt, s_dt, m_m, m
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, key_mask,
-    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
-    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_lb, s_lh, s_mb,
-    L_Q, L_K, qk_scale, sm_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    q,
+    k,
+    v,
+    do,
+    lse,
+    delta,
+    dk,
+    dv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    key_mask,
+    s_qb,
+    s_qt,
+    s_qh,
+    s_kb,
+    s_kt,
+    s_kh,
+    s_vb,
+    s_vt,
+    s_vh,
+    s_db,
+    s_dt,
+    s_dh,
+    s_dkb,
+    s_dkt,
+    s_dkh,
+    s_dvb,
+    s_dvt,
+    s_dvh,
+    s_lb,
+    s_lh,
+    s_mb,
+    L_Q,
+    L_K,
+    qk_scale,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_n, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
@@ -413,26 +636,94 @@ def _attn_bwd_dkdv_kernel(
         dob, _ = _block_at(do, i_m * BLOCK_M, s_dt, o_m, BLOCK_DT > 0)
         lb, _ = _block_at(lse, i_m * BLOCK_M, 1, o_m, BLOCK_DT > 0)
         db, _ = _block_at(delta, i_m * BLOCK_M, 1, o_m, BLOCK_DT > 0)
-        b_dk, b_dkt, b_dv, b_dvt = _dkdv_block(b_k, b_kt, b_v, b_vt, qb, dob, lb, db, rows, s_qt, s_dt, None, m_kv,
-                                               b_dk, b_dkt, b_dv, b_dvt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT,
-                                               False, HAS_MASK, DOT_FP32, PRECISION)
+        b_dk, b_dkt, b_dv, b_dvt = _dkdv_block(
+            b_k,
+            b_kt,
+            b_v,
+            b_vt,
+            qb,
+            dob,
+            lb,
+            db,
+            rows,
+            s_qt,
+            s_dt,
+            None,
+            m_kv,
+            b_dk,
+            b_dkt,
+            b_dv,
+            b_dvt,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_DT,
+            False,
+            HAS_MASK,
+            DOT_FP32,
+            PRECISION,
+        )
     if m_full * BLOCK_M < T_q:  # the partial last block
         qb, rows = _block_at(q, m_full * BLOCK_M, s_qt, o_m, BLOCK_DT > 0)
         dob, _ = _block_at(do, m_full * BLOCK_M, s_dt, o_m, BLOCK_DT > 0)
         lb, _ = _block_at(lse, m_full * BLOCK_M, 1, o_m, BLOCK_DT > 0)
         db, _ = _block_at(delta, m_full * BLOCK_M, 1, o_m, BLOCK_DT > 0)
-        b_dk, b_dkt, b_dv, b_dvt = _dkdv_block(b_k, b_kt, b_v, b_vt, qb, dob, lb, db, rows, s_qt, s_dt,
-                                               m_full * BLOCK_M + o_m < T_q, m_kv, b_dk, b_dkt, b_dv, b_dvt, qk_scale,
-                                               HEAD_DIM, BLOCK_D, BLOCK_DT, True, HAS_MASK, DOT_FP32, PRECISION)
+        b_dk, b_dkt, b_dv, b_dvt = _dkdv_block(
+            b_k,
+            b_kt,
+            b_v,
+            b_vt,
+            qb,
+            dob,
+            lb,
+            db,
+            rows,
+            s_qt,
+            s_dt,
+            m_full * BLOCK_M + o_m < T_q,
+            m_kv,
+            b_dk,
+            b_dkt,
+            b_dv,
+            b_dvt,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_DT,
+            True,
+            HAS_MASK,
+            DOT_FP32,
+            PRECISION,
+        )
 
     _store2(dk, o_n, s_dkt, m_n, b_dk * sm_scale, b_dkt * sm_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
     _store2(dv, o_n, s_dvt, m_n, b_dv, b_dvt, HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
 
 
 @triton.jit
-def _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, k, v, o_n, s_kt, s_vt, m_n, b_dq, b_dqt, qk_scale,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr, APPLY_MASK: tl.constexpr,
-              DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+def _dq_block(
+    b_q,
+    b_qt,
+    b_do,
+    b_dot,
+    b_lse,
+    b_delta,
+    k,
+    v,
+    o_n,
+    s_kt,
+    s_vt,
+    m_n,
+    b_dq,
+    b_dqt,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    APPLY_MASK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """One key block of dQ: keys `o_n` (0 .. BLOCK_N) of the block starting at k, v. With APPLY_MASK, keys where
     m_n is False get P = 0 (they read as 0, a finite score)."""
     p_kT, p_kTt = _ptrs2(k, o_n, s_kt, BLOCK_D, BLOCK_DT, True)
@@ -447,7 +738,7 @@ def _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, k, v, o_n, s_kt, s_vt, m_n
         b_dp = _dot(b_dot, b_vTt, b_dp, DOT_FP32, PRECISION)
     b_p = tl.math.exp2(b_s * qk_scale - b_lse[:, None])
     if APPLY_MASK:
-        b_p = tl.where(m_n[None, :], b_p, 0.)
+        b_p = tl.where(m_n[None, :], b_p, 0.0)
     b_ds = _cast(b_p * (b_dp - b_delta[:, None]), k.dtype.element_ty, DOT_FP32)
     # [BLOCK_M, BLOCK_D (+ BLOCK_DT)]
     b_dq = _dot(b_ds, tl.trans(b_kT), b_dq, DOT_FP32, PRECISION)
@@ -458,12 +749,47 @@ def _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, k, v, o_n, s_kt, s_vt, m_n
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, key_mask,
-    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh, s_dqb, s_dqt, s_dqh, s_lb, s_lh, s_mb,
-    L_Q, L_K, qk_scale, sm_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    q,
+    k,
+    v,
+    do,
+    lse,
+    delta,
+    dq,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    key_mask,
+    s_qb,
+    s_qt,
+    s_qh,
+    s_kb,
+    s_kt,
+    s_kh,
+    s_vb,
+    s_vt,
+    s_vh,
+    s_db,
+    s_dt,
+    s_dh,
+    s_dqb,
+    s_dqt,
+    s_dqh,
+    s_lb,
+    s_lh,
+    s_mb,
+    L_Q,
+    L_K,
+    qk_scale,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
@@ -489,7 +815,7 @@ def _attn_bwd_dq_kernel(
     b_do, b_dot = _load2(p_do, p_dot, m_m, HEAD_DIM, BLOCK_D, BLOCK_DT, True, False)
     # [BLOCK_M]: rows past the sequence end read LSE = +inf, so their P is exactly 0
     b_lse = tl.load(lse + o_m, mask=m_m, other=float("inf"))
-    b_delta = tl.load(delta + o_m, mask=m_m, other=0.)
+    b_delta = tl.load(delta + o_m, mask=m_m, other=0.0)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dqt = tl.zeros([BLOCK_M, BLOCK_DT if BLOCK_DT > 0 else 1], dtype=tl.float32)
     # each block addresses its keys and values through `_block_at`
@@ -499,21 +825,84 @@ def _attn_bwd_dq_kernel(
             m_n = _key_ok(i_n * BLOCK_N + o_n, T_k, key_mask, HAS_MASK)
             kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
             vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
-            b_dq, b_dqt = _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, kb, vb, rows, s_kt, s_vt, m_n, b_dq,
-                                    b_dqt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, True, DOT_FP32, PRECISION)
+            b_dq, b_dqt = _dq_block(
+                b_q,
+                b_qt,
+                b_do,
+                b_dot,
+                b_lse,
+                b_delta,
+                kb,
+                vb,
+                rows,
+                s_kt,
+                s_vt,
+                m_n,
+                b_dq,
+                b_dqt,
+                qk_scale,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_DT,
+                True,
+                DOT_FP32,
+                PRECISION,
+            )
     else:
         n_full = T_k // BLOCK_N
         for i_n in range(0, n_full):
             kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
             vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
-            b_dq, b_dqt = _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, kb, vb, rows, s_kt, s_vt, None, b_dq,
-                                    b_dqt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, False, DOT_FP32, PRECISION)
+            b_dq, b_dqt = _dq_block(
+                b_q,
+                b_qt,
+                b_do,
+                b_dot,
+                b_lse,
+                b_delta,
+                kb,
+                vb,
+                rows,
+                s_kt,
+                s_vt,
+                None,
+                b_dq,
+                b_dqt,
+                qk_scale,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_DT,
+                False,
+                DOT_FP32,
+                PRECISION,
+            )
         if n_full * BLOCK_N < T_k:  # the partial last block
             m_n = _key_ok(n_full * BLOCK_N + o_n, T_k, key_mask, False)
             kb, rows = _block_at(k, n_full * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
             vb, _ = _block_at(v, n_full * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
-            b_dq, b_dqt = _dq_block(b_q, b_qt, b_do, b_dot, b_lse, b_delta, kb, vb, rows, s_kt, s_vt, m_n, b_dq,
-                                    b_dqt, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, True, DOT_FP32, PRECISION)
+            b_dq, b_dqt = _dq_block(
+                b_q,
+                b_qt,
+                b_do,
+                b_dot,
+                b_lse,
+                b_delta,
+                kb,
+                vb,
+                rows,
+                s_kt,
+                s_vt,
+                m_n,
+                b_dq,
+                b_dqt,
+                qk_scale,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_DT,
+                True,
+                DOT_FP32,
+                PRECISION,
+            )
 
     _store2(dq, o_m, s_dqt, m_m, b_dq * sm_scale, b_dqt * sm_scale, HEAD_DIM, BLOCK_D, BLOCK_DT, DOT_FP32)
 
@@ -521,6 +910,7 @@ def _attn_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers: block sizes, grids, allocation
 # ----------------------------------------------------------------------------------------------
+
 
 def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
@@ -553,27 +943,40 @@ def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
 # GPUs is owed: no GPU has timed these.
 # fwd: (BLOCK_M, BLOCK_N, num_warps, num_stages)
 _FWD_BASE = {
-    ("16bit", "seq", 32): (128, 64, 8, 3), ("16bit", "seq", 64): (128, 64, 8, 3),
-    ("16bit", "seq", 80): (64, 64, 8, 3), ("16bit", "seq", 96): (128, 32, 8, 3),
+    ("16bit", "seq", 32): (128, 64, 8, 3),
+    ("16bit", "seq", 64): (128, 64, 8, 3),
+    ("16bit", "seq", 80): (64, 64, 8, 3),
+    ("16bit", "seq", 96): (128, 32, 8, 3),
     ("16bit", "seq", 128): (64, 64, 8, 3),
-    ("16bit", "pool", 32): (16, 64, 8, 3), ("16bit", "pool", 64): (16, 64, 8, 3),
-    ("16bit", "pool", 80): (16, 64, 8, 3), ("16bit", "pool", 96): (16, 64, 8, 3),
+    ("16bit", "pool", 32): (16, 64, 8, 3),
+    ("16bit", "pool", 64): (16, 64, 8, 3),
+    ("16bit", "pool", 80): (16, 64, 8, 3),
+    ("16bit", "pool", 96): (16, 64, 8, 3),
     ("16bit", "pool", 128): (16, 64, 8, 3),
     # fp32: small blocks, 8 warps to spread the registers (32 x 32 with 4 warps spills at d 64)
-    ("fp32", "seq", 32): (32, 32, 4, 2), ("fp32", "seq", 64): (32, 32, 8, 2), ("fp32", "seq", 80): (32, 32, 8, 2),
-    ("fp32", "seq", 96): (32, 32, 8, 2), ("fp32", "seq", 128): (32, 16, 8, 2),
+    ("fp32", "seq", 32): (32, 32, 4, 2),
+    ("fp32", "seq", 64): (32, 32, 8, 2),
+    ("fp32", "seq", 80): (32, 32, 8, 2),
+    ("fp32", "seq", 96): (32, 32, 8, 2),
+    ("fp32", "seq", 128): (32, 16, 8, 2),
 }
 # bwd: dK/dV kernel (BLOCK_M queries streamed, BLOCK_N keys held, num_warps), dQ kernel (BLOCK_M2 queries held,
 # BLOCK_N2 keys streamed, num_warps2), num_stages
 _BWD_BASE = {
-    ("16bit", "seq", 32): (32, 128, 8, 128, 32, 8, 2), ("16bit", "seq", 64): (32, 128, 8, 128, 32, 8, 2),
-    ("16bit", "seq", 80): (32, 64, 8, 64, 16, 8, 2), ("16bit", "seq", 96): (16, 64, 8, 64, 16, 8, 2),
+    ("16bit", "seq", 32): (32, 128, 8, 128, 32, 8, 2),
+    ("16bit", "seq", 64): (32, 128, 8, 128, 32, 8, 2),
+    ("16bit", "seq", 80): (32, 64, 8, 64, 16, 8, 2),
+    ("16bit", "seq", 96): (16, 64, 8, 64, 16, 8, 2),
     ("16bit", "seq", 128): (32, 64, 8, 32, 32, 4, 2),
-    ("16bit", "pool", 32): (16, 64, 8, 16, 32, 8, 2), ("16bit", "pool", 64): (16, 64, 8, 16, 32, 8, 2),
-    ("16bit", "pool", 80): (16, 64, 8, 16, 32, 8, 2), ("16bit", "pool", 96): (16, 64, 8, 16, 16, 4, 2),
+    ("16bit", "pool", 32): (16, 64, 8, 16, 32, 8, 2),
+    ("16bit", "pool", 64): (16, 64, 8, 16, 32, 8, 2),
+    ("16bit", "pool", 80): (16, 64, 8, 16, 32, 8, 2),
+    ("16bit", "pool", 96): (16, 64, 8, 16, 16, 4, 2),
     ("16bit", "pool", 128): (16, 64, 8, 16, 16, 4, 2),
-    ("fp32", "seq", 32): (16, 16, 8, 32, 16, 4, 2), ("fp32", "seq", 64): (16, 16, 4, 32, 16, 4, 2),
-    ("fp32", "seq", 80): (16, 16, 4, 32, 16, 8, 2), ("fp32", "seq", 96): (16, 16, 4, 16, 32, 4, 2),
+    ("fp32", "seq", 32): (16, 16, 8, 32, 16, 4, 2),
+    ("fp32", "seq", 64): (16, 16, 4, 32, 16, 4, 2),
+    ("fp32", "seq", 80): (16, 16, 4, 32, 16, 8, 2),
+    ("fp32", "seq", 96): (16, 16, 4, 16, 32, 4, 2),
     ("fp32", "seq", 128): (32, 16, 8, 32, 16, 4, 2),
 }
 # Per-family changes to the base tables (measured, triton 3.9, SigLIP2 shapes; docs/design.md):
@@ -631,8 +1034,12 @@ def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int, family: str = IN
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, BLOCK_M2=bm2, BLOCK_N2=bn2, num_warps2=w2, num_stages=s)
 
 
-KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel,
-           "preprocess": _attn_bwd_preprocess_kernel}
+KERNELS = {
+    "fwd": _attn_fwd_kernel,
+    "dkdv": _attn_bwd_dkdv_kernel,
+    "dq": _attn_bwd_dq_kernel,
+    "preprocess": _attn_bwd_preprocess_kernel,
+}
 
 
 def _unit_last(t):
@@ -656,6 +1063,7 @@ def _strides(name: str, t, is_varlen: bool) -> dict:
 @dataclasses.dataclass(frozen=True)
 class _Launch:
     """What every attention kernel launch of one call shares: the layout, sizes, sequence bounds and key mask."""
+
     is_varlen: bool
     B: int
     H: int
@@ -680,14 +1088,34 @@ class _Launch:
             cu_seqlens_q=cu_seqlens_q.contiguous() if is_varlen else dummy,  # indexed with unit stride
             cu_seqlens_k=cu_seqlens_k.contiguous() if is_varlen else dummy,
             key_mask=key_mask.view(torch.uint8) if key_mask is not None else dummy.view(torch.uint8),
-            s_mb=key_mask.stride(0) if key_mask is not None else 0, s_lb=s_lb, s_lh=s_lh, L_Q=L_q, L_K=L_k,
-            HEAD_DIM=D, IS_VARLEN=is_varlen, HAS_MASK=key_mask is not None, DOT_FP32=dot_fp32(),
-            PRECISION=dot_precision(q.dtype))
+            s_mb=key_mask.stride(0) if key_mask is not None else 0,
+            s_lb=s_lb,
+            s_lh=s_lh,
+            L_Q=L_q,
+            L_K=L_k,
+            HEAD_DIM=D,
+            IS_VARLEN=is_varlen,
+            HAS_MASK=key_mask is not None,
+            DOT_FP32=dot_fp32(),
+            PRECISION=dot_precision(q.dtype),
+        )
         return _Launch(is_varlen, B, H, D, lse_shape, args)
 
 
-def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale,
-                  *, head_dim_mode="split", config=None):
+def attention_fwd(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    key_mask,
+    max_seqlen_q,
+    max_seqlen_k,
+    scale,
+    *,
+    head_dim_mode="split",
+    config=None,
+):
     """Returns (o like q, lse fp32 base-2: (H, total_q) varlen / (B, H, Lq) padded)."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     la = _Launch.of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask)
@@ -698,16 +1126,45 @@ def attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, m
     if q.numel() == 0 or grid[0] == 0:
         return o.zero_(), lse.fill_(float("inf"))
     _attn_fwd_kernel[grid](
-        q=q, k=k, v=v, o=o, lse=lse, **la.args, **_strides("q", q, la.is_varlen), **_strides("k", k, la.is_varlen),
-        **_strides("v", v, la.is_varlen), **_strides("o", o, la.is_varlen), qk_scale=scale * LOG2E,
-        NEG_SCALE=scale < 0, BLOCK_D=bd, BLOCK_DT=bdt, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q=q,
+        k=k,
+        v=v,
+        o=o,
+        lse=lse,
+        **la.args,
+        **_strides("q", q, la.is_varlen),
+        **_strides("k", k, la.is_varlen),
+        **_strides("v", v, la.is_varlen),
+        **_strides("o", o, la.is_varlen),
+        qk_scale=scale * LOG2E,
+        NEG_SCALE=scale < 0,
+        BLOCK_D=bd,
+        BLOCK_DT=bdt,
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return o, lse
 
 
-def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale,
-                  *, head_dim_mode="split", config=None):
+def attention_bwd(
+    do,
+    q,
+    k,
+    v,
+    o,
+    lse,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    key_mask,
+    max_seqlen_q,
+    max_seqlen_k,
+    scale,
+    *,
+    head_dim_mode="split",
+    config=None,
+):
     """Returns (dq, dk, dv) like (q, k, v)."""
     do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
     la = _Launch.of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask)
@@ -715,28 +1172,66 @@ def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max
     delta = new_empty(lse.shape, torch.float32, lse.device)
     bd, bdt = head_dim_split(la.D, head_dim_mode)
     cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
-    strides = {**_strides("q", q, la.is_varlen), **_strides("k", k, la.is_varlen), **_strides("v", v, la.is_varlen),
-               **_strides("d", do, la.is_varlen)}
-    common = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, **la.args, **strides, qk_scale=scale * LOG2E,
-                  sm_scale=scale, BLOCK_D=bd, BLOCK_DT=bdt, num_stages=cfg["num_stages"])
+    strides = {
+        **_strides("q", q, la.is_varlen),
+        **_strides("k", k, la.is_varlen),
+        **_strides("v", v, la.is_varlen),
+        **_strides("d", do, la.is_varlen),
+    }
+    common = dict(
+        q=q,
+        k=k,
+        v=v,
+        do=do,
+        lse=lse,
+        delta=delta,
+        **la.args,
+        **strides,
+        qk_scale=scale * LOG2E,
+        sm_scale=scale,
+        BLOCK_D=bd,
+        BLOCK_DT=bdt,
+        num_stages=cfg["num_stages"],
+    )
     if q.numel() and max_seqlen_q > 0:
         pm, pw = PREPROCESS_CONFIG
         _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen_q, pm), la.B, la.H)](
-            o=o, do=do, delta=delta, cu_seqlens_q=la.args["cu_seqlens_q"], **_strides("o", o, la.is_varlen),
-            **_strides("d", do, la.is_varlen), s_lb=la.args["s_lb"], s_lh=la.args["s_lh"], L_Q=la.args["L_Q"],
-            HEAD_DIM=la.D, BLOCK_DP=_next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=la.is_varlen, num_warps=pw,
+            o=o,
+            do=do,
+            delta=delta,
+            cu_seqlens_q=la.args["cu_seqlens_q"],
+            **_strides("o", o, la.is_varlen),
+            **_strides("d", do, la.is_varlen),
+            s_lb=la.args["s_lb"],
+            s_lh=la.args["s_lh"],
+            L_Q=la.args["L_Q"],
+            HEAD_DIM=la.D,
+            BLOCK_DP=_next_pow2(bd + bdt),
+            BLOCK_M=pm,
+            IS_VARLEN=la.is_varlen,
+            num_warps=pw,
             num_stages=1,
         )
         _attn_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"]), la.B, la.H)](
-            dq=dq, **_strides("dq", dq, la.is_varlen), **common, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"],
+            dq=dq,
+            **_strides("dq", dq, la.is_varlen),
+            **common,
+            BLOCK_M=cfg["BLOCK_M2"],
+            BLOCK_N=cfg["BLOCK_N2"],
             num_warps=cfg["num_warps2"],
         )
     else:
         dq.zero_()
     if k.numel() and max_seqlen_k > 0:
         _attn_bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), la.B, la.H)](
-            dk=dk, dv=dv, **_strides("dk", dk, la.is_varlen), **_strides("dv", dv, la.is_varlen), **common,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+            dk=dk,
+            dv=dv,
+            **_strides("dk", dk, la.is_varlen),
+            **_strides("dv", dv, la.is_varlen),
+            **common,
+            BLOCK_M=cfg["BLOCK_M"],
+            BLOCK_N=cfg["BLOCK_N"],
+            num_warps=cfg["num_warps"],
         )
     else:
         dk.zero_(), dv.zero_()
@@ -747,10 +1242,19 @@ def attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max
 # torch.library ops + autograd (custom_op keeps torch.compile(fullgraph=True) tracing through the kernels)
 # ----------------------------------------------------------------------------------------------
 
+
 @torch.library.custom_op("siglip2::attention_fwd", mutates_args=())
-def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor | None,
-                 cu_seqlens_k: torch.Tensor | None, key_mask: torch.Tensor | None, max_seqlen_q: int,
-                 max_seqlen_k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    key_mask: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable (o, lse): varlen with cu_seqlens (key_mask None), padded with cu_seqlens None."""
     return attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale)
 
@@ -762,10 +1266,20 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k,
 
 
 @torch.library.custom_op("siglip2::attention_bwd", mutates_args=())
-def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                      lse: torch.Tensor, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
-                      key_mask: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _attention_bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    key_mask: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, scale)
 
 

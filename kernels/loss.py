@@ -10,6 +10,7 @@ matmuls (G @ image, G^T @ text) and d logit_scale / d logit_bias come from the k
 backward only scales these saved gradients. The logits are never stored; G is n x n in the input dtype up to a
 512 MiB cap (`G_BUFFER_BYTES`), processed in chunks of text rows beyond it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,17 +27,17 @@ def _validate(image_embeds, text_embeds, logit_scale, logit_bias) -> None:
     device = image_embeds.device
     check_tensor("text_embeds", text_embeds, ndim=2, dtypes=(image_embeds.dtype,), device=device, op=_OP)
     if text_embeds.shape != image_embeds.shape:
-        raise ValueError(f"{_OP}: text_embeds and image_embeds must have the same (n, d) shape (a square "
-                         f"batch of pairs), got text {tuple(text_embeds.shape)}, "
-                         f"image {tuple(image_embeds.shape)}")
+        raise ValueError(
+            f"{_OP}: text_embeds and image_embeds must have the same (n, d) shape (a square "
+            f"batch of pairs), got text {tuple(text_embeds.shape)}, "
+            f"image {tuple(image_embeds.shape)}"
+        )
     if image_embeds.shape[0] == 0 or image_embeds.shape[1] == 0:
-        raise ValueError(f"{_OP}: embeddings must be non-empty (n >= 1, d >= 1), "
-                         f"got {tuple(image_embeds.shape)}")
+        raise ValueError(f"{_OP}: embeddings must be non-empty (n >= 1, d >= 1), got {tuple(image_embeds.shape)}")
     for name, t in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
         check_tensor(name, t, dtypes=_DTYPES, device=device, op=_OP)
         if t.shape not in (torch.Size([]), torch.Size([1])):
-            raise ValueError(f"{_OP}: {name} must be a scalar tensor of shape () or (1,), "
-                             f"got {tuple(t.shape)}")
+            raise ValueError(f"{_OP}: {name} must be a scalar tensor of shape () or (1,), got {tuple(t.shape)}")
 
 
 def loss_dtype(text_embeds, logit_scale, logit_bias) -> torch.dtype:
@@ -62,8 +63,9 @@ def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, impl: st
     Differentiable in all four inputs; with Triton the gradients are computed in the forward pass (see above).
     """
     _validate(image_embeds, text_embeds, logit_scale, logit_bias)
-    impl = resolve_impl(impl, image_embeds.device, _OP,
-                        "float64 inputs" if image_embeds.dtype == torch.float64 else None)
+    impl = resolve_impl(
+        impl, image_embeds.device, _OP, "float64 inputs" if image_embeds.dtype == torch.float64 else None
+    )
     if group is not None:
         from .sigmoid_loss_dist import ring_sigmoid_loss
 
@@ -107,9 +109,11 @@ class DistributedSigmoidLoss(torch.nn.Module):
         import torch.distributed as dist
 
         if self.group is None and not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("DistributedSigmoidLoss: no torch.distributed process group is initialized "
-                               "(expected a launch under torchrun and torch.distributed.init_process_group, or "
-                               "an explicit group=); in a single process use siglip2.kernels.sigmoid_loss")
+            raise RuntimeError(
+                "DistributedSigmoidLoss: no torch.distributed process group is initialized "
+                "(expected a launch under torchrun and torch.distributed.init_process_group, or "
+                "an explicit group=); in a single process use siglip2.kernels.sigmoid_loss"
+            )
         group = self.group if self.group is not None else dist.group.WORLD
         return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, impl=self.impl, group=group)
 

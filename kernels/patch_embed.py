@@ -16,6 +16,7 @@ Under torch.compile the value checks are skipped; the kernels clamp h, w to >= 1
 their output, so a bad value gives wrong numbers but no crash. The packed output needs its size
 (cu_seqlens[-1]) on the host: one more sync when cu_seqlens is on the GPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,26 +42,28 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens,
     B, L, K = pixel_values.shape
     D = weight.shape[0]
     if weight.shape[1] != K:
-        raise ValueError(f"{_OP}: weight must have shape (D, {K}) to match pixel_values (B, L, {K}), "
-                         f"got {tuple(weight.shape)}")
+        raise ValueError(
+            f"{_OP}: weight must have shape (D, {K}) to match pixel_values (B, L, {K}), got {tuple(weight.shape)}"
+        )
     if bias.shape[0] != D:
         raise ValueError(f"{_OP}: bias must have shape ({D},) like weight's rows, got {tuple(bias.shape)}")
     if pos_embed.shape[1] != D:
         raise ValueError(f"{_OP}: pos_embed must have shape (G*G, {D}), got {tuple(pos_embed.shape)}")
     g = math.isqrt(pos_embed.shape[0])
     if g == 0 or g * g != pos_embed.shape[0]:
-        raise ValueError(f"{_OP}: pos_embed must have a perfect-square number of rows (a G x G grid), "
-                         f"got {pos_embed.shape[0]}")
+        raise ValueError(
+            f"{_OP}: pos_embed must have a perfect-square number of rows (a G x G grid), got {pos_embed.shape[0]}"
+        )
     if tuple(spatial_shapes.shape) != (B, 2):
-        raise ValueError(f"{_OP}: spatial_shapes must have shape ({B}, 2) (h, w per image), "
-                         f"got {tuple(spatial_shapes.shape)}")
+        raise ValueError(
+            f"{_OP}: spatial_shapes must have shape ({B}, 2) (h, w per image), got {tuple(spatial_shapes.shape)}"
+        )
     if cu_seqlens is not None:
         check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,), op=_OP)
         if cu_seqlens.device not in (dev, torch.device("cpu")):
             raise ValueError(f"{_OP}: cu_seqlens must be on {dev} or the CPU, got {cu_seqlens.device}")
         if cu_seqlens.shape[0] != B + 1:
-            raise ValueError(f"{_OP}: cu_seqlens must have shape ({B + 1},) (batch + 1), "
-                             f"got {tuple(cu_seqlens.shape)}")
+            raise ValueError(f"{_OP}: cu_seqlens must have shape ({B + 1},) (batch + 1), got {tuple(cu_seqlens.shape)}")
     if torch.compiler.is_compiling() or not check_values:
         return
     # value checks: one host transfer for everything (free when the index tensors are on the CPU)
@@ -73,21 +76,34 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens,
         if h < 1 or w < 1:
             raise ValueError(f"{_OP}: spatial_shapes[{i}] = ({h}, {w}); h and w must be >= 1")
         if h * w > L:
-            raise ValueError(f"{_OP}: spatial_shapes[{i}] = ({h}, {w}) has h*w = {h * w} tokens, more than "
-                             f"pixel_values' L = {L}")
+            raise ValueError(
+                f"{_OP}: spatial_shapes[{i}] = ({h}, {w}) has h*w = {h * w} tokens, more than pixel_values' L = {L}"
+            )
     if cu_seqlens is not None:
-        cu = host[2 * B:]
+        cu = host[2 * B :]
         expect = [0]
         for h, w in hw:
             expect.append(expect[-1] + h * w)
         if cu != expect:
             more = "..." if B > 7 else ""
-            raise ValueError(f"{_OP}: cu_seqlens must be the prefix sums of h*w from spatial_shapes, "
-                             f"expected {expect[:8]}{more}, got {cu[:8]}{more}")
+            raise ValueError(
+                f"{_OP}: cu_seqlens must be the prefix sums of h*w from spatial_shapes, "
+                f"expected {expect[:8]}{more}, got {cu[:8]}{more}"
+            )
 
 
-def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *, cu_seqlens=None,
-                       impl="auto", num_tokens=None, check_values=True):
+def naflex_patch_embed(
+    pixel_values,
+    spatial_shapes,
+    weight,
+    bias,
+    pos_embed,
+    *,
+    cu_seqlens=None,
+    impl="auto",
+    num_tokens=None,
+    check_values=True,
+):
     """Linear patch embedding + per-image antialiased bilinear position-grid resize (SigLIP2 NaFlex).
 
     pixel_values: (B, L, C*P*P) pre-patchified, padded, any float dtype (cast to weight's dtype);
@@ -103,8 +119,11 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     tensors on the CPU, the op reads nothing back from the device.
     """
     _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values)
-    if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0) \
-            and not torch.compiler.is_compiling():
+    if (
+        num_tokens is not None
+        and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0)
+        and not torch.compiler.is_compiling()
+    ):
         raise ValueError(f"{_OP}: num_tokens must be None or a non-negative int, got {num_tokens!r}")
     dev = pixel_values.device
     if pixel_values.shape[0] == 0:  # no images: an empty output of the right shape (still connected to weight)
@@ -117,8 +136,9 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     if resolve_impl(impl, dev, _OP, unsupported) == "reference":
         from . import reference
 
-        return reference.naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed,
-                                            cu_seqlens=cu_seqlens)
+        return reference.naflex_patch_embed(
+            pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=cu_seqlens
+        )
     from .patch_embed_triton import patch_embed_op
 
     return patch_embed_op(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, num_tokens)

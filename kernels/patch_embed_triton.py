@@ -11,6 +11,7 @@ The resize math is fp32 whatever the parameter dtype.
 Launchers: `patch_embed_fwd`, `patch_embed_bwd` (calls `pos_embed_adjoint`); `patch_embed_op` is the
 torch.library custom op (`siglip2::naflex_patch_embed`) that kernels/patch_embed.py calls.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,10 +68,19 @@ def _patch_embed_fwd_kernel(
     shapes,  # (B, 2) int (h, w)
     cu_seqlens,  # (B+1,) int32, only read when PACKED
     y,  # out: (B, L, D), or (total, D) when PACKED
-    L, K, D, total_rows,
-    G: tl.constexpr, BLOCK_G: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PACKED: tl.constexpr, DOT_FP32: tl.constexpr, MAIN_PREC: tl.constexpr, POS_PREC: tl.constexpr,
+    L,
+    K,
+    D,
+    total_rows,
+    G: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PACKED: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    MAIN_PREC: tl.constexpr,
+    POS_PREC: tl.constexpr,
 ):
     i_n, i_m, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # h, w >= 1 is validated on the host; the clamp only keeps unvalidated (compiled) calls free of UB
@@ -118,8 +128,9 @@ def _patch_embed_fwd_kernel(
         b_wh = _tap(i, c_h, inv_h, tot_h)  # [BLOCK_M]
         b_a = b_wh[:, None] * b_ww  # [BLOCK_M, BLOCK_G]
         # [BLOCK_G, BLOCK_N]
-        b_p = tl.load(pos + (i * G + o_g[:, None]) * D + o_n[None, :], mask=m_g[:, None] & m_n[None, :],
-                      other=0.0).to(tl.float32)
+        b_p = tl.load(pos + (i * G + o_g[:, None]) * D + o_n[None, :], mask=m_g[:, None] & m_n[None, :], other=0.0).to(
+            tl.float32
+        )
         acc = tl.dot(b_a, b_p, acc, input_precision=POS_PREC)  # [BLOCK_M, BLOCK_N]
 
     acc += tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
@@ -131,14 +142,28 @@ def _patch_embed_fwd_kernel(
     else:
         o_r = i_b.to(tl.int64) * L + o_m
         m_r = m_m
-    tl.store(y + o_r[:, None] * D + o_n[None, :], acc.to(y.dtype.element_ty),
-             mask=m_r[:, None] & m_n[None, :])
+    tl.store(y + o_r[:, None] * D + o_n[None, :], acc.to(y.dtype.element_ty), mask=m_r[:, None] & m_n[None, :])
 
 
 @triton.jit
-def _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D,
-                        G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
-                        POS_PREC: tl.constexpr):
+def _pos_adjoint_tokens(
+    acc,
+    dy,
+    i,
+    t0,
+    t1,
+    n_valid,
+    h,
+    w,
+    row0,
+    o_n,
+    m_n,
+    D,
+    G: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    POS_PREC: tl.constexpr,
+):
     """acc[j, n] += sum_{t in [t0, t1)} Wh[y_t, i] Ww[x_t, j] dY[row0 + t, n]."""
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < G
@@ -150,11 +175,13 @@ def _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D,
         c_w, inv_w, tot_w = _axis_filter(b_x, w, G, BLOCK_G)
         b_wh = tl.where(m_t, _tap(i, c_h, inv_h, tot_h), 0.0)  # [BLOCK_M]
         # [BLOCK_M, BLOCK_G]
-        b_a = b_wh[:, None] * tl.where(m_g[None, :], _tap(o_g[None, :].to(tl.float32), c_w[:, None], inv_w,
-                                                          tot_w[:, None]), 0.0)
+        b_a = b_wh[:, None] * tl.where(
+            m_g[None, :], _tap(o_g[None, :].to(tl.float32), c_w[:, None], inv_w, tot_w[:, None]), 0.0
+        )
         # [BLOCK_M, BLOCK_N]
-        b_dy = tl.load(dy + (row0 + o_t)[:, None] * D + o_n[None, :], mask=m_t[:, None] & m_n[None, :],
-                       other=0.0).to(tl.float32)
+        b_dy = tl.load(dy + (row0 + o_t)[:, None] * D + o_n[None, :], mask=m_t[:, None] & m_n[None, :], other=0.0).to(
+            tl.float32
+        )
         acc = tl.dot(tl.trans(b_a), b_dy, acc, input_precision=POS_PREC)  # [BLOCK_G, BLOCK_N]
     return acc
 
@@ -165,9 +192,16 @@ def _pos_adjoint_kernel(
     shapes,  # (B, 2) int (h, w)
     cu_seqlens,  # (B+1,) int32, only read when PACKED
     dpos_part,  # out: (n_chunks, G*G, D) fp32, one partial per chunk of images
-    B, L, D, IMGS_PER_PROG,
-    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PACKED: tl.constexpr, POS_PREC: tl.constexpr,
+    B,
+    L,
+    D,
+    IMGS_PER_PROG,
+    G: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr,
+    POS_PREC: tl.constexpr,
 ):
     # One program per (source grid row i, column tile, chunk of images): the output block [G, BLOCK_N] of
     # row i stays in registers, and only tokens whose vertical filter reaches row i are read.
@@ -193,12 +227,12 @@ def _pos_adjoint_kernel(
             # b * L < B * L fits int32; neither L.to() (a launch with L == 1 makes L a constexpr int) nor b.to()
             # (an int in the interpreter)
             row0 = (b * L).to(tl.int64)
-        acc = _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D,
-                                  G, BLOCK_G, BLOCK_M, POS_PREC)
+        acc = _pos_adjoint_tokens(acc, dy, i, t0, t1, n_valid, h, w, row0, o_n, m_n, D, G, BLOCK_G, BLOCK_M, POS_PREC)
         if not PACKED:
             if y_lo == 0:  # padding rows sit at (0, 0); they only reach the source rows near 0
-                acc = _pos_adjoint_tokens(acc, dy, i, n_valid, L, n_valid, h, w, row0, o_n, m_n, D,
-                                          G, BLOCK_G, BLOCK_M, POS_PREC)
+                acc = _pos_adjoint_tokens(
+                    acc, dy, i, n_valid, L, n_valid, h, w, row0, o_n, m_n, D, G, BLOCK_G, BLOCK_M, POS_PREC
+                )
     o_g = tl.arange(0, BLOCK_G)
     p_out = dpos_part + (i_c.to(tl.int64) * G * G + i * G + o_g[:, None]) * D + o_n[None, :]
     tl.store(p_out, acc, mask=(o_g < G)[:, None] & m_n[None, :])
@@ -251,8 +285,14 @@ FWD_CONFIGS = {
 # warps) under triton 3.9; 32x32 tiles do not, in any variant, under 3.8 or 3.9. "default" takes them.
 _ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 8, 2)}
 _ADJ_SM100 = {"16bit": (32, 32, 4, 2), "fp32": (32, 32, 8, 2)}
-ADJ_CONFIGS = {"sm80": _ADJ_BASE, "sm86": _ADJ_BASE, "sm90": _ADJ_BASE, "sm100": _ADJ_SM100, "sm120": _ADJ_BASE,
-               "default": _ADJ_SM100}
+ADJ_CONFIGS = {
+    "sm80": _ADJ_BASE,
+    "sm86": _ADJ_BASE,
+    "sm90": _ADJ_BASE,
+    "sm100": _ADJ_SM100,
+    "sm120": _ADJ_BASE,
+    "default": _ADJ_SM100,
+}
 check_tables("patch_embed fwd", FWD_CONFIGS)
 check_tables("patch_embed adjoint", ADJ_CONFIGS)
 # The CPU interpreter runs one program at a time: small blocks keep it fast. Same tuple layouts as the tables.
@@ -328,13 +368,28 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
     BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = fwd_config(weight.dtype, aligned, device_family(x.device))
     grid = (triton.cdiv(D, BLOCK_N), triton.cdiv(L, BLOCK_M), B)
     _patch_embed_fwd_kernel[grid](
-        x=x, weight=weight, bias=bias, pos=pos_embed, shapes=shapes,
+        x=x,
+        weight=weight,
+        bias=bias,
+        pos=pos_embed,
+        shapes=shapes,
         cu_seqlens=cu_seqlens if packed else shapes,  # read only when PACKED
-        y=out, L=L, K=K, D=D, total_rows=total,
-        G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        PACKED=packed, DOT_FP32=dot_fp32(), MAIN_PREC=dot_precision(weight.dtype),
+        y=out,
+        L=L,
+        K=K,
+        D=D,
+        total_rows=total,
+        G=G,
+        BLOCK_G=block_g(G),
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K,
+        PACKED=packed,
+        DOT_FP32=dot_fp32(),
+        MAIN_PREC=dot_precision(weight.dtype),
         POS_PREC=pos_precision(weight.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return out
 
@@ -354,11 +409,22 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
     n_chunks = triton.cdiv(B, imgs)
     part = new_empty((n_chunks, G * G, D), torch.float32, grad_out.device)
     _pos_adjoint_kernel[(G, triton.cdiv(D, BLOCK_N), n_chunks)](
-        dy=grad_out.contiguous(), shapes=shapes, cu_seqlens=cu_seqlens if packed else shapes, dpos_part=part,
-        B=B, L=L, D=D, IMGS_PER_PROG=imgs,
-        G=G, BLOCK_G=block_g(G), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PACKED=packed,
+        dy=grad_out.contiguous(),
+        shapes=shapes,
+        cu_seqlens=cu_seqlens if packed else shapes,
+        dpos_part=part,
+        B=B,
+        L=L,
+        D=D,
+        IMGS_PER_PROG=imgs,
+        G=G,
+        BLOCK_G=block_g(G),
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        PACKED=packed,
         POS_PREC=adjoint_precision(grad_out.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return part.sum(0).to(out_dtype)
 
@@ -368,8 +434,9 @@ def _unpack_rows(grad_out, spatial_shapes, cu_seqlens, L):
     B = spatial_shapes.shape[0]
     n_valid = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).to(torch.int64)
     o_t = torch.arange(L, device=grad_out.device)
-    idx = torch.where(o_t[None, :] < n_valid[:, None], cu_seqlens[:-1, None].to(torch.int64) + o_t[None, :],
-                      grad_out.shape[0])  # the extra zero row
+    idx = torch.where(
+        o_t[None, :] < n_valid[:, None], cu_seqlens[:-1, None].to(torch.int64) + o_t[None, :], grad_out.shape[0]
+    )  # the extra zero row
     padded = torch.cat([grad_out, grad_out.new_zeros(1, grad_out.shape[1])])
     return padded[idx.reshape(-1)].reshape(B, L, -1)
 
@@ -398,10 +465,17 @@ def patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, c
 # torch.library registration (autograd + fake impls, so torch.compile(fullgraph=True) traces through)
 # ----------------------------------------------------------------------------------------------
 
+
 @torch.library.custom_op("siglip2::naflex_patch_embed", mutates_args=())
-def patch_embed_op(pixel_values: torch.Tensor, spatial_shapes: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor, pos_embed: torch.Tensor,
-                          cu_seqlens: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
+def patch_embed_op(
+    pixel_values: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos_embed: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+    total: int | None = None,
+) -> torch.Tensor:
     return patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, total)
 
 
@@ -417,9 +491,15 @@ def _(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, to
 
 
 @torch.library.custom_op("siglip2::naflex_patch_embed_backward", mutates_args=())
-def patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.Tensor,
-                                   spatial_shapes: torch.Tensor, weight: torch.Tensor, pos_embed: torch.Tensor,
-                                   cu_seqlens: torch.Tensor | None, needs: list[bool]) -> list[torch.Tensor]:
+def patch_embed_backward_op(
+    grad_out: torch.Tensor,
+    pixel_values: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    weight: torch.Tensor,
+    pos_embed: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    needs: list[bool],
+) -> list[torch.Tensor]:
     grads = patch_embed_bwd(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs)
     # custom ops cannot return None: give empty tensors for the gradients nobody asked for
     return [g if g is not None else pixel_values.new_empty(0) for g in grads]
@@ -428,8 +508,12 @@ def patch_embed_backward_op(grad_out: torch.Tensor, pixel_values: torch.Tensor,
 @patch_embed_backward_op.register_fake
 def _(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs):
     # the real gradients are fresh contiguous tensors whatever the inputs' strides
-    like = ((pixel_values.shape, pixel_values.dtype), (weight.shape, weight.dtype), ((weight.shape[0],), weight.dtype),
-            (pos_embed.shape, pos_embed.dtype))
+    like = (
+        (pixel_values.shape, pixel_values.dtype),
+        (weight.shape, weight.dtype),
+        ((weight.shape[0],), weight.dtype),
+        (pos_embed.shape, pos_embed.dtype),
+    )
     return [pixel_values.new_empty(s, dtype=dt) if n else pixel_values.new_empty(0) for (s, dt), n in zip(like, needs)]
 
 
@@ -441,11 +525,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:1]) + list(ctx.needs_input_grad[2:5])
-    grads = patch_embed_backward_op(grad_out, pixel_values, spatial_shapes, weight, pos_embed,
-                                           cu_seqlens, needs)
+    grads = patch_embed_backward_op(grad_out, pixel_values, spatial_shapes, weight, pos_embed, cu_seqlens, needs)
     dx, dw, db, dpos = (g if n else None for g, n in zip(grads, needs))
     return dx, None, dw, db, dpos, None, None
 
 
 torch.library.register_autograd("siglip2::naflex_patch_embed", _backward, setup_context=_setup_context)
-

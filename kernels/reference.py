@@ -5,6 +5,7 @@ Numerics follow transformers' SigLIP2: attention softmax in fp32, the position-t
 the sigmoid loss in fp32 (transformers' fp32 label matrix promotes half-precision logits). These favour clarity over speed (Python loops over sequences).
 Never imports Triton.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 # Attention
 # ----------------------------------------------------------------------------------------------
+
 
 def _attend(q, k, v, scale, key_mask=None):
     """q: (..., Lq, D), k/v: (..., Lk, D), key_mask: broadcastable bool (..., 1, Lk), True = attend.
@@ -65,6 +67,7 @@ def padded_attention(q, k, v, key_padding_mask=None, softmax_scale=None):
 # NaFlex patch embedding + position-table resize
 # ----------------------------------------------------------------------------------------------
 
+
 def resize_pos_embed(pos_embed, h: int, w: int):
     """(G*G, D) learned grid -> (h*w, D), bilinear + antialias, align_corners=False, in fp32 (float64 stays float64),
     row-major y*w+x."""
@@ -91,7 +94,7 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
     patches = F.linear(pixel_values.to(weight.dtype), weight, bias)  # (B, L, D)
     _B, L, _ = patches.shape
     pos = []
-    for (h, w) in spatial_shapes.tolist():
+    for h, w in spatial_shapes.tolist():
         p = resize_pos_embed(pos_embed, h, w).to(pos_embed.dtype)  # (h*w, D)
         pos.append(torch.cat([p, p[:1].expand(L - h * w, -1)]))
     out = patches + torch.stack(pos)
@@ -104,6 +107,7 @@ def naflex_patch_embed(pixel_values, spatial_shapes, weight, bias, pos_embed, *,
 # ----------------------------------------------------------------------------------------------
 # Sigmoid contrastive loss
 # ----------------------------------------------------------------------------------------------
+
 
 def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias):
     """SigLIP loss exactly as transformers' `Siglip2Model` computes it (materializes the n x n logits).

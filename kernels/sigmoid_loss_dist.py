@@ -10,6 +10,7 @@ Local batch sizes may differ between ranks (the last batch of an epoch, token-bu
 batches): one all_gather of every rank's (n, d) sizes the receive buffers, the blocks are rectangular
 (n_s texts x n_r images), and the loss is normalized by the global n = sum of the local sizes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,10 @@ def _local_sizes(text, group, W) -> list:
     dist.all_gather(sizes, mine, group=group)
     sizes = torch.stack(sizes).tolist()
     if len({d for _, d in sizes}) != 1:
-        raise ValueError(f"sigmoid_loss: every rank must pass embeddings of the same width d, got (n, d) per "
-                         f"rank {[tuple(x) for x in sizes]}")
+        raise ValueError(
+            f"sigmoid_loss: every rank must pass embeddings of the same width d, got (n, d) per "
+            f"rank {[tuple(x) for x in sizes]}"
+        )
     return [n for n, _ in sizes]
 
 
@@ -56,8 +59,7 @@ def _ring_forward(image, text, logit_scale, logit_bias, group, block, compute_gr
         if k < W - 1:
             text_next = text_cur.new_empty((n_next, text_cur.shape[1]))
             text_works = _p2p(text_cur, text_next, nxt, prv, group)  # overlaps this step's compute
-        b_loss, b_di, b_dt, b_ds, b_db = block(image, text_cur, logit_scale, logit_bias, k == 0, norm,
-                                               compute_grads)
+        b_loss, b_di, b_dt, b_ds, b_db = block(image, text_cur, logit_scale, logit_bias, k == 0, norm, compute_grads)
         loss += b_loss
         if compute_grads:
             d_image += b_di

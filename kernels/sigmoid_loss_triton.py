@@ -16,6 +16,7 @@ registers per thread at 8 warps), and atomics into fp32 dT/dI would move ~100 GB
 Launcher: `sigmoid_loss_block_fwd` (one text block x image block, the ring's step too); `sigmoid_loss_block_op`
 is its torch.library custom op (`siglip2::sigmoid_loss_block`) with the autograd registration.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,9 +58,9 @@ INTERPRET_CONFIG = (128, 128, 128, 4, 1)
 # Kernel
 # ----------------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _epilogue(b_s, o_m, o_n, M, N, diag0, b_scale, b_bias, g, s_g, g_mul,
-              HAS_POS: tl.constexpr, STORE_G: tl.constexpr):
+def _epilogue(b_s, o_m, o_n, M, N, diag0, b_scale, b_bias, g, s_g, g_mul, HAS_POS: tl.constexpr, STORE_G: tl.constexpr):
     """Loss / gradient of a [BLOCK_M, BLOCK_H] tile of raw dots S; returns (sum loss, sum g*S, sum g)."""
     b_logit = b_s * b_scale + b_bias  # [BLOCK_M, BLOCK_H]
     # Everything is written in terms of l, so the positive-pair mask enters only as two exact corrections:
@@ -67,18 +68,18 @@ def _epilogue(b_s, o_m, o_n, M, N, diag0, b_scale, b_bias, g, s_g, g_mul,
     # One exp serves softplus and sigmoid: e = exp(-|l|) <= 1 never overflows and w = 1 + e is in [1, 2];
     # log1p(e) = log(w) + (e - (w - 1)) / w recovers the bits 1 + e rounds away (big |l|) and reuses 1/w.
     b_e = tl.exp(-tl.abs(b_logit))
-    b_w = 1. + b_e
-    b_r = tl.fdiv(tl.full(b_w.shape, 1., tl.float32), b_w)  # div.full (2 ulp): no IEEE slow path, w in [1, 2]
-    b_relu = tl.maximum(b_logit, 0.)  # [BLOCK_M, BLOCK_H]
+    b_w = 1.0 + b_e
+    b_r = tl.fdiv(tl.full(b_w.shape, 1.0, tl.float32), b_w)  # div.full (2 ulp): no IEEE slow path, w in [1, 2]
+    b_relu = tl.maximum(b_logit, 0.0)  # [BLOCK_M, BLOCK_H]
     b_g = tl.where(b_logit >= 0, b_r, b_e * b_r)  # sigmoid(l)  [BLOCK_M, BLOCK_H]
     if HAS_POS:
         b_pos = ((o_m[:, None] + diag0) == o_n[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_H]
         b_relu -= b_pos * b_logit
         b_g -= b_pos
-    b_loss = b_relu + (tl.log(b_w) + (b_e - (b_w - 1.)) * b_r)  # [BLOCK_M, BLOCK_H]
+    b_loss = b_relu + (tl.log(b_w) + (b_e - (b_w - 1.0)) * b_r)  # [BLOCK_M, BLOCK_H]
     m_mn = (o_m < M)[:, None] & (o_n < N)[None, :]
-    b_loss = tl.where(m_mn, b_loss, 0.)
-    b_g = tl.where(m_mn, b_g, 0.)
+    b_loss = tl.where(m_mn, b_loss, 0.0)
+    b_g = tl.where(m_mn, b_g, 0.0)
     if STORE_G:
         p_g = g + (o_m[:, None] * s_g + o_n[None, :])
         tl.store(p_g, (b_g * (b_scale * g_mul)).to(g.dtype.element_ty), mask=m_mn)  # [BLOCK_M, BLOCK_H]
@@ -87,11 +88,29 @@ def _epilogue(b_s, o_m, o_n, M, N, diag0, b_scale, b_bias, g, s_g, g_mul,
 
 @triton.jit
 def _sigmoid_loss_fwd_kernel(
-    t, i, g, part, scale, bias,
-    M, N, D, diag0, s_t, s_i, s_g, s_p, g_mul,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, HAS_POS: tl.constexpr, STORE_G: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    t,
+    i,
+    g,
+    part,
+    scale,
+    bias,
+    M,
+    N,
+    D,
+    diag0,
+    s_t,
+    s_i,
+    s_g,
+    s_p,
+    g_mul,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    STORE_G: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """t: (M, D) text rows, i: (N, D) image rows; text row r is positive with image row r + diag0.
 
@@ -121,9 +140,9 @@ def _sigmoid_loss_fwd_kernel(
             b_i1 = tl.load(p_i1)  # [BLOCK_K, BLOCK_H]
         else:
             m_k = (k0 + o_k) < D
-            b_t = tl.load(p_t, mask=m_k[None, :], other=0.)  # [BLOCK_M, BLOCK_K]
-            b_i0 = tl.load(p_i0, mask=m_k[:, None], other=0.)  # [BLOCK_K, BLOCK_H]
-            b_i1 = tl.load(p_i1, mask=m_k[:, None], other=0.)  # [BLOCK_K, BLOCK_H]
+            b_t = tl.load(p_t, mask=m_k[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+            b_i0 = tl.load(p_i0, mask=m_k[:, None], other=0.0)  # [BLOCK_K, BLOCK_H]
+            b_i1 = tl.load(p_i1, mask=m_k[:, None], other=0.0)  # [BLOCK_K, BLOCK_H]
         if DOT_FP32:
             # the interpreter multiplies raw bf16 bit patterns in tl.dot: compute in fp32 there
             b_t = b_t.to(tl.float32)
@@ -150,6 +169,7 @@ def _sigmoid_loss_fwd_kernel(
 # Launcher
 # ----------------------------------------------------------------------------------------------
 
+
 def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tuple:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher uses for `dtype` on `device`."""
     if interpreting():
@@ -165,8 +185,7 @@ def chunk_rows(M: int, N: int, dtype: torch.dtype, device: torch.device | None =
     return min(M, max(block_m, rows // block_m * block_m))
 
 
-def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool, norm: float,
-                           compute_grads: bool):
+def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool, norm: float, compute_grads: bool):
     """Loss and gradients of one (text block x image block) pair, all divided by `norm`: the Triton kernel per
     chunk of text rows, then the two torch matmuls that turn its gradient tile into d_text and d_image.
 
@@ -200,20 +219,39 @@ def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool
         r0, rows = c * chunk, min(chunk, M - c * chunk)
         grid = (triton.cdiv(rows, BLOCK_M), grid_n)
         _sigmoid_loss_fwd_kernel[grid](
-            t=text[r0:], i=image, g=g, part=part[:, r0 // BLOCK_M * grid_n:], scale=scale32, bias=bias32,
-            M=rows, N=N, D=D, diag0=r0, s_t=text.stride(0), s_i=image.stride(0), s_g=g.stride(0),
-            s_p=part.stride(0), g_mul=1.0 / norm,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, EVEN_K=D % BLOCK_K == 0,
-            HAS_POS=positives, STORE_G=compute_grads, DOT_FP32=dot_fp32(), PRECISION=dot_precision(dtype),
-            num_warps=num_warps, num_stages=num_stages,
+            t=text[r0:],
+            i=image,
+            g=g,
+            part=part[:, r0 // BLOCK_M * grid_n :],
+            scale=scale32,
+            bias=bias32,
+            M=rows,
+            N=N,
+            D=D,
+            diag0=r0,
+            s_t=text.stride(0),
+            s_i=image.stride(0),
+            s_g=g.stride(0),
+            s_p=part.stride(0),
+            g_mul=1.0 / norm,
+            BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N,
+            BLOCK_K=BLOCK_K,
+            EVEN_K=D % BLOCK_K == 0,
+            HAS_POS=positives,
+            STORE_G=compute_grads,
+            DOT_FP32=dot_fp32(),
+            PRECISION=dot_precision(dtype),
+            num_warps=num_warps,
+            num_stages=num_stages,
         )
         if compute_grads:
             b_g = g[:rows]
-            torch.mm(b_g, image, out=d_text[r0:r0 + rows])  # [rows, D]
+            torch.mm(b_g, image, out=d_text[r0 : r0 + rows])  # [rows, D]
             if n_chunks == 1:
                 d_image = torch.mm(b_g.t(), text)  # [N, D]
             else:
-                d_image += torch.mm(b_g.t(), text[r0:r0 + rows])  # fp32 accumulation across chunks
+                d_image += torch.mm(b_g.t(), text[r0 : r0 + rows])  # fp32 accumulation across chunks
 
     sums = part.double().sum(dim=1) / norm  # [3]: loss, sum g*S, sum g (fp64 only for these 3 scalars)
     loss = sums[0].float()
@@ -228,10 +266,16 @@ def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool
 # torch.library op + autograd (backward only scales the saved gradients by grad_output)
 # ----------------------------------------------------------------------------------------------
 
+
 @torch.library.custom_op("siglip2::sigmoid_loss_block", mutates_args=())
 def sigmoid_loss_block_op(
-    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
-    positives: bool, norm: float, compute_grads: bool,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    positives: bool,
+    norm: float,
+    compute_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives, norm, compute_grads)
 
@@ -242,8 +286,13 @@ def _(image, text, logit_scale, logit_bias, positives, norm, compute_grads):
     if not compute_grads:
         return (loss, *(image.new_empty(0, dtype=torch.float32) for _ in range(4)))
     # d_image / d_text are fresh contiguous tensors even for strided (e.g. transposed) embeddings
-    return (loss, image.new_empty(image.shape), text.new_empty(text.shape),
-            torch.empty_like(logit_scale), torch.empty_like(logit_bias))
+    return (
+        loss,
+        image.new_empty(image.shape),
+        text.new_empty(text.shape),
+        torch.empty_like(logit_scale),
+        torch.empty_like(logit_bias),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -258,4 +307,3 @@ def _backward(ctx, grad_loss, *unused):
 
 
 torch.library.register_autograd("siglip2::sigmoid_loss_block", _backward, setup_context=_setup_context)
-

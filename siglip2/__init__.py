@@ -3,6 +3,7 @@
 `from siglip2.fast import Siglip2Model` runs the Triton kernels; `siglip2.reference` is the pure-PyTorch twin.
 Importing this package needs neither Triton nor a GPU.
 """
+
 from typing import TYPE_CHECKING, Any
 
 from .configuration import (
@@ -38,6 +39,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(tokenization, name)
     raise AttributeError(f"module 'siglip2' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "embed-dataset": ("siglip2.embed_dataset", "embed an image collection (folder, list, table, webdataset) into shards"),
+    "embed-dataset": (
+        "siglip2.embed_dataset",
+        "embed an image collection (folder, list, table, webdataset) into shards",
+    ),
     "profile": ("siglip2.profile", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
     "train": ("siglip2.train", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
 }
@@ -57,9 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", parents=[common], help="zero-shot classify images")
     c.add_argument("images", nargs="+", metavar="IMAGE")
     c.add_argument("--labels", required=True, help="comma-separated candidate labels")
-    c.add_argument(
-        "--template", default=DEFAULT_TEMPLATE, help=f"text template (default {DEFAULT_TEMPLATE!r})"
-    )
+    c.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"text template (default {DEFAULT_TEMPLATE!r})")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e = sub.add_parser("embed", parents=[common], help="write image/text embeddings to a safetensors file")
     e.add_argument("inputs", nargs="+", metavar="IMAGE_OR_TEXT")
@@ -157,16 +158,23 @@ def _embed(args: argparse.Namespace) -> int:
         if os.path.isfile(x):
             images.append(x)
         elif os.path.isdir(x):
-            found = sorted(os.path.join(x, f) for f in os.listdir(x)
-                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(x, f)))
+            found = sorted(
+                os.path.join(x, f)
+                for f in os.listdir(x)
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(x, f))
+            )
             if not found:
-                raise ValueError(f"{x!r} is a directory with no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                                 f"pass image files, a directory of images, or texts")
+                raise ValueError(
+                    f"{x!r} is a directory with no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                    f"pass image files, a directory of images, or texts"
+                )
             images.extend(found)
         elif os.path.splitext(x)[1].lower() in IMAGE_EXTENSIONS or os.sep in x:
             # looks like a path, not a sentence: a typo must not be embedded as text
-            raise FileNotFoundError(f"{x!r} looks like an image path but no such file exists "
-                                    f"(to embed it as text, drop the extension or the path separator)")
+            raise FileNotFoundError(
+                f"{x!r} looks like an image path but no such file exists "
+                f"(to embed it as text, drop the extension or the path separator)"
+            )
         else:
             texts.append(x)
     model, processor = _load(args)

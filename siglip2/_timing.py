@@ -8,6 +8,7 @@ so the profiler and the benchmarks measure the same way:
 - CPU: `warmup` calls, then the median of `rep` `time.perf_counter` timings.
 - Peak memory: `torch.cuda.max_memory_allocated` during one call, above what was allocated before it (CUDA only).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -23,8 +24,11 @@ import torch
 
 def environment() -> dict[str, Any]:
     """date, versions (torch, python, triton, transformers, siglip2) and the device, for every results file."""
-    env: dict[str, Any] = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                           "python": platform.python_version()}
+    env: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     for mod in ("triton", "transformers", "siglip2"):
         try:
             env[mod] = importlib.import_module(mod).__version__
@@ -32,8 +36,9 @@ def environment() -> dict[str, Any]:
             env[mod] = None
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env.update(device=p.name, sm=f"{p.major}{p.minor}", cuda=torch.version.cuda,
-                   mem_gb=round(p.total_memory / 2**30, 1))
+        env.update(
+            device=p.name, sm=f"{p.major}{p.minor}", cuda=torch.version.cuda, mem_gb=round(p.total_memory / 2**30, 1)
+        )
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     return env

@@ -4,6 +4,7 @@
 `from_dict`/`to_dict`/`from_pretrained`/`save_pretrained` read and write real `config.json` files and keep unknown keys;
 a transformers config object is accepted wherever a config is.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,8 +113,9 @@ class _Config:
         try:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{type(self).__name__}.id2label keys must be class indices (ints), got "
-                             f"{list(self.id2label)[:5]}") from e
+            raise ValueError(
+                f"{type(self).__name__}.id2label keys must be class indices (ints), got {list(self.id2label)[:5]}"
+            ) from e
         self.dtype = dtype_name(self.dtype)
         _typed(self, "dtype", (str, type(None)), "None or a dtype name such as 'float32'")
 
@@ -226,8 +228,10 @@ class _TowerConfig(_Config):
         _real(self, "layer_norm_eps", 0.0, lo_open=True)
         _real(self, "attention_dropout", 0.0, 1.0)
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{type(self).__name__}: hidden_size ({self.hidden_size}) must be divisible by "
-                             f"num_attention_heads ({self.num_attention_heads})")
+            raise ValueError(
+                f"{type(self).__name__}: hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
 
 
 @_config
@@ -312,8 +316,9 @@ class SiglipVisionConfig(_VisionConfig):
         super().__post_init__()
         _int(self, "image_size")
         if self.image_size % self.patch_size:
-            raise ValueError(f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of patch_size "
-                             f"{self.patch_size}")
+            raise ValueError(
+                f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -326,8 +331,10 @@ class SiglipConfig(Siglip2Config):
     sub_configs: ClassVar[dict] = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}
 
 
-CONFIG_CLASSES = {c.model_type: c for c in (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
-                                            SiglipTextConfig, SiglipVisionConfig)}
+CONFIG_CLASSES = {
+    c.model_type: c
+    for c in (Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig)
+}
 
 
 def config_from_any(cfg: ConfigLike, cls: type[_T]) -> _T:

@@ -147,8 +147,9 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def open_source(input: str | os.PathLike, *, image_column: str = "image",
-                text_column: str | None = None) -> FileSource | WebDatasetSource:
+def open_source(
+    input: str | os.PathLike, *, image_column: str = "image", text_column: str | None = None
+) -> FileSource | WebDatasetSource:
     """A FileSource or WebDatasetSource for `input` (see the module docstring)."""
     s = os.fspath(input)
     if "{" in s or s.endswith(".tar") or "::" in s:
@@ -170,9 +171,7 @@ def open_source(input: str | os.PathLike, *, image_column: str = "image",
             if tars:
                 return WebDatasetSource(tars)
             raise ValueError(f"input: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {s!r}")
-        return FileSource(
-            [Record(os.path.relpath(f, s).replace(os.sep, "/"), f) for f in images], description=s
-        )
+        return FileSource([Record(os.path.relpath(f, s).replace(os.sep, "/"), f) for f in images], description=s)
     if not os.path.isfile(s):
         raise FileNotFoundError(f"input: no such file or directory {s!r}")
     ext = os.path.splitext(s)[1].lower()
@@ -241,8 +240,9 @@ def _table_source(path: str, ext: str, image_column: str, text_column: str | Non
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose width and height
 
 
-def decode_image(ref: Record | str | os.PathLike | bytes, *, key: str | None = None,
-                 fast: tuple[int, int] | None = None) -> PIL.Image.Image:
+def decode_image(
+    ref: Record | str | os.PathLike | bytes, *, key: str | None = None, fast: tuple[int, int] | None = None
+) -> PIL.Image.Image:
     """Decode a Record / path / bytes to an RGB PIL image, EXIF-transposed (as `siglip2.pipeline.load_images`).
 
     Raises SampleError(key, reason) for a missing, truncated, corrupt or non-image file (or a decompression bomb).
@@ -313,8 +313,9 @@ def _as_pil(img: Any, name: str) -> PIL.Image.Image:
     return PIL.Image.fromarray(a)
 
 
-def _resize_to_target(img: PIL.Image.Image, image_processor: Siglip2ImageProcessor, patch_size: int,
-                      max_num_patches: int) -> PIL.Image.Image:
+def _resize_to_target(
+    img: PIL.Image.Image, image_processor: Siglip2ImageProcessor, patch_size: int, max_num_patches: int
+) -> PIL.Image.Image:
     """Resize to the NaFlex target with the processor's filter. A fast-decoded image's target comes from its full
     size (`info["naflex_full_size"]`), so it gets exactly the size exact decoding would."""
     h, w = img.info.get("naflex_full_size", (img.height, img.width))

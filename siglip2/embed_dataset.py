@@ -40,12 +40,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="images per batch (default 64)")
     g.add_argument("--tokens-per-batch", type=int, default=None, help="pack images until valid tokens reach T")
     per_rank = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: cores per process
-    p.add_argument("--num-workers", type=int, default=max(1, min(8, per_rank)),
-                   help="DataLoader workers per process (default: the process's share of the cores, at most 8)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=max(1, min(8, per_rank)),
+        help="DataLoader workers per process (default: the process's share of the cores, at most 8)",
+    )
     p.add_argument("--image-column", default="image", help="CSV/JSONL image column (default image)")
     p.add_argument("--text-column", default=None, help="CSV/JSONL caption column (default caption, else text)")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                   help="model dtype (default bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float16", "float32"],
+        help="model dtype (default bfloat16 on CUDA, float32 on CPU)",
+    )
     p.add_argument("--store-dtype", default="float16", choices=["float16", "float32"], help="stored embeddings")
     p.add_argument("--fast-decode", action="store_true", help="JPEG draft decoding at reduced size (inexact)")
     p.add_argument("--shard-size", type=int, default=10000, help="inputs per output shard (file inputs)")
@@ -128,8 +136,9 @@ class _Stream:
             groups = list(iter_token_batches(good, lambda x: x[1], self.tokens))
         batches = []
         for g in groups:
-            b = naflex_collate([s for s, _ in g], self.ip, max_num_patches=self.M, tokenizer=self.tokenizer,
-                               dtype=self.dtype)
+            b = naflex_collate(
+                [s for s, _ in g], self.ip, max_num_patches=self.M, tokenizer=self.tokenizer, dtype=self.dtype
+            )
             b["num_tokens"] = sum(n for _, n in g)
             batches.append(b)
         return {"unit": unit.index, "last": last, "n_inputs": len(records), "batches": batches, "errors": errors}
@@ -236,16 +245,20 @@ def _check_run(out: str, run: dict, rank: int) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        diff = [f"{k}: {old.get(k)!r} -> {run.get(k)!r}"
-                for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)]
+        diff = [
+            f"{k}: {old.get(k)!r} -> {run.get(k)!r}" for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)
+        ]
         if diff:
-            raise ValueError(f"--out {out!r} holds a run with different arguments ({'; '.join(diff)}); "
-                             "rerun with the same arguments to resume, or use a new --out")
+            raise ValueError(
+                f"--out {out!r} holds a run with different arguments ({'; '.join(diff)}); "
+                "rerun with the same arguments to resume, or use a new --out"
+            )
         return
     stray = [n for n in os.listdir(out) if not n.startswith(".")] if os.path.isdir(out) else []
     if stray:
-        raise ValueError(f"--out {out!r} is not empty and holds no {RUN_FILE} (found {stray[0]!r}); "
-                         "use a new directory")
+        raise ValueError(
+            f"--out {out!r} is not empty and holds no {RUN_FILE} (found {stray[0]!r}); use a new directory"
+        )
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         atomic_write_text(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
@@ -277,8 +290,13 @@ def _save_unit(out: str, unit: Unit, buf: dict, run_hash: str, store_dtype, dims
 
     if buf["txt_keys"]:
         save("txt", buf["txt"], buf["txt_keys"], dims[1], {})
-    save("img", buf["img"], buf["img_keys"], dims[0],
-         {"errors": buf["errors"], "inputs": buf["n_inputs"], "texts": len(buf["txt_keys"])})
+    save(
+        "img",
+        buf["img"],
+        buf["img_keys"],
+        dims[0],
+        {"errors": buf["errors"], "inputs": buf["n_inputs"], "texts": len(buf["txt_keys"])},
+    )
     return len(buf["img_keys"])
 
 
@@ -336,20 +354,31 @@ def run(args: argparse.Namespace) -> int:
             if os.path.exists(os.path.join(directory, "tokenizer.json")):
                 tokenizer = Siglip2Tokenizer.from_pretrained(directory)
             elif rank == 0:
-                print(f"siglip2 embed-dataset: no tokenizer.json in {directory!r}: captions (txt) are not embedded",
-                      file=sys.stderr)
+                print(
+                    f"siglip2 embed-dataset: no tokenizer.json in {directory!r}: captions (txt) are not embedded",
+                    file=sys.stderr,
+                )
         out = os.path.abspath(args.out)
         run_cfg = {
             "input": os.path.abspath(args.input) if "://" not in args.input else args.input,
             "input_digest": _keys_digest(source),
             "model": os.path.abspath(directory),
             "config_sha256": _sha256_file(os.path.join(directory, "config.json")),
-            "patch_size": int(ip.patch_size), "max_num_patches": M, "resample": int(ip.resample),
-            "image_mean": ip.image_mean, "image_std": ip.image_std,
-            "batch_size": batch_size, "tokens_per_batch": args.tokens_per_batch, "shard_size": args.shard_size,
-            "dtype": str(dtype).replace("torch.", ""), "store_dtype": args.store_dtype, "device": device.type,
-            "fast_decode": bool(args.fast_decode), "normalized": not args.raw,
-            "image_column": args.image_column, "text_column": args.text_column,
+            "patch_size": int(ip.patch_size),
+            "max_num_patches": M,
+            "resample": int(ip.resample),
+            "image_mean": ip.image_mean,
+            "image_std": ip.image_std,
+            "batch_size": batch_size,
+            "tokens_per_batch": args.tokens_per_batch,
+            "shard_size": args.shard_size,
+            "dtype": str(dtype).replace("torch.", ""),
+            "store_dtype": args.store_dtype,
+            "device": device.type,
+            "fast_decode": bool(args.fast_decode),
+            "normalized": not args.raw,
+            "image_column": args.image_column,
+            "text_column": args.text_column,
         }
         run_hash = hashlib.sha256(json.dumps(run_cfg, sort_keys=True).encode()).hexdigest()[:16]
         if rank == 0:
@@ -361,11 +390,23 @@ def run(args: argparse.Namespace) -> int:
 
         units = plan_units(source, args.shard_size)
         todo = [u for u in units[rank::world] if not _unit_done(out, u)]
-        stream = _Stream(source, todo, ip, M=M, batch_size=batch_size, tokens=args.tokens_per_batch,
-                         fast=args.fast_decode, dtype=dtype if dtype != torch.float32 else None, tokenizer=tokenizer)
+        stream = _Stream(
+            source,
+            todo,
+            ip,
+            M=M,
+            batch_size=batch_size,
+            tokens=args.tokens_per_batch,
+            fast=args.fast_decode,
+            dtype=dtype if dtype != torch.float32 else None,
+            tokenizer=tokenizer,
+        )
         loader = torch.utils.data.DataLoader(
-            _as_iterable_dataset(stream), batch_size=None, num_workers=args.num_workers,
-            pin_memory=device.type == "cuda", prefetch_factor=2 if args.num_workers else None,
+            _as_iterable_dataset(stream),
+            batch_size=None,
+            num_workers=args.num_workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=2 if args.num_workers else None,
         )
         total = sum(u.stop - u.start for u in todo) if isinstance(source, FileSource) else None
         bar = tqdm(total=total, unit="img", disable=rank != 0, dynamic_ncols=True, desc=f"embed (rank 0 of {world})")
@@ -382,8 +423,9 @@ def run(args: argparse.Namespace) -> int:
         t_loop = time.perf_counter()
         with torch.no_grad():
             for item, b, first, last in _Prefetch(loader, device):
-                buf = bufs.setdefault(item["unit"], {"img": [], "img_keys": [], "txt": [], "txt_keys": [],
-                                                     "errors": [], "n_inputs": 0})
+                buf = bufs.setdefault(
+                    item["unit"], {"img": [], "img_keys": [], "txt": [], "txt_keys": [], "errors": [], "n_inputs": 0}
+                )
                 if first:  # an item's errors and input count once, however many batches it has
                     buf["errors"].extend([list(e) for e in item["errors"]])
                     buf["n_inputs"] += item["n_inputs"]
@@ -405,8 +447,9 @@ def run(args: argparse.Namespace) -> int:
                     bar.update(item["n_inputs"])
                     bar.set_postfix(errors=n_errors, refresh=False)
                     if item["last"]:
-                        n_images += _save_unit(out, by_index[item["unit"]], bufs.pop(item["unit"]), run_hash,
-                                               store_dtype, dims)
+                        n_images += _save_unit(
+                            out, by_index[item["unit"]], bufs.pop(item["unit"]), run_hash, store_dtype, dims
+                        )
                         written += 1
                         if stop_after and written >= stop_after:
                             raise KeyboardInterrupt(f"{STOP_AFTER_ENV}={stop_after}: stopped after {written} unit(s)")
@@ -420,10 +463,12 @@ def run(args: argparse.Namespace) -> int:
             m = _write_manifest(out, units, run_cfg, args, directory, dims)
             dt = time.perf_counter() - t0
             c = m["counts"]
-            print(f"embed-dataset: {c['images']} images, {c['texts']} texts, {c['errors']} errors ({ERRORS}) "
-                  f"in {len(units)} shards -> {out}; this run, rank 0: {written} shards, {n_images} images in "
-                  f"{t_loop:.1f} s ({n_images / max(t_loop, 1e-9):.1f} images/s; {dt:.1f} s with start-up)",
-                  file=sys.stderr)
+            print(
+                f"embed-dataset: {c['images']} images, {c['texts']} texts, {c['errors']} errors ({ERRORS}) "
+                f"in {len(units)} shards -> {out}; this run, rank 0: {written} shards, {n_images} images in "
+                f"{t_loop:.1f} s ({n_images / max(t_loop, 1e-9):.1f} images/s; {dt:.1f} s with start-up)",
+                file=sys.stderr,
+            )
         return 0
     finally:
         if started_dist and dist.is_initialized():
@@ -452,16 +497,22 @@ def _write_manifest(out, units, run_cfg, args, directory, dims) -> dict:
         counts["images"] += rows
         counts["texts"] += texts
         counts["errors"] += len(errs)
-    atomic_write_text(os.path.join(out, ERRORS),
-                      "".join(json.dumps({"key": k, "reason": r}) + "\n" for k, r in errors))
+    atomic_write_text(os.path.join(out, ERRORS), "".join(json.dumps({"key": k, "reason": r}) + "\n" for k, r in errors))
     manifest = {
         "model": str(args.model),
         "model_dir": run_cfg["model"],
         "config_sha256": run_cfg["config_sha256"],
-        "preprocessing": {k: run_cfg[k] for k in ("patch_size", "max_num_patches", "resample", "image_mean",
-                                                   "image_std", "fast_decode")},
-        "embedding": {"image_dim": dims[0], "text_dim": dims[1], "normalized": run_cfg["normalized"],
-                      "dtype": run_cfg["store_dtype"], "model_dtype": run_cfg["dtype"]},
+        "preprocessing": {
+            k: run_cfg[k]
+            for k in ("patch_size", "max_num_patches", "resample", "image_mean", "image_std", "fast_decode")
+        },
+        "embedding": {
+            "image_dim": dims[0],
+            "text_dim": dims[1],
+            "normalized": run_cfg["normalized"],
+            "dtype": run_cfg["store_dtype"],
+            "model_dtype": run_cfg["dtype"],
+        },
         "input": run_cfg["input"],
         "counts": dict(counts, shards=len(units)),
         "errors_file": ERRORS,

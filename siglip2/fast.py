@@ -6,6 +6,7 @@ CPU the same packed path runs the kernels' PyTorch references (or the Triton int
 `register()` / `patch_transformers(model)` bring the same kernels into a model loaded with transformers
 (siglip2.integrations.transformers). Each class subclasses its `siglip2.modeling` class (isinstance holds).
 """
+
 from __future__ import annotations
 
 from . import modeling

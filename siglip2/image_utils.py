@@ -102,8 +102,7 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
         if lo >= 0 and hi <= 255 and np.array_equal(a, np.round(a)):
             return a.astype(np.uint8)  # integral floats in [0, 255], as transformers reads them
         raise ValueError(
-            f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), "
-            f"got [{lo:g}, {hi:g}]"
+            f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), got [{lo:g}, {hi:g}]"
         )
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())
@@ -151,8 +150,13 @@ def pil_to_rgb(img, name: str = "image"):
         return img
     if img.mode.startswith(("I", "F")):
         a = np.asarray(img)
-        if img.mode == "F" and np.isfinite(a).all() and a.max(initial=0) > 1 and a.min(initial=0) >= 0 \
-                and a.max(initial=0) <= 255:
+        if (
+            img.mode == "F"
+            and np.isfinite(a).all()
+            and a.max(initial=0) > 1
+            and a.min(initial=0) >= 0
+            and a.max(initial=0) <= 255
+        ):
             a = np.round(a)  # PIL's float mode is on the 0-255 scale; values <= 1 are read as [0, 1] intensities
         return PIL.Image.fromarray(array_to_rgb(a, name))
     has_alpha = "A" in img.getbands() or img.info.get("transparency") is not None
@@ -192,9 +196,7 @@ def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
-        raise ValueError(
-            f"{name}: expected a torch tensor of shape (C, H, W) or (H, W), got {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name}: expected a torch tensor of shape (C, H, W) or (H, W), got {tuple(t.shape)}")
     _check_shape((t.shape[1], t.shape[2], t.shape[0]), name)
     if t.dtype != torch.uint8:
         if t.is_floating_point():
@@ -207,8 +209,7 @@ def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
                 t = t.to(torch.uint8)
             else:
                 raise ValueError(
-                    f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), "
-                    f"got [{lo:g}, {hi:g}]"
+                    f"{name}: float image values must lie in [0, 1] (or be integers in [0, 255]), got [{lo:g}, {hi:g}]"
                 )
         elif t.dtype == torch.bool:
             t = t.to(torch.uint8) * 255
@@ -217,9 +218,7 @@ def tensor_to_rgb(t: torch.Tensor, name: str = "image") -> torch.Tensor:
             lo, hi = t64.min().item(), t64.max().item()
             if lo < 0 or hi > 65535:
                 raise ValueError(f"{name}: integer image values must lie in [0, 65535], got [{lo}, {hi}]")
-            t = (((t64 * 255 + 32767) // 65535) if (t.dtype == torch.uint16 or hi > 255) else t64).to(
-                torch.uint8
-            )
+            t = (((t64 * 255 + 32767) // 65535) if (t.dtype == torch.uint16 or hi > 255) else t64).to(torch.uint8)
     c = t.shape[0]
     if c == 1:
         t = t.expand(3, -1, -1)
@@ -255,9 +254,7 @@ def _filter(kind: str, x: np.ndarray) -> np.ndarray:
             return np.where(
                 ax == 0,
                 1.0,
-                np.where(
-                    ax >= 1.0, 0.0, sinc * (float(np.float32(0.54)) + float(np.float32(0.46)) * np.cos(px))
-                ),
+                np.where(ax >= 1.0, 0.0, sinc * (float(np.float32(0.54)) + float(np.float32(0.46)) * np.cos(px))),
             )
         if kind == "lanczos":
             px3 = x / 3 * np.pi
@@ -277,9 +274,7 @@ def pil_coefficients(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray
     support = _SUPPORT[kind] * filterscale
     ksize = math.ceil(support) * 2 + 1
     center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    xmin = np.maximum(
-        (center - support + 0.5).astype(np.int64), 0
-    )  # C (int) truncation; the value is >= -0.5
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C (int) truncation; the value is >= -0.5
     xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
     taps = np.arange(ksize)
     w = _filter(kind, (taps[None, :] + xmin[:, None] - center[:, None] + 0.5) * (1.0 / filterscale))

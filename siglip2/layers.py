@@ -5,6 +5,7 @@ Every block runs one of three ways, chosen by two arguments that the models pass
   kernel_impl=str, packed=None     siglip2.kernels on padded tokens; `mask` is a bool (B, L) key mask (text tower)
   kernel_impl=str, packed=Packed   siglip2.kernels on packed (N, D) tokens: varlen attention over packed.cu_seqlens
 """
+
 from __future__ import annotations
 
 import math
@@ -29,12 +30,13 @@ def _additive_mask(mask, dtype, query_len=None):
 # Building blocks (names and state-dict keys identical to transformers)
 # ----------------------------------------------------------------------------------------------
 
+
 class Siglip2Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.embed_dim, self.num_heads = config.hidden_size, config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
-        self.scale, self.dropout = self.head_dim ** -0.5, config.attention_dropout
+        self.scale, self.dropout = self.head_dim**-0.5, config.attention_dropout
         self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
@@ -58,11 +60,13 @@ class Siglip2Attention(nn.Module):
         q, k, v = F.linear(x, w, b).view(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
         if packed is not None:  # (N, H, d)
             L = packed.max_seqlen
-            out = varlen_attention(q, k, v, packed.cu_seqlens, packed.cu_seqlens, L, L, self.scale,
-                                   impl=kernel_impl, check_values=False)
+            out = varlen_attention(
+                q, k, v, packed.cu_seqlens, packed.cu_seqlens, L, L, self.scale, impl=kernel_impl, check_values=False
+            )
         else:  # (B, L, H, d) -> the kernel's (B, H, L, d) strided view
-            out = padded_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale,
-                                   impl=kernel_impl).transpose(1, 2)
+            out = padded_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale, impl=kernel_impl
+            ).transpose(1, 2)
         return self.out_proj(out.reshape(x.shape)), None
 
     def _fused_qkv(self):
@@ -70,8 +74,14 @@ class Siglip2Attention(nn.Module):
         than reading the (N, D) activations twice more for separate GEMMs, see docs/design.md). For inference the
         fused copy is built once and rebuilt when a weight changes (new storage, or an in-place update bumps
         its version counter, e.g. load_state_dict or an optimizer step)."""
-        ps = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
-              self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        ps = (
+            self.q_proj.weight,
+            self.k_proj.weight,
+            self.v_proj.weight,
+            self.q_proj.bias,
+            self.k_proj.bias,
+            self.v_proj.bias,
+        )
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in ps)):
             return torch.cat(ps[:3]), torch.cat(ps[3:])
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in ps)
@@ -87,7 +97,9 @@ class Siglip2MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         if config.hidden_act != "gelu_pytorch_tanh":
-            raise ValueError(f"hidden_act must be 'gelu_pytorch_tanh' (the SigLIP2 activation), got {config.hidden_act!r}")
+            raise ValueError(
+                f"hidden_act must be 'gelu_pytorch_tanh' (the SigLIP2 activation), got {config.hidden_act!r}"
+            )
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
@@ -114,8 +126,7 @@ class Siglip2Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([Siglip2EncoderLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, x, mask=None, packed=None, kernel_impl=None, output_hidden_states=False,
-                output_attentions=False):
+    def forward(self, x, mask=None, packed=None, kernel_impl=None, output_hidden_states=False, output_attentions=False):
         """Returns (x, hidden_states, attentions); packed hidden states are unpacked to (B, L, D)."""
         keep = packed.unpack if packed is not None else (lambda t: t)
         hidden: list[torch.Tensor] | None = [keep(x)] if output_hidden_states else None
@@ -135,7 +146,7 @@ class Siglip2VisionEmbeddings(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.patch_size, self.num_patches = config.patch_size, config.num_patches
-        self.patch_embedding = nn.Linear(config.num_channels * self.patch_size ** 2, config.hidden_size)
+        self.patch_embedding = nn.Linear(config.num_channels * self.patch_size**2, config.hidden_size)
         self.position_embedding_size = math.isqrt(self.num_patches)
         self.position_embedding = nn.Embedding(self.num_patches, config.hidden_size)
 
@@ -151,8 +162,17 @@ def _packed_patch_embed(pixel_values, packed, weight, bias, pos, kernel_impl):
     # host-side shapes and prefix sums: the op reads them without a device sync and skips the value checks that
     # the model's entry check already did
     cu = packed.cu_seqlens_host() if packed.valid is not None else None
-    x = naflex_patch_embed(pixel_values, packed.spatial_shapes, weight, bias, pos, cu_seqlens=cu,
-                           num_tokens=packed.total if cu is not None else None, impl=kernel_impl, check_values=False)
+    x = naflex_patch_embed(
+        pixel_values,
+        packed.spatial_shapes,
+        weight,
+        bias,
+        pos,
+        cu_seqlens=cu,
+        num_tokens=packed.total if cu is not None else None,
+        impl=kernel_impl,
+        check_values=False,
+    )
     return x if cu is not None else x.reshape(-1, x.shape[-1])
 
 
@@ -180,8 +200,14 @@ class SiglipVisionEmbeddings(nn.Module):
             return x + self.position_embedding.weight[None]
         conv = self.patch_embedding.weight
         weight = conv.permute(0, 2, 3, 1).reshape(conv.shape[0], -1)
-        return _packed_patch_embed(self.patchify(pixel_values), packed, weight, self.patch_embedding.bias,
-                                   self.position_embedding.weight, kernel_impl)
+        return _packed_patch_embed(
+            self.patchify(pixel_values),
+            packed,
+            weight,
+            self.patch_embedding.bias,
+            self.position_embedding.weight,
+            kernel_impl,
+        )
 
 
 class Siglip2MultiheadAttentionPoolingHead(nn.Module):
@@ -214,8 +240,17 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
             q = F.linear(self.probe.reshape(1, D), w[:D], b[:D]).expand(B, D).reshape(B, self.num_heads, hd)
             # k and v in one GEMM over the packed tokens: (N, 2, H, hd) strided views
             k, v = F.linear(hidden, w[D:], b[D:]).view(-1, 2, self.num_heads, hd).unbind(1)
-            o = varlen_attention(q.contiguous(), k, v, packed.probe_cu_seqlens, packed.cu_seqlens, 1,
-                                 packed.max_seqlen, impl=kernel_impl, check_values=False)
+            o = varlen_attention(
+                q.contiguous(),
+                k,
+                v,
+                packed.probe_cu_seqlens,
+                packed.cu_seqlens,
+                1,
+                packed.max_seqlen,
+                impl=kernel_impl,
+                check_values=False,
+            )
             x = self.attention.out_proj(o.reshape(B, D))
         return x + self.mlp(self.layernorm(x))
 

@@ -10,6 +10,7 @@ directory completes it. The promise holds for these readers: transformers does n
 a consistent directory except while a save is between its commit and its end (or stopped there, until the next
 save). A shard index naming a file outside the directory is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ def resolve_dir(name_or_path, *, revision=None, cache_dir=None, local_files_only
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
-        raise CheckpointError(f"{path!r} is a file; expected a checkpoint directory (config.json + model.safetensors) or a hub id")
+        raise CheckpointError(
+            f"{path!r} is a file; expected a checkpoint directory (config.json + model.safetensors) or a hub id"
+        )
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path.replace("/", "")
     if looks_local:
         raise CheckpointError(f"checkpoint directory {path!r} does not exist")
@@ -41,8 +44,9 @@ def resolve_dir(name_or_path, *, revision=None, cache_dir=None, local_files_only
     except ImportError as e:  # pragma: no cover - huggingface_hub is a runtime dependency
         raise CheckpointError("loading a hub id needs huggingface_hub; pass a local directory instead") from e
     try:
-        return snapshot_download(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                                 allow_patterns=HUB_PATTERNS)
+        return snapshot_download(
+            path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=HUB_PATTERNS
+        )
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
@@ -56,12 +60,20 @@ def resolve_dir(name_or_path, *, revision=None, cache_dir=None, local_files_only
 # Reading
 # ----------------------------------------------------------------------------------------------
 
+
 def _plain_name(name, where: str) -> str:
     """A file name that stays inside the checkpoint directory (no absolute path, no `..`, no subfolder escape)."""
-    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name \
-            or any(part in ("", ".", "..") for part in name.split("/")):
-        raise CheckpointError(f"{where}: file name {name!r} points outside the checkpoint directory; expected a "
-                              f"plain file name such as 'model-00001-of-00002.safetensors'")
+    if (
+        not isinstance(name, str)
+        or not name
+        or os.path.isabs(name)
+        or "\\" in name
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
+        raise CheckpointError(
+            f"{where}: file name {name!r} points outside the checkpoint directory; expected a "
+            f"plain file name such as 'model-00001-of-00002.safetensors'"
+        )
     return name
 
 
@@ -138,9 +150,11 @@ def read_index(directory: str, journal: dict | None = None) -> dict:
         raise CheckpointError(f"{path}: file not found") from e
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{path}: not a valid safetensors index (expected a JSON object with a 'weight_map' "
-                              f"object of tensor name -> shard file, got {type(index).__name__}"
-                              f"{'' if not isinstance(index, dict) else ' without one'})")
+        raise CheckpointError(
+            f"{path}: not a valid safetensors index (expected a JSON object with a 'weight_map' "
+            f"object of tensor name -> shard file, got {type(index).__name__}"
+            f"{'' if not isinstance(index, dict) else ' without one'})"
+        )
     for key, shard in weight_map.items():
         _plain_name(shard, f"{path} (tensor {key!r})")
     return weight_map
@@ -165,8 +179,9 @@ def read_state_dict(directory: str) -> dict:
         state.update(_read_safetensors(checkpoint_file(directory, shard, journal), os.path.join(directory, shard)))
     missing = set(weight_map) - set(state)
     if missing:
-        raise CheckpointError(f"{os.path.join(directory, INDEX_NAME)}: tensors listed but absent from the shards: "
-                              f"{sorted(missing)[:5]}")
+        raise CheckpointError(
+            f"{os.path.join(directory, INDEX_NAME)}: tensors listed but absent from the shards: {sorted(missing)[:5]}"
+        )
     return state
 
 
@@ -177,7 +192,7 @@ def match_state_dict(model, state: dict, allow_missing=()) -> dict:
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
     prefix = getattr(model, "checkpoint_prefix", None)  # "vision_model." / "text_model." for standalone towers
     if prefix and not any(k in expected for k in state):
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if stripped:
             state = stripped
     if not any(k in expected for k in state) and state:
@@ -193,15 +208,22 @@ def match_state_dict(model, state: dict, allow_missing=()) -> dict:
         unexpected = [k for k in unexpected if not k.startswith(other) and k not in ("logit_scale", "logit_bias")]
     ignored = getattr(model, "ignore_on_load", ())  # e.g. the text tower of a dual-encoder checkpoint
     unexpected = [k for k in unexpected if not k.startswith(tuple(ignored))]
-    wrong = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in expected
-             if k in state and state[k].shape != expected[k].shape]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(expected[k].shape))
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong:
         lines = [f"checkpoint does not match {type(model).__name__}:"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+            lines.append(
+                f"  missing keys ({len(missing)}): {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")
+            )
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}"
-                         + (" ..." if len(unexpected) > 10 else ""))
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}"
+                + (" ..." if len(unexpected) > 10 else "")
+            )
         for k, got, want in wrong[:10]:
             lines.append(f"  wrong shape for {k}: checkpoint {got}, model {want}")
         raise CheckpointError("\n".join(lines))
@@ -228,12 +250,25 @@ def resolve_dtype(dtype, config=None):
             return t
         if dtype == "auto":
             raise CheckpointError(f"config.json records dtype {name!r}, which is not a floating torch dtype")
-    raise ValueError(f"dtype: expected None, 'auto', a floating torch.dtype or its name ('float32', 'bfloat16', "
-                     f"'float16'), got {dtype!r}")
+    raise ValueError(
+        f"dtype: expected None, 'auto', a floating torch.dtype or its name ('float32', 'bfloat16', "
+        f"'float16'), got {dtype!r}"
+    )
 
 
-def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None, cache_dir=None,
-                    local_files_only=False, impl=None, kernel_impl="auto", **config_overrides):
+def load_pretrained(
+    cls,
+    name_or_path,
+    *,
+    revision=None,
+    dtype=None,
+    device=None,
+    cache_dir=None,
+    local_files_only=False,
+    impl=None,
+    kernel_impl="auto",
+    **config_overrides,
+):
     """`cls.from_pretrained`: config + strict weights from a directory or hub id.
 
     Extra keywords override config fields (e.g. `num_labels=10` for a fresh classifier). Only a classification
@@ -250,8 +285,10 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
     config = cls.config_class.from_pretrained(directory)
     for key, value in config_overrides.items():
         if key != "num_labels" and not hasattr(config, key):
-            raise TypeError(f"{cls.__name__}.from_pretrained got an unexpected keyword argument {key!r} "
-                            f"(not a field of {type(config).__name__})")
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got an unexpected keyword argument {key!r} "
+                f"(not a field of {type(config).__name__})"
+            )
         setattr(config, key, value)
     if config_overrides and hasattr(config, "validate"):
         config.validate()
@@ -264,8 +301,11 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
     model.load_state_dict(state, strict=False, assign=True)
     if missing:
         model.init_fresh(device=device or "cpu")
-        warnings.warn(f"{cls.__name__}: {', '.join(missing)} not in the checkpoint at {directory}; initialized fresh "
-                      f"(train them before use)", stacklevel=3)
+        warnings.warn(
+            f"{cls.__name__}: {', '.join(missing)} not in the checkpoint at {directory}; initialized fresh "
+            f"(train them before use)",
+            stacklevel=3,
+        )
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
@@ -274,6 +314,7 @@ def load_pretrained(cls, name_or_path, *, revision=None, dtype=None, device=None
 # ----------------------------------------------------------------------------------------------
 # Writing (the crash-safe checkpoint save lives in saving.py)
 # ----------------------------------------------------------------------------------------------
+
 
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:

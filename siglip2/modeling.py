@@ -9,6 +9,7 @@ Every model runs with one of two impls:
 In the packed impl the padded rows of `last_hidden_state`/`hidden_states` are zeros (transformers fills them with
 finite values that depend on the padding; every valid token and every pooled output is identical either way).
 """
+
 from __future__ import annotations
 
 import math
@@ -60,6 +61,7 @@ IMPLS = ("reference", "triton")
 # Models
 # ----------------------------------------------------------------------------------------------
 
+
 class Siglip2PreTrainedModel(nn.Module):
     """Shared plumbing: config, impl selection, from_pretrained/save_pretrained, transformers-like init."""
 
@@ -97,13 +99,28 @@ class Siglip2PreTrainedModel(nn.Module):
         return next(self.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                        **kwargs: Any) -> Self:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **kwargs: Any,
+    ) -> Self:
         """Load from a directory or hub id (config.json + model.safetensors, or a sharded index)."""
-        return loading.load_pretrained(cls, name_or_path, revision=revision, dtype=dtype, device=device,
-                                       cache_dir=cache_dir, local_files_only=local_files_only, **kwargs)
+        return loading.load_pretrained(
+            cls,
+            name_or_path,
+            revision=revision,
+            dtype=dtype,
+            device=device,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            **kwargs,
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = 5 * 2**30) -> None:
         from .saving import save_pretrained
@@ -115,14 +132,17 @@ class Siglip2PreTrainedModel(nn.Module):
         """The `kernel_impl` the blocks get: None runs transformers' eager math (impl "reference")."""
         return None if self.impl == "reference" else self.kernel_impl
 
-    def _flags(self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None,
-               kwargs: dict) -> tuple[bool, bool, bool]:
+    def _flags(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None, kwargs: dict
+    ) -> tuple[bool, bool, bool]:
         if kwargs:
             raise TypeError(f"{type(self).__name__}.forward got unexpected keyword arguments: {sorted(kwargs)}")
         c = self.config
-        return (c.output_attentions if output_attentions is None else output_attentions,
-                c.output_hidden_states if output_hidden_states is None else output_hidden_states,
-                c.return_dict if return_dict is None else return_dict)
+        return (
+            c.output_attentions if output_attentions is None else output_attentions,
+            c.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            c.return_dict if return_dict is None else return_dict,
+        )
 
 
 @torch.no_grad()
@@ -166,10 +186,17 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
             self.head = Siglip2MultiheadAttentionPoolingHead(c)
         self._finish_init()
 
-    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
-                spatial_shapes: torch.Tensor | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                packed: PackedBatch | None = None, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        packed: PackedBatch | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
         """transformers' arguments; `packed` (impl "triton"): a PackedBatch the caller built for these inputs (from
         host-side shapes), which skips the entry's value checks and its host sync."""
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
@@ -182,16 +209,24 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
                     raise ValueError("spatial_shapes (B, 2) is required with NaFlex pixel_values")
                 shapes = spatial_shapes
             if self.impl == "triton":
-                packed = PackedBatch.from_spatial_shapes(shapes, pixel_values.shape[1], self.post_layernorm.weight.device,
-                                                         pixel_attention_mask)
+                packed = PackedBatch.from_spatial_shapes(
+                    shapes, pixel_values.shape[1], self.post_layernorm.weight.device, pixel_attention_mask
+                )
         if self.impl == "reference":
             x = self.embeddings(pixel_values, spatial_shapes)
         else:
             x = self.embeddings(pixel_values, spatial_shapes, packed, self.kernel_impl)
         return self._encode(x, pixel_attention_mask, packed, out_attn, out_hidden, return_dict)
 
-    def _encode(self, x: torch.Tensor, mask: torch.Tensor | None, packed: PackedBatch | None, out_attn: bool,
-                out_hidden: bool, return_dict: bool) -> BaseModelOutputWithPooling | tuple:
+    def _encode(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        packed: PackedBatch | None,
+        out_attn: bool,
+        out_hidden: bool,
+        return_dict: bool,
+    ) -> BaseModelOutputWithPooling | tuple:
         if packed is None:  # reference: padded, transformers' eager math
             L = x.shape[1]
             x, hidden, attns = self.encoder(x, _additive_mask(mask, x.dtype, L), None, None, out_hidden, out_attn)
@@ -213,9 +248,15 @@ class SiglipVisionModel(Siglip2VisionModel):
     config: SiglipVisionConfig  # FixRes: not a Siglip2VisionConfig
     embeddings_class = SiglipVisionEmbeddings
 
-    def forward(self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                interpolate_pos_encoding: bool = False, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
         if interpolate_pos_encoding:
             raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
@@ -223,8 +264,9 @@ class SiglipVisionModel(Siglip2VisionModel):
         packed = None
         if self.impl == "triton":  # every image is the same full grid: shapes known on the host, nothing to sync
             g = math.isqrt(self.config.num_patches)
-            packed = PackedBatch.from_spatial_shapes([(g, g)] * pixel_values.shape[0], g * g,
-                                                     self.post_layernorm.weight.device)
+            packed = PackedBatch.from_spatial_shapes(
+                [(g, g)] * pixel_values.shape[0], g * g, self.post_layernorm.weight.device
+            )
         x = self.embeddings(pixel_values, packed, self._kernels)
         return self._encode(x, None, packed, out_attn, out_hidden, return_dict)
 
@@ -245,10 +287,16 @@ class Siglip2TextModel(Siglip2PreTrainedModel):
         self.head = nn.Linear(c.hidden_size, c.projection_size)
         self._finish_init()
 
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
         input_ids = check_text_inputs(self.config, input_ids, attention_mask, position_ids)
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])
@@ -281,34 +329,70 @@ class Siglip2Model(Siglip2PreTrainedModel):
         self.logit_bias = nn.Parameter(torch.randn(1))
         self._finish_init()
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          position_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Pooled text embeddings (B, projection_size), not normalized."""
         return self.text_model(input_ids, attention_mask, position_ids, return_dict=True, **kwargs).pooler_output
 
-    def get_image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
-                           spatial_shapes: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Pooled image embeddings (B, D), not normalized."""
-        return self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True,
-                                 **kwargs).pooler_output
+        return self.vision_model(
+            pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True, **kwargs
+        ).pooler_output
 
-    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                pixel_attention_mask: torch.Tensor | None = None, spatial_shapes: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                return_loss: bool | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs: Any) -> Siglip2Output | tuple:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Siglip2Output | tuple:
         flags = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        return self._dual_forward(input_ids, pixel_values, (pixel_attention_mask, spatial_shapes), attention_mask,
-                                  position_ids, return_loss, *flags)
+        return self._dual_forward(
+            input_ids,
+            pixel_values,
+            (pixel_attention_mask, spatial_shapes),
+            attention_mask,
+            position_ids,
+            return_loss,
+            *flags,
+        )
 
-    def _dual_forward(self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None, vision_args: tuple,
-                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
-                      return_loss: bool | None, out_attn: bool, out_hidden: bool,
-                      return_dict: bool) -> Siglip2Output | tuple:
+    def _dual_forward(
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        vision_args: tuple,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        return_loss: bool | None,
+        out_attn: bool,
+        out_hidden: bool,
+        return_dict: bool,
+    ) -> Siglip2Output | tuple:
         if input_ids is None or pixel_values is None:
-            raise ValueError(f"{type(self).__name__}.forward needs both input_ids and pixel_values "
-                             "(use get_text_features / get_image_features for one tower)")
+            raise ValueError(
+                f"{type(self).__name__}.forward needs both input_ids and pixel_values "
+                "(use get_text_features / get_image_features for one tower)"
+            )
         flags = dict(output_attentions=out_attn, output_hidden_states=out_hidden, return_dict=True)
         text = self.text_model(input_ids, attention_mask, position_ids, **flags)
         vision = self.vision_model(pixel_values, *vision_args, **flags)
@@ -318,14 +402,17 @@ class Siglip2Model(Siglip2PreTrainedModel):
         loss = None
         if return_loss:
             if text_embeds.shape[0] != image_embeds.shape[0]:
-                raise ValueError(f"return_loss needs as many texts as images (a square batch), got "
-                                 f"{text_embeds.shape[0]} texts and {image_embeds.shape[0]} images")
+                raise ValueError(
+                    f"return_loss needs as many texts as images (a square batch), got "
+                    f"{text_embeds.shape[0]} texts and {image_embeds.shape[0]} images"
+                )
             loss = self._loss(image_embeds, text_embeds, logits_per_text)
         out = Siglip2Output(loss, logits_per_text.t(), logits_per_text, text_embeds, image_embeds, text, vision)
         return out if return_dict else out.to_tuple()
 
-    def _loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-              logits_per_text: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logits_per_text: torch.Tensor
+    ) -> torch.Tensor:
         if self.impl == "reference":
             # transformers' formula verbatim (the float32 eye promotes half-precision logits to fp32)
             eye = torch.eye(logits_per_text.size(0), device=logits_per_text.device)
@@ -347,18 +434,27 @@ class SiglipModel(Siglip2Model):
     vision_class = SiglipVisionModel
     text_class = SiglipTextModel
 
-    def get_image_features(self, pixel_values: torch.Tensor,
-                           interpolate_pos_encoding: bool = False, **kwargs: Any) -> torch.Tensor:
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Any
+    ) -> torch.Tensor:
         """Pooled image embeddings (B, D), not normalized."""
-        return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True,
-                                 **kwargs).pooler_output
+        return self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        ).pooler_output
 
-    def forward(self, input_ids: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, return_loss: bool | None = None,
-                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                interpolate_pos_encoding: bool = False, return_dict: bool | None = None,
-                **kwargs: Any) -> Siglip2Output | tuple:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Siglip2Output | tuple:
         """transformers' SiglipModel.forward argument order; pixel_values (B, 3, H, W) at the checkpoint's size."""
         if interpolate_pos_encoding:
             raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
@@ -380,7 +476,7 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel):
         self.classifier = nn.Linear(c.vision_config.hidden_size, c.num_labels) if c.num_labels > 0 else nn.Identity()
         self._finish_init()
         if isinstance(self.classifier, nn.Linear) and not any(p.is_meta for p in self.parameters()):
-            nn.init.normal_(self.classifier.weight, std=c.vision_config.hidden_size ** -0.5 * c.initializer_factor)
+            nn.init.normal_(self.classifier.weight, std=c.vision_config.hidden_size**-0.5 * c.initializer_factor)
 
     fresh_on_load = ("classifier.",)  # fine-tuning from a Siglip2Model checkpoint: the head starts fresh
     ignore_on_load = ("text_model.", "logit_scale", "logit_bias")  # ... whose text tower is not used
@@ -390,17 +486,32 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel):
         self.classifier.to_empty(device=device)
         if isinstance(self.classifier, nn.Linear):
             with torch.no_grad():
-                nn.init.normal_(self.classifier.weight, std=self.config.vision_config.hidden_size ** -0.5
-                                * self.config.initializer_factor)
+                nn.init.normal_(
+                    self.classifier.weight,
+                    std=self.config.vision_config.hidden_size**-0.5 * self.config.initializer_factor,
+                )
                 nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
-                spatial_shapes: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> ImageClassifierOutput | tuple:
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple:
         out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        vision = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, output_attentions=out_attn,
-                                   output_hidden_states=out_hidden, return_dict=True)
+        vision = self.vision_model(
+            pixel_values,
+            pixel_attention_mask,
+            spatial_shapes,
+            output_attentions=out_attn,
+            output_hidden_states=out_hidden,
+            return_dict=True,
+        )
         seq = vision.last_hidden_state
         if pixel_attention_mask is not None:
             m = pixel_attention_mask[..., None].to(seq.device)

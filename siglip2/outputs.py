@@ -3,6 +3,7 @@
 As in transformers' ModelOutput, integer indexing and `to_tuple()` skip the fields that are None, and
 `Siglip2Output.to_tuple()` turns the nested tower outputs into tuples too.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -11,6 +11,7 @@ lives here, computed once from host-side lengths, so no layer reads a tensor bac
 Callers that already hold the lengths on the host (a data loader) build it with `PackedBatch.from_spatial_shapes`
 from CPU tensors, pass it as `packed=` and the forward does no host sync at all.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -50,9 +51,13 @@ class PackedBatch:
         return torch.tensor([0, *itertools.accumulate(self.lengths)], dtype=torch.int32)
 
     @classmethod
-    def from_spatial_shapes(cls, spatial_shapes: torch.Tensor | Sequence[Sequence[int]], seq_len: int,
-                            device: torch.device | str,
-                            pixel_attention_mask: torch.Tensor | None = None) -> PackedBatch:
+    def from_spatial_shapes(
+        cls,
+        spatial_shapes: torch.Tensor | Sequence[Sequence[int]],
+        seq_len: int,
+        device: torch.device | str,
+        pixel_attention_mask: torch.Tensor | None = None,
+    ) -> PackedBatch:
         """spatial_shapes: (h, w) per image, as a list of pairs (no host sync) or a (B, 2) tensor (one read).
 
         With `pixel_attention_mask` (the processor's), image b has h*w valid tokens; without one every one of the

@@ -42,16 +42,21 @@ def check_template(template: object, name: str = "template") -> str:
     import string
 
     if not isinstance(template, str):
-        raise TypeError(f"{name}: expected a string with one '{{}}' where the label goes, got {type(template).__name__}")
+        raise TypeError(
+            f"{name}: expected a string with one '{{}}' where the label goes, got {type(template).__name__}"
+        )
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:  # a lone '{' or '}'
-        raise ValueError(f"{name}: not a valid format string ({e}); write literal braces as '{{{{' and '}}}}', "
-                         f"got {template!r}") from e
+        raise ValueError(
+            f"{name}: not a valid format string ({e}); write literal braces as '{{{{' and '}}}}', got {template!r}"
+        ) from e
     if len(fields) != 1 or fields[0] not in ("", "0"):
         what = "no field" if not fields else ", ".join("{" + f + "}" for f in fields)
-        raise ValueError(f"{name}: must contain exactly one '{{}}' where the label goes (and no named or other "
-                         f"fields), got {template!r} with {what}")
+        raise ValueError(
+            f"{name}: must contain exactly one '{{}}' where the label goes (and no named or other "
+            f"fields), got {template!r} with {what}"
+        )
     try:
         template.format("label")
     except (ValueError, IndexError, KeyError, AttributeError, TypeError) as e:
@@ -59,8 +64,13 @@ def check_template(template: object, name: str = "template") -> str:
     return template
 
 
-def load_model(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | str | None = None, **hub_kwargs: Any) -> tuple[Siglip2Model, str]:
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    **hub_kwargs: Any,
+) -> tuple[Siglip2Model, str]:
     """Our fast model class for the checkpoint's model_type: Siglip2Model (NaFlex) or SiglipModel (FixRes)."""
     from .tokenization import checkpoint_model_type
 
@@ -122,8 +132,7 @@ def _prepare(model: str | os.PathLike | nn.Module, processor: Any) -> tuple[Any,
     for attr in ("config", "dtype", "device"):
         if not hasattr(model, attr):
             raise TypeError(
-                f"model: expected a SigLIP model (with .{attr}) or a checkpoint path, "
-                f"got {type(model).__name__}"
+                f"model: expected a SigLIP model (with .{attr}) or a checkpoint path, got {type(model).__name__}"
             )
     return model, processor
 
@@ -137,13 +146,12 @@ def _image_inputs(processor: Any, images: list, model: Any, max_num_patches: int
         else {}
     )
     inputs = processor.image_processor(images, **kw)
-    return {
-        k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else None) for k, v in inputs.items()
-    }
+    return {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else None) for k, v in inputs.items()}
 
 
-def _text_inputs(processor: Any, texts: list[str], model: Any,
-                 tokenizer_kwargs: dict | None) -> dict[str, torch.Tensor]:
+def _text_inputs(
+    processor: Any, texts: list[str], model: Any, tokenizer_kwargs: dict | None
+) -> dict[str, torch.Tensor]:
     kw: dict[str, Any] = {"padding": True}
     if "siglip" in str(getattr(model.config, "model_type", "")):
         kw = {"padding": "max_length", "max_length": 64, "truncation": True}
@@ -181,9 +189,7 @@ def zero_shot_classify(
     max_num_patches = check_max_num_patches(max_num_patches)
     net, processor = _prepare(model, processor)
     imgs, single = load_images(images)
-    text_inputs = _text_inputs(
-        processor, [template.format(label) for label in labels], net, tokenizer_kwargs
-    )
+    text_inputs = _text_inputs(processor, [template.format(label) for label in labels], net, tokenizer_kwargs)
     sigmoid = "siglip" in str(getattr(net.config, "model_type", ""))
     results = []
     for start in range(0, len(imgs), batch_size):
@@ -226,20 +232,14 @@ def embed(
     if image_list:
         imgs, _ = load_images(image_list)
         chunks = [
-            _pooled(
-                net.get_image_features(
-                    **_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)
-                )
-            )
+            _pooled(net.get_image_features(**_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)))
             for s in range(0, len(imgs), batch_size)
         ]
         out["image_embeds"] = torch.cat(chunks).float()
     if texts is not None and len(texts):
         texts = list(texts)
         chunks = [
-            _pooled(
-                net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None))
-            )
+            _pooled(net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None)))
             for s in range(0, len(texts), batch_size)
         ]
         out["text_embeds"] = torch.cat(chunks).float()

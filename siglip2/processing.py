@@ -132,11 +132,7 @@ class _ImageProcessor:
         """(3, 256) float32 table of rescale + normalize for each uint8 value, computed with the same numpy
         arithmetic as transformers (float64 rescale cast to float32, then float32 (x - mean) / std)."""
         x = np.arange(256)
-        x = (
-            (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
-            if self.do_rescale
-            else x.astype(np.float32)
-        )
+        x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32) if self.do_rescale else x.astype(np.float32)
         x = np.broadcast_to(x, (3, 256))
         if self.do_normalize:
             mean = np.asarray(self.image_mean, dtype=np.float32)[:, None]
@@ -154,9 +150,7 @@ class _ImageProcessor:
             name = f"images[{i}]"
             rgb = to_rgb_uint8(img, name)
             if backend == "pil":
-                out.append(
-                    rgb.permute(1, 2, 0).cpu().numpy() if isinstance(rgb, torch.Tensor) else np.asarray(rgb)
-                )
+                out.append(rgb.permute(1, 2, 0).cpu().numpy() if isinstance(rgb, torch.Tensor) else np.asarray(rgb))
             else:
                 t = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
                 dev = device if device is not None else t.device
@@ -223,8 +217,9 @@ class Siglip2ImageProcessor(_ImageProcessor):
         M = self.max_num_patches if max_num_patches is None else positive_int("max_num_patches", max_num_patches)
         return P, M
 
-    def target_size(self, height: int, width: int, patch_size: int | None = None,
-                    max_num_patches: int | None = None) -> tuple[int, int]:
+    def target_size(
+        self, height: int, width: int, patch_size: int | None = None, max_num_patches: int | None = None
+    ) -> tuple[int, int]:
         return get_image_size_for_max_num_patches(height, width, *self._sizes(patch_size, max_num_patches))
 
     def preprocess(
@@ -284,9 +279,7 @@ class Siglip2ImageProcessor(_ImageProcessor):
     def _patchify_torch(self, imgs: list, sizes: list[tuple[int, int]], P: int, M: int) -> dict:
         dev = imgs[0].device
         if any(t.device != dev for t in imgs):
-            raise ValueError(
-                "images: with backend='torch' all tensors must be on one device (or pass device=...)"
-            )
+            raise ValueError("images: with backend='torch' all tensors must be on one device (or pass device=...)")
         lut = self._lut_tensor(dev)
         values = torch.zeros(len(imgs), M, P * P * 3, dtype=torch.float32, device=dev)
         mask = torch.zeros(len(imgs), M, dtype=torch.int32, device=dev)
@@ -364,18 +357,16 @@ class SiglipImageProcessor(_ImageProcessor):
             lut = self._lut_tensor(imgs[0].device)
             chan = torch.arange(3, device=lut.device)[:, None, None]
             values = torch.stack(
-                [
-                    lut[chan, (resize_uint8(t, (H, W), int(self.resample)) if self.do_resize else t).long()]
-                    for t in imgs
-                ]
+                [lut[chan, (resize_uint8(t, (H, W), int(self.resample)) if self.do_resize else t).long()] for t in imgs]
             )
         if return_tensors == "np":
             return BatchFeature(pixel_values=values.cpu().numpy())
         return BatchFeature(pixel_values=values)
 
 
-def image_processor_from_pretrained(name_or_path: str | os.PathLike,
-                                    **kwargs: Any) -> Siglip2ImageProcessor | SiglipImageProcessor:
+def image_processor_from_pretrained(
+    name_or_path: str | os.PathLike, **kwargs: Any
+) -> Siglip2ImageProcessor | SiglipImageProcessor:
     """The processor class named in `preprocessor_config.json` (Siglip2* -> NaFlex, Siglip* -> FixRes)."""
     hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only") if k in kwargs}
     directory = resolve_dir(name_or_path, **hub)

@@ -10,6 +10,7 @@ harness's method, siglip2/_timing.py), and with --model the cosine of each image
 budget. Reading guide and JSON schema: docs/naflex.md. Shape statistics live in siglip2/profile_stats.py, the
 table and the recommendation in siglip2/profile_report.py, the PNGs in siglip2/profile_plots.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,27 +32,57 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n")[0]  # (no docstrings under python -OO)
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
-                   help=f"add N synthetic images with COCO-like sizes (default {DEFAULT_SYNTHETIC} when no input)")
-    p.add_argument("--max-num-patches", default=DEFAULT_BUDGETS, metavar="LIST",
-                   help=f"comma-separated budgets (default {DEFAULT_BUDGETS})")
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"add N synthetic images with COCO-like sizes (default {DEFAULT_SYNTHETIC} when no input)",
+    )
+    p.add_argument(
+        "--max-num-patches",
+        default=DEFAULT_BUDGETS,
+        metavar="LIST",
+        help=f"comma-separated budgets (default {DEFAULT_BUDGETS})",
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None, metavar="DIR",
-                     help="a SigLIP2 NaFlex checkpoint: its weights, processor and the quality (drift) numbers")
-    src.add_argument("--config", default=None, help="a named model size, random weights: tiny, b16, l16, so400m16, "
-                     "g16 (default b16)")
+    src.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="a SigLIP2 NaFlex checkpoint: its weights, processor and the quality (drift) numbers",
+    )
+    src.add_argument(
+        "--config", default=None, help="a named model size, random weights: tiny, b16, l16, so400m16, g16 (default b16)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="images per timed batch (default 32 CUDA, 4 CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=None,
-                   help="time padded vs packed execution (default: on for CUDA; on CPU only when cheap)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default bfloat16 on CUDA, float32 on CPU",
+    )
+    p.add_argument(
+        "--timing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time padded vs packed execution (default: on for CUDA; on CPU only when cheap)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="CPU timing: median of this many calls after one warm-up")
     p.add_argument("--quality-images", type=int, default=256, help="with --model: images in the drift measurement")
-    p.add_argument("--max-drift", type=float, default=0.02,
-                   help="recommend the smallest budget with 1 - mean cosine <= this (with --model; default 0.02)")
-    p.add_argument("--target-images-per-s", type=float, default=None,
-                   help="recommend the largest budget whose packed images/s meets this (needs timing)")
+    p.add_argument(
+        "--max-drift",
+        type=float,
+        default=0.02,
+        help="recommend the smallest budget with 1 - mean cosine <= this (with --model; default 0.02)",
+    )
+    p.add_argument(
+        "--target-images-per-s",
+        type=float,
+        default=None,
+        help="recommend the largest budget whose packed images/s meets this (needs timing)",
+    )
     p.add_argument("--seed", type=int, default=0, help="synthetic sizes and the timed batch's sample")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON (schema: docs/naflex.md)")
     p.add_argument("--plots", default=None, metavar="DIR", help='write PNG plots (needs pip install -e ".[plot]")')
@@ -131,8 +162,10 @@ def load_model(args, device, dtype, need_weights: bool):
         proc = Siglip2ImageProcessor(patch_size=cfg.patch_size)
         label = f"config {name}" + (" (random weights)" if need_weights else "")
     if not proc.do_resize:
-        raise ValueError("the checkpoint's preprocessor_config.json has do_resize=false; NaFlex profiling needs "
-                         "the processor to resize")
+        raise ValueError(
+            "the checkpoint's preprocessor_config.json has do_resize=false; NaFlex profiling needs "
+            "the processor to resize"
+        )
     if proc.patch_size != cfg.patch_size:
         raise ValueError(f"preprocessor_config patch_size {proc.patch_size} != the model's {cfg.patch_size}")
     return (model.eval() if model is not None else None), cfg, proc, label
@@ -144,8 +177,18 @@ def _transformers_twin(model, cfg, device, dtype):
         import transformers
     except ImportError:
         return None, "transformers not installed"
-    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-              "patch_size", "num_patches", "hidden_act", "layer_norm_eps", "vision_use_head")
+    fields = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_channels",
+        "patch_size",
+        "num_patches",
+        "hidden_act",
+        "layer_norm_eps",
+        "vision_use_head",
+    )
     try:  # an optional baseline: a transformers version that cannot build it costs the row, not the run
         hf_cfg = transformers.Siglip2VisionConfig(**{k: getattr(cfg, k) for k in fields})
         hf = transformers.Siglip2VisionModel._from_config(hf_cfg, attn_implementation="sdpa")
@@ -168,9 +211,11 @@ def _timing_auto(args, device, cfg, budgets, batch) -> tuple[bool, str | None]:
     gflop = sum(batch * flops_per_image(cfg, [m])["total"] for m in budgets) * calls / 1e9
     if gflop <= CPU_AUTO_TIMING_GFLOP:
         return True, None
-    return False, (f"timing skipped: on CPU it would run ~{gflop:,.0f} GFLOP of forward passes (more than "
-                   f"{CPU_AUTO_TIMING_GFLOP:g}); pass --timing to run it anyway, or use a smaller --batch-size, "
-                   f"fewer budgets, --config tiny or a GPU")
+    return False, (
+        f"timing skipped: on CPU it would run ~{gflop:,.0f} GFLOP of forward passes (more than "
+        f"{CPU_AUTO_TIMING_GFLOP:g}); pass --timing to run it anyway, or use a smaller --batch-size, "
+        f"fewer budgets, --config tiny or a GPU"
+    )
 
 
 def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
@@ -180,7 +225,7 @@ def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
     from ._timing import bench_ms, peak_mem_mb
 
     B = len(g_batch)
-    K = cfg.num_channels * cfg.patch_size ** 2
+    K = cfg.num_channels * cfg.patch_size**2
     gen = torch.Generator().manual_seed(0)
     pv = torch.zeros(B, M, K)
     mask = torch.zeros(B, M, dtype=torch.int32)
@@ -200,9 +245,15 @@ def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
                 return model(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss).pooler_output
 
         ms = bench_ms(fn, warmup=1, rep=repeats, device=device.type)
-        out[mode] = {"images_per_s": B / (ms * 1e-3), "tokens_per_s": tokens / (ms * 1e-3), "ms_per_batch": ms,
-                     "peak_mem_mb": peak_mem_mb(fn, device.type), "batch_size": B, "batch_tokens": tokens,
-                     "impl": what}
+        out[mode] = {
+            "images_per_s": B / (ms * 1e-3),
+            "tokens_per_s": tokens / (ms * 1e-3),
+            "ms_per_batch": ms,
+            "peak_mem_mb": peak_mem_mb(fn, device.type),
+            "batch_size": B,
+            "batch_tokens": tokens,
+            "impl": what,
+        }
     return out
 
 
@@ -220,7 +271,7 @@ def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progr
     cos = {m: [] for m in budgets}
     from tqdm.auto import tqdm
 
-    chunks = [images[s: s + batch_size] for s in range(0, len(images), batch_size)]
+    chunks = [images[s : s + batch_size] for s in range(0, len(images), batch_size)]
     for chunk in tqdm(chunks, desc="quality (embeddings per budget)", unit="batch", disable=not progress):
         pix = [im.path if im.path is not None else synthetic_pixels(im, seed) for im in chunk]
         pix, _ = load_pixels(pix)
@@ -281,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
         kernel_impl = "auto" if device.type == "cuda" else "reference"
         # mode -> (model, the (impl, kernel_impl) it runs with or None for transformers' own, what it is)
         models: dict[str, tuple[Any, tuple[str, str] | None, str]] = {
-            "padded": (model, ("reference", "auto"), "siglip2.reference (eager, padded)")}
+            "padded": (model, ("reference", "auto"), "siglip2.reference (eager, padded)")
+        }
         hf, hf_what = _transformers_twin(model, cfg, device, dtype)
         if hf is not None:
             models["padded-sdpa"] = (hf, None, hf_what)
@@ -299,18 +351,28 @@ def run(args: argparse.Namespace) -> int:
     drift = None
     if args.model:
         q = np.random.default_rng(args.seed).permutation(len(images))[: args.quality_images]
-        drift = quality(model, proc, [images[i] for i in sorted(q)], budgets, device, dtype, batch, args.seed,
-                        progress)
+        drift = quality(model, proc, [images[i] for i in sorted(q)], budgets, device, dtype, batch, args.seed, progress)
         for e in entries:
             c = drift[e["max_num_patches"]]
-            e.update(drift_cosine_mean=float(c.mean()), drift_cosine_min=float(c.min()),
-                     drift_cosine_p05=float(np.percentile(c, 5)))
+            e.update(
+                drift_cosine_mean=float(c.mean()),
+                drift_cosine_min=float(c.min()),
+                drift_cosine_p05=float(np.percentile(c, 5)),
+            )
 
     env = environment()
     env.update(torch_device=str(device), dtype=str(dtype).removeprefix("torch."))
     result = profile_report.assemble(
-        entries, env=env, model_label=model_label, cfg=cfg, images=images, synthetic=synthetic, batch=batch,
-        args=args, timing_note=timing_note)
+        entries,
+        env=env,
+        model_label=model_label,
+        cfg=cfg,
+        images=images,
+        synthetic=synthetic,
+        batch=batch,
+        args=args,
+        timing_note=timing_note,
+    )
     print(profile_report.table(result))
     if args.json:
         profile_report.write_json(result, args.json)

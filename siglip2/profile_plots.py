@@ -1,10 +1,11 @@
 """PNG plots of a `siglip2 profile` run (matplotlib, the optional `[plot]` extra; the Agg backend, no display).
 
-  images_per_s_vs_budget.png   images/s of each execution mode against max_num_patches (with timing)
-  padding_vs_budget.png        fraction of computed tokens that are padding, padded vs packed layout
-  tokens_per_image_hist.png    tokens per image, one histogram per budget
-  drift_vs_budget.png          mean (and 5th percentile) cosine against the largest budget (with --model)
+images_per_s_vs_budget.png   images/s of each execution mode against max_num_patches (with timing)
+padding_vs_budget.png        fraction of computed tokens that are padding, padded vs packed layout
+tokens_per_image_hist.png    tokens per image, one histogram per budget
+drift_vs_budget.png          mean (and 5th percentile) cosine against the largest budget (with --model)
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,11 @@ def write_plots(result: dict, tokens_per_budget: dict, drift: dict | None, out_d
     if any(e.get("timing") for e in entries):
         fig, ax = plt.subplots(figsize=(6, 4))
         for mode, style in (("padded", "o-"), ("padded-sdpa", "s--"), ("packed", "^-")):
-            pts = [(e["max_num_patches"], e["timing"][mode]["images_per_s"]) for e in entries
-                   if e.get("timing") and mode in e["timing"]]
+            pts = [
+                (e["max_num_patches"], e["timing"][mode]["images_per_s"])
+                for e in entries
+                if e.get("timing") and mode in e["timing"]
+            ]
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{mode}: {entries[0]['timing'][mode]['impl']}")
         _budget_axis(ax, budgets, log_y=True)
@@ -87,7 +91,7 @@ def write_plots(result: dict, tokens_per_budget: dict, drift: dict | None, out_d
         ax.axvline(m, color="C3", linewidth=1, linestyle=":")
         ax.set_title(f"max_num_patches {m}: mean {t.mean():.0f}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(budgets):]:
+    for ax in list(axes.flat)[len(budgets) :]:
         ax.axis("off")
     fig.supxlabel("tokens per image (h x w patches; dotted: the budget)", fontsize=8)
     fig.supylabel("images", fontsize=8)

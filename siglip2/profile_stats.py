@@ -12,6 +12,7 @@ and log(height/width) as independent normals whose 5% and 95% quantiles are thos
 at roughly 640 px on the long side; phone-camera originals (12 MP) or documents and panoramas behave differently:
 profile your own files for those.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,11 @@ _Z95 = 1.6448536269514722  # standard normal 95% quantile
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16),
     "b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16),
-    "l16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                patch_size=16),
-    "so400m16": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                     patch_size=16),
-    "g16": dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=40, num_attention_heads=16,
-                patch_size=16),
+    "l16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16),
+    "so400m16": dict(
+        hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=16
+    ),
+    "g16": dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=40, num_attention_heads=16, patch_size=16),
 }
 
 
@@ -104,8 +104,9 @@ def collect_paths(inputs: list[str]) -> list[str]:
             found = []
             for root, dirs, files in os.walk(x):
                 dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+                found += [
+                    os.path.join(root, f) for f in sorted(files) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                ]
             if not found:
                 raise ValueError(f"{x!r}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             out += found
@@ -153,14 +154,17 @@ def flops_per_image(cfg: Siglip2VisionConfig, tokens: np.ndarray | Sequence[int]
     """
     s = np.asarray(tokens, dtype=np.float64)
     D, I, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    K = cfg.num_channels * cfg.patch_size ** 2
+    K = cfg.num_channels * cfg.patch_size**2
     linear = n * s * 2 * (4 * D * D + 2 * D * I)
     attention = n * 4 * s * s * D
     if cfg.vision_use_head:
         linear = linear + 4 * s * D * D + 4 * D * D + 4 * D * I
         attention = attention + 4 * s * D
-    out = {"linear": float(np.mean(linear)), "attention": float(np.mean(attention)),
-           "patch_embed": float(np.mean(2 * s * K * D))}
+    out = {
+        "linear": float(np.mean(linear)),
+        "attention": float(np.mean(attention)),
+        "patch_embed": float(np.mean(2 * s * K * D)),
+    }
     out["total"] = out["linear"] + out["attention"] + out["patch_embed"]
     return out
 

@@ -18,6 +18,7 @@ A save that fails before its commit removes its temp files (best effort); leftov
 removed by the next save. transformers, which does not read the journal, sees a consistent checkpoint whenever no
 save is in flight or stopped between its commit and its end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
 
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
 # temp files of interrupted saves: "<final name>.tmp-<8 hex>" (saves) or ".tmp-<pid>" (atomic_write_text)
-_TMP_NAME = re.compile(r"(config\.json|model[-.0-9a-zA-Z]*\.safetensors(\.index\.json)?|\.save-journal\.json)"
-                       r"\.tmp-[0-9a-f]+")
+_TMP_NAME = re.compile(
+    r"(config\.json|model[-.0-9a-zA-Z]*\.safetensors(\.index\.json)?|\.save-journal\.json)"
+    r"\.tmp-[0-9a-f]+"
+)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -104,8 +107,10 @@ def config_json(model: Siglip2PreTrainedModel) -> str:
         value = d
         for k in bad:
             value = value[int(k)] if isinstance(value, (list, tuple)) else value[k]
-        raise TypeError(f"config field {'.'.join(bad)}: a {type(value).__name__} ({value!r}) cannot be written to "
-                        f"config.json; use JSON values (str, int, float, bool, None, lists, dicts)")
+        raise TypeError(
+            f"config field {'.'.join(bad)}: a {type(value).__name__} ({value!r}) cannot be written to "
+            f"config.json; use JSON values (str, int, float, bool, None, lists, dicts)"
+        )
     text = json.dumps(d, indent=2, sort_keys=True) + "\n"
     if hasattr(type(config), "from_dict"):
         type(config).from_dict(json.loads(text))  # raises (naming the field) if it would not load back
@@ -156,8 +161,9 @@ def finish_pending_save(directory: str) -> None:
     _fsync_path(directory)
 
 
-def save_pretrained(model: Siglip2PreTrainedModel, save_directory: str | os.PathLike, *,
-                    max_shard_size: int | str = 5 * 2**30) -> None:
+def save_pretrained(
+    model: Siglip2PreTrainedModel, save_directory: str | os.PathLike, *, max_shard_size: int | str = 5 * 2**30
+) -> None:
     """`config.json` + `model.safetensors`, or shards + `model.safetensors.index.json` above `max_shard_size`
     (split by huggingface_hub's `split_torch_state_dict_into_shards`). Crash-safe, see the module docstring:
     an interruption at any point leaves a directory that loads as the previous checkpoint or the new one."""
@@ -174,7 +180,10 @@ def save_pretrained(model: Siglip2PreTrainedModel, save_directory: str | os.Path
     if split.is_sharded:  # shard names no earlier save used: a new shard never overwrites one the old index lists
         rename = {n: n[: -len(".safetensors")] + f"-{tag}.safetensors" for n in split.filename_to_tensors}
         shards = {rename[n]: {k: state[k] for k in keys} for n, keys in split.filename_to_tensors.items()}
-        index = {"metadata": dict(split.metadata), "weight_map": {k: rename[n] for k, n in split.tensor_to_filename.items()}}
+        index = {
+            "metadata": dict(split.metadata),
+            "weight_map": {k: rename[n] for k, n in split.tensor_to_filename.items()},
+        }
         texts, weights = {INDEX_NAME: json.dumps(index, indent=2, sort_keys=True) + "\n"}, INDEX_NAME
     else:
         shards, texts, weights = {SINGLE_NAME: state}, {}, SINGLE_NAME

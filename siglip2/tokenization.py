@@ -95,7 +95,11 @@ class Siglip2Tokenizer:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, *, model_type: str | None = None, lowercase: bool | None = None,
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        model_type: str | None = None,
+        lowercase: bool | None = None,
         **hub_kwargs: Any,
     ) -> Siglip2Tokenizer:
         """Read tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, config.json) from a
@@ -110,29 +114,32 @@ class Siglip2Tokenizer:
         except CheckpointError:
             raise
         except Exception as e:  # KeyError/TypeError/AttributeError on a malformed entry, tokenizers' own errors
-            raise CheckpointError(f"{d}/tokenizer.json (with tokenizer_config.json, special_tokens_map.json): "
-                                  f"malformed ({type(e).__name__}: {e})") from e
+            raise CheckpointError(
+                f"{d}/tokenizer.json (with tokenizer_config.json, special_tokens_map.json): "
+                f"malformed ({type(e).__name__}: {e})"
+            ) from e
 
     @classmethod
-    def _build(cls, d: str, data: dict, cfg: dict, smap: dict, model_type: str | None,
-               lowercase: bool | None) -> Siglip2Tokenizer:
+    def _build(
+        cls, d: str, data: dict, cfg: dict, smap: dict, model_type: str | None, lowercase: bool | None
+    ) -> Siglip2Tokenizer:
         from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
         from tokenizers.models import BPE
 
         specials = {k: _token_str(cfg.get(k, smap.get(k, DEFAULT_SPECIALS[k]))) for k in SPECIAL_KEYS}
         if lowercase is None:
             model_type = model_type or checkpoint_model_type(d)
-            lowercase = (
-                model_type == "siglip2" if model_type else cfg.get("tokenizer_class") == "Siglip2Tokenizer"
-            )
+            lowercase = model_type == "siglip2" if model_type else cfg.get("tokenizer_class") == "Siglip2Tokenizer"
         model = data.get("model", {})
         if not isinstance(model, dict) or model.get("type") != "BPE":
             got = model.get("type") if isinstance(model, dict) else model
             raise CheckpointError(f"{d}/tokenizer.json: expected a BPE (Gemma) model, got {got!r}")
         vocab = model.get("vocab")
         if not isinstance(vocab, dict) or not vocab:
-            raise CheckpointError(f"{d}/tokenizer.json: the BPE model has no vocab (expected a non-empty "
-                                  f"'vocab' object of token -> id, got {type(vocab).__name__})")
+            raise CheckpointError(
+                f"{d}/tokenizer.json: the BPE model has no vocab (expected a non-empty "
+                f"'vocab' object of token -> id, got {type(vocab).__name__})"
+            )
         merges: list[tuple[str, str]] = []
         for m in model.get("merges", []):
             pair = m.split(" ") if isinstance(m, str) else list(m)
@@ -150,16 +157,12 @@ class Siglip2Tokenizer:
             )
         )
         tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
-        tok.decoder = decoders.Sequence(
-            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        )
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
         replace = normalizers.Replace(" ", "▁")
         tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), replace]) if lowercase else replace
         # added tokens: tokenizer_config's table (as transformers), then tokenizer.json's, then specials
         added, seen = [], set()
-        entries = sorted(
-            ((int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()), key=lambda x: x[0]
-        )
+        entries = sorted(((int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()), key=lambda x: x[0])
         entries += [(t.get("id"), t) for t in data.get("added_tokens", [])]
         for _, t in entries:
             if t["content"] in seen:
@@ -175,17 +178,17 @@ class Siglip2Tokenizer:
                     special=t.get("special", True),
                 )
             )
-        added += [
-            AddedToken(s, special=True, normalized=False) for s in specials.values() if s and s not in seen
-        ]
+        added += [AddedToken(s, special=True, normalized=False) for s in specials.values() if s and s not in seen]
         tok.add_special_tokens([t for t in added if t.special])
         tok.add_tokens([t for t in added if not t.special])
         if "add_bos_token" in cfg or "add_eos_token" in cfg or not data.get("post_processor"):
             bos, eos = specials["bos_token"], specials["eos_token"]
             add_bos, add_eos = bool(cfg.get("add_bos_token", False)), bool(cfg.get("add_eos_token", False))
             if (add_bos and bos is None) or (add_eos and eos is None):
-                raise CheckpointError(f"{d}/tokenizer_config.json: add_bos_token={add_bos}, add_eos_token={add_eos} "
-                                      f"need the token, got bos_token={bos!r}, eos_token={eos!r}")
+                raise CheckpointError(
+                    f"{d}/tokenizer_config.json: add_bos_token={add_bos}, add_eos_token={add_eos} "
+                    f"need the token, got bos_token={bos!r}, eos_token={eos!r}"
+                )
             first = [bos] if add_bos and bos is not None else []
             last = [eos] if add_eos and eos is not None else []
             single = " ".join([f"{t}:0" for t in first] + ["$A:0"] + [f"{t}:0" for t in last])
@@ -218,9 +221,7 @@ class Siglip2Tokenizer:
         )
         cfg.setdefault("tokenizer_class", "Siglip2Tokenizer" if self.lowercase else "GemmaTokenizer")
         atomic_write_text(os.path.join(save_directory, "tokenizer.json"), self.backend.to_str())
-        atomic_write_text(
-            os.path.join(save_directory, "tokenizer_config.json"), json.dumps(cfg, indent=2) + "\n"
-        )
+        atomic_write_text(os.path.join(save_directory, "tokenizer_config.json"), json.dumps(cfg, indent=2) + "\n")
         atomic_write_text(
             os.path.join(save_directory, "special_tokens_map.json"),
             json.dumps(self.specials, indent=2) + "\n",
@@ -247,9 +248,7 @@ class Siglip2Tokenizer:
             raise TypeError(f"text: expected a string or a list of strings, got {type(text).__name__}")
         padding = {True: "longest", False: "do_not_pad", None: "do_not_pad"}.get(padding, padding)
         if padding not in ("longest", "max_length", "do_not_pad"):
-            raise ValueError(
-                f"padding: expected True/False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}"
-            )
+            raise ValueError(f"padding: expected True/False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors: expected 'pt', 'np' or None, got {return_tensors!r}")
         if max_length is not None:
@@ -280,9 +279,7 @@ class Siglip2Tokenizer:
         enc = be.encode_batch(texts, add_special_tokens=add_special_tokens)
         ids = [e.ids for e in enc]
         want_mask = (
-            ("attention_mask" in self.model_input_names)
-            if return_attention_mask is None
-            else return_attention_mask
+            ("attention_mask" in self.model_input_names) if return_attention_mask is None else return_attention_mask
         )
         out = {"input_ids": ids}
         if want_mask:
@@ -295,15 +292,10 @@ class Siglip2Tokenizer:
         elif return_tensors is not None:
             if len({len(x) for x in ids}) > 1:
                 raise ValueError(
-                    "text: sequences have different lengths; pass padding=True or 'max_length' "
-                    "to return tensors"
+                    "text: sequences have different lengths; pass padding=True or 'max_length' to return tensors"
                 )
             out = {
-                k: (
-                    torch.tensor(v, dtype=torch.int64)
-                    if return_tensors == "pt"
-                    else np.asarray(v, dtype=np.int64)
-                )
+                k: (torch.tensor(v, dtype=torch.int64) if return_tensors == "pt" else np.asarray(v, dtype=np.int64))
                 for k, v in out.items()
             }
         elif single:
@@ -315,7 +307,9 @@ class Siglip2Tokenizer:
             ids = ids.tolist()
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+    def batch_decode(
+        self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True
+    ) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
 
@@ -326,13 +320,15 @@ class Siglip2Processor:
     text_defaults: ClassVar[dict] = {"padding": "max_length", "truncation": True, "max_length": 64}
     image_defaults: ClassVar[dict] = {"max_num_patches": 256, "patch_size": 16}
 
-    def __init__(self, image_processor: Siglip2ImageProcessor | SiglipImageProcessor,
-                 tokenizer: Siglip2Tokenizer) -> None:
+    def __init__(
+        self, image_processor: Siglip2ImageProcessor | SiglipImageProcessor, tokenizer: Siglip2Tokenizer
+    ) -> None:
         self.image_processor, self.tokenizer = image_processor, tokenizer
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, backend: str = "pil",
-                        **hub_kwargs: Any) -> Siglip2Processor:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, backend: str = "pil", **hub_kwargs: Any
+    ) -> Siglip2Processor:
         d = resolve_dir(name_or_path, **hub_kwargs)
         ip = image_processor_from_pretrained(d, backend=backend)
         tok = Siglip2Tokenizer.from_pretrained(d)
@@ -370,9 +366,7 @@ class Siglip2Processor:
             if not isinstance(self.image_processor, Siglip2ImageProcessor):
                 image_kw = {}
             out.update(
-                self.image_processor(
-                    images, return_tensors=return_tensors, backend=backend, device=device, **image_kw
-                )
+                self.image_processor(images, return_tensors=return_tensors, backend=backend, device=device, **image_kw)
             )
         return out
 

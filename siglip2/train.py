@@ -11,6 +11,7 @@ blocks) across ranks, the fused `sigmoid_loss` in one process. `--batch-size` an
 the log shows the global batch. `--warmup` is in steps. Batches follow `siglip2.train_data.BatchPlan`; checkpoints
 and resume follow `siglip2.train_utils`. `train(TrainConfig(...))` is the same run from Python.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,18 +62,30 @@ class TrainConfig:
 
 def add_arguments(p) -> None:
     a = p.add_argument
-    a("--data", required=True, help="captioned source: CSV/TSV/JSONL table (image + caption columns), or "
-                                    "webdataset .tar shards with .txt captions")
-    a("--model", required=True, help="checkpoint directory or hub id to fine-tune, or a size to train from random "
-                                     "init: tiny, base, large, so400m (then --tokenizer DIR)")
+    a(
+        "--data",
+        required=True,
+        help="captioned source: CSV/TSV/JSONL table (image + caption columns), or "
+        "webdataset .tar shards with .txt captions",
+    )
+    a(
+        "--model",
+        required=True,
+        help="checkpoint directory or hub id to fine-tune, or a size to train from random "
+        "init: tiny, base, large, so400m (then --tokenizer DIR)",
+    )
     a("--out", required=True, help="output directory (checkpoints, log.jsonl)")
     a("--tokenizer", default=None, help="directory with tokenizer.json for a random-init size")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--epochs", type=float, default=None)
     a("--batch-size", type=int, default=None, help="per rank (default 32 unless --tokens-per-batch is given)")
-    a("--tokens-per-batch", type=int, default=None,
-      help="per-rank patch budget: the batch size of a step is this // its max_num_patches")
+    a(
+        "--tokens-per-batch",
+        type=int,
+        default=None,
+        help="per-rank patch budget: the batch size of a step is this // its max_num_patches",
+    )
     a("--seq-lens", default="256", help="comma-separated max_num_patches buckets, one drawn per step")
     a("--mixed-budgets", action="store_true", help="draw a budget per sample instead of per step (packed batches)")
     a("--lr", type=float, default=1e-4)
@@ -87,8 +100,12 @@ def add_arguments(p) -> None:
     a("--compile", action="store_true", help="torch.compile each encoder layer")
     a("--kernel-impl", choices=["auto", "triton", "reference"], default="auto")
     a("--resume", action="store_true", help="continue from OUT/latest")
-    a("--stop-after", type=int, default=None,
-      help="checkpoint and exit after this step (the schedule still spans --steps); continue with --resume")
+    a(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="checkpoint and exit after this step (the schedule still spans --steps); continue with --resume",
+    )
     a("--log-every", type=int, default=10)
     a("--save-every", type=int, default=0, help="checkpoint every K steps (and always at the end)")
     a("--keep-last", type=int, default=2, help="checkpoints to keep")
@@ -100,8 +117,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                         if hasattr(args, f.name)})
+    cfg = TrainConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    )
     cfg.seq_lens = _parse_lens(args.seq_lens)
     cfg.report_to = tuple(s for s in args.report_to.split(",") if s)
     train(cfg)
@@ -161,8 +179,10 @@ def _build(cfg, device):
             model.logit_bias.fill_(-10.0)
         P = mcfg.vision_config.patch_size
         ip = Siglip2ImageProcessor(patch_size=P, max_num_patches=max(cfg.seq_lens))
-        files = [os.path.join(cfg.tokenizer, f) for f in ("tokenizer.json", "tokenizer_config.json",
-                                                          "special_tokens_map.json")]
+        files = [
+            os.path.join(cfg.tokenizer, f)
+            for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+        ]
         return model, tok, ip, [f for f in files if os.path.exists(f)] + [ip]  # ip: written as preprocessor_config
     from .loading import resolve_dir
 
@@ -178,8 +198,10 @@ def _build(cfg, device):
     ip = image_processor_from_pretrained(d)
     if not isinstance(ip, Siglip2ImageProcessor):
         raise ValueError(f"--model: {d} is a FixRes (SigLIP) checkpoint; training supports NaFlex (Siglip2Model)")
-    files = [os.path.join(cfg.tokenizer or d, f) for f in ("tokenizer.json", "tokenizer_config.json",
-                                                           "special_tokens_map.json")]
+    files = [
+        os.path.join(cfg.tokenizer or d, f)
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    ]
     files.append(os.path.join(d, "preprocessor_config.json"))
     return model, tok, ip, [f for f in files if os.path.exists(f)]
 
@@ -240,14 +262,17 @@ def train(cfg: TrainConfig) -> dict:
     module = U.wrap(module, fsdp=cfg.fsdp, precision=cfg.precision, device=device)
     optimizer = torch.optim.AdamW(U.param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: U.lr_lambda(s, cfg.warmup, total, cfg.min_lr_ratio))
+        optimizer, lambda s: U.lr_lambda(s, cfg.warmup, total, cfg.min_lr_ratio)
+    )
     step, cursor, consumed = 0, 0, 0
     if resume_dir:
         extra = U.load_training_state(resume_dir, module, optimizer, scheduler)
         step, cursor, consumed = extra["step"], extra["cursor"], extra.get("consumed", 0)
         if extra.get("world_size") != world:
-            raise ValueError(f"--resume: the checkpoint was written by {extra.get('world_size')} ranks, this run "
-                             f"has {world}; exact resume needs the same number")
+            raise ValueError(
+                f"--resume: the checkpoint was written by {extra.get('world_size')} ranks, this run "
+                f"has {world}; exact resume needs the same number"
+            )
     os.makedirs(cfg.out, exist_ok=True)
     log_path = os.path.join(cfg.out, "log.jsonl")
     if rank == 0:
@@ -260,20 +285,29 @@ def train(cfg: TrainConfig) -> dict:
     collate = Collate(ip, tok)
     if isinstance(source, FileSource):
         sampler = PlanSampler(plan, len(source), rank, step, cursor, total)
-        loader = torch.utils.data.DataLoader(CaptionedSamples(source, P), batch_sampler=sampler,
-                                             collate_fn=collate, num_workers=cfg.workers,
-                                             pin_memory=device.type == "cuda",
-                                             persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+        loader = torch.utils.data.DataLoader(
+            CaptionedSamples(source, P),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if cfg.workers else None,
+        )
     else:  # one worker keeps the stream order (and so the resume position) exact
         loader = torch.utils.data.DataLoader(
-            WebDatasetBatches(source, plan, rank, step, cursor, total, consumed, P, collate), batch_size=None,
-            num_workers=min(cfg.workers, 1))
-    return _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device,
-                 proc_files, log_path)
+            WebDatasetBatches(source, plan, rank, step, cursor, total, consumed, P, collate),
+            batch_size=None,
+            num_workers=min(cfg.workers, 1),
+        )
+    return _loop(
+        cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files, log_path
+    )
 
 
-def _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files,
-          log_path):
+def _loop(
+    cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files, log_path
+):
     import torch
     from torch.distributed.tensor import DTensor
 
@@ -328,9 +362,17 @@ def _loop(cfg, model, module, optimizer, scheduler, loader, plan, step, total, r
             if world > 1:
                 torch.distributed.all_reduce(acc)
             dt = time.perf_counter() - t0
-            rec = {"step": step, "loss": last, "lr": scheduler.get_last_lr()[0], "grad_norm": float(gn),
-                   "global_batch": batch["global_batch"], "max_num_patches": batch["budget"],
-                   "images_per_s": acc[0].item() / dt, "tokens_per_s": acc[1].item() / dt, "skipped": skipped}
+            rec = {
+                "step": step,
+                "loss": last,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(gn),
+                "global_batch": batch["global_batch"],
+                "max_num_patches": batch["budget"],
+                "images_per_s": acc[0].item() / dt,
+                "tokens_per_s": acc[1].item() / dt,
+                "skipped": skipped,
+            }
             if device.type == "cuda":
                 rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             if rank == 0:
@@ -369,20 +411,43 @@ def _dry_run(cfg, model, plan, world, total) -> dict:
     for m in plan.seq_lens:
         n = cfg.batch_size or cfg.tokens_per_batch // m
         vt, tt = n * m, n * 64
-        act = {ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
-               + activation_bytes(model.config.text_config, tt, elem, ck) for ck in (False, True)}
-        rows.append({"max_num_patches": m, "batch_per_rank": n, "global_batch": n * world,
-                     "image_tokens_per_rank": vt, "text_tokens_per_rank": tt, "activations_gb": act[False] / 2**30,
-                     "activations_gb_checkpointed": act[True] / 2**30})
-    summary = {"parameters": n_params, "trainable_parameters": trainable, "world_size": world, "steps": total,
-               "precision": cfg.precision, "buckets": rows}
-    print(f"plan: {n_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), {world} rank(s), "
-          f"{total} steps, {cfg.precision}{', mixed budgets' if cfg.mixed_budgets else ''}")
+        act = {
+            ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
+            + activation_bytes(model.config.text_config, tt, elem, ck)
+            for ck in (False, True)
+        }
+        rows.append(
+            {
+                "max_num_patches": m,
+                "batch_per_rank": n,
+                "global_batch": n * world,
+                "image_tokens_per_rank": vt,
+                "text_tokens_per_rank": tt,
+                "activations_gb": act[False] / 2**30,
+                "activations_gb_checkpointed": act[True] / 2**30,
+            }
+        )
+    summary = {
+        "parameters": n_params,
+        "trainable_parameters": trainable,
+        "world_size": world,
+        "steps": total,
+        "precision": cfg.precision,
+        "buckets": rows,
+    }
+    print(
+        f"plan: {n_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), {world} rank(s), "
+        f"{total} steps, {cfg.precision}{', mixed budgets' if cfg.mixed_budgets else ''}"
+    )
     print("max_num_patches  batch/rank  global  image tok/rank  text tok/rank  act GB  act GB (ckpt)")
     for r in rows:
-        print(f"{r['max_num_patches']:>15}  {r['batch_per_rank']:>10}  {r['global_batch']:>6}  "
-              f"{r['image_tokens_per_rank']:>14}  {r['text_tokens_per_rank']:>13}  {r['activations_gb']:>6.2f}  "
-              f"{r['activations_gb_checkpointed']:>13.2f}")
-    print("(activations: estimated bytes the encoders keep for backward, per rank; weights, optimizer state and "
-          "the loss are not included)")
+        print(
+            f"{r['max_num_patches']:>15}  {r['batch_per_rank']:>10}  {r['global_batch']:>6}  "
+            f"{r['image_tokens_per_rank']:>14}  {r['text_tokens_per_rank']:>13}  {r['activations_gb']:>6.2f}  "
+            f"{r['activations_gb_checkpointed']:>13.2f}"
+        )
+    print(
+        "(activations: estimated bytes the encoders keep for backward, per rank; weights, optimizer state and "
+        "the loss are not included)"
+    )
     return summary

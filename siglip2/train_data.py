@@ -19,6 +19,7 @@ Webdataset shards are streamed (one loader worker per rank, shards split over ra
 number of records the rank has consumed. Helpers not in `siglip2.data` live here: the mixed-budget collate (one
 `naflex_collate` per budget, padded to the widest) and the batch sampler.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,13 +43,17 @@ class BatchPlan:
         if not self.seq_lens or any(int(s) <= 0 for s in self.seq_lens):
             raise ValueError(f"seq_lens: expected positive patch budgets, got {self.seq_lens}")
         if (self.batch_size is None) == (self.tokens_per_batch is None):
-            raise ValueError("batch_size / tokens_per_batch: give exactly one (the per-rank batch size, or a "
-                             f"per-rank patch budget), got {self.batch_size} and {self.tokens_per_batch}")
+            raise ValueError(
+                "batch_size / tokens_per_batch: give exactly one (the per-rank batch size, or a "
+                f"per-rank patch budget), got {self.batch_size} and {self.tokens_per_batch}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
         if self.tokens_per_batch is not None and self.tokens_per_batch < max(self.seq_lens):
-            raise ValueError(f"tokens_per_batch: must hold at least one image of the largest budget "
-                             f"{max(self.seq_lens)}, got {self.tokens_per_batch}")
+            raise ValueError(
+                f"tokens_per_batch: must hold at least one image of the largest budget "
+                f"{max(self.seq_lens)}, got {self.tokens_per_batch}"
+            )
         if self.mixed and self.tokens_per_batch is None:
             raise ValueError("mixed budgets need tokens_per_batch (the per-rank patch budget the samples fill)")
 
@@ -110,16 +115,27 @@ class _Order:
         if not self.shuffle:
             return i
         if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(
-                self.seed * 7919 + epoch)).tolist()}
+            self._cache = {
+                epoch: torch.randperm(
+                    self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)
+                ).tolist()
+            }
         return self._cache[epoch][i]
 
 
 class PlanSampler:
     """Batch sampler for a map-style source: yields this rank's [(index, max_num_patches, step, global_n), ...]."""
 
-    def __init__(self, plan: BatchPlan, num_samples: int, rank: int, start_step: int, cursor: int, end_step: int,
-                 shuffle: bool = True):
+    def __init__(
+        self,
+        plan: BatchPlan,
+        num_samples: int,
+        rank: int,
+        start_step: int,
+        cursor: int,
+        end_step: int,
+        shuffle: bool = True,
+    ):
         self.plan, self.rank, self.start, self.cursor, self.end = plan, rank, start_step, cursor, end_step
         self.order = _Order(num_samples, plan.seed, shuffle)
 
@@ -171,35 +187,59 @@ class Collate:
         good = [(s, m) for s, m, _ in items if not isinstance(s, SampleError)]
         skipped = [s for s, _, _ in items if isinstance(s, SampleError)]
         if not good:
-            raise ValueError(f"step {step}: every sample of this rank's batch was unusable: "
-                             + "; ".join(str(e) for e in skipped[:3]))
+            raise ValueError(
+                f"step {step}: every sample of this rank's batch was unusable: "
+                + "; ".join(str(e) for e in skipped[:3])
+            )
         budgets = sorted({m for _, m in good})
         parts, order = [], []
         for m in budgets:
             idx = [i for i, (_, mm) in enumerate(good) if mm == m]
-            parts.append(naflex_collate([good[i][0] for i in idx], self.ip, max_num_patches=m, tokenizer=self.tok,
-                                        text_kwargs=self.text_kwargs))
+            parts.append(
+                naflex_collate(
+                    [good[i][0] for i in idx],
+                    self.ip,
+                    max_num_patches=m,
+                    tokenizer=self.tok,
+                    text_kwargs=self.text_kwargs,
+                )
+            )
             order += idx
         L = budgets[-1]
         batch = {}
         for k in ("pixel_values", "pixel_attention_mask"):
-            batch[k] = torch.cat([torch.nn.functional.pad(p[k], (0, 0, 0, L - p[k].shape[1]) if p[k].ndim == 3
-                                                          else (0, L - p[k].shape[1])) for p in parts])
+            batch[k] = torch.cat(
+                [
+                    torch.nn.functional.pad(
+                        p[k], (0, 0, 0, L - p[k].shape[1]) if p[k].ndim == 3 else (0, L - p[k].shape[1])
+                    )
+                    for p in parts
+                ]
+            )
         for k in ("spatial_shapes", "input_ids", "attention_mask"):
             if k in parts[0]:
                 batch[k] = torch.cat([p[k] for p in parts])
         inv = torch.tensor(order).argsort()
         batch = {k: v[inv] for k, v in batch.items()}
-        batch.update(step=step, global_batch=g, cursor=cursor, skipped=[(e.key, e.reason) for e in skipped],
-                     budget=L)
+        batch.update(step=step, global_batch=g, cursor=cursor, skipped=[(e.key, e.reason) for e in skipped], budget=L)
         return batch
 
 
 class WebDatasetBatches(torch.utils.data.IterableDataset):
     """Streams this rank's shards (epochs reshuffle the shard order) and cuts them into the plan's batches."""
 
-    def __init__(self, source, plan: BatchPlan, rank: int, start_step: int, cursor: int, end_step: int,
-                 consumed: int, patch_size: int, collate: Collate):
+    def __init__(
+        self,
+        source,
+        plan: BatchPlan,
+        rank: int,
+        start_step: int,
+        cursor: int,
+        end_step: int,
+        consumed: int,
+        patch_size: int,
+        collate: Collate,
+    ):
         self.source, self.plan, self.rank = source, plan, rank
         self.start, self.cursor, self.end, self.consumed = start_step, cursor, end_step, consumed
         self.P, self.collate = patch_size, collate

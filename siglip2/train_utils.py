@@ -7,6 +7,7 @@ step, data position and every rank's RNG through torch.distributed.checkpoint (s
 is written under a temporary name, renamed into place when complete, and only then named by `OUT/latest`; a crash
 at any point leaves the previous checkpoint as the one `--resume` reads.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,14 +25,38 @@ from .loading import atomic_write_text
 
 # Random-init sizes (SigLIP2 shapes; vocab_size follows the tokenizer). "tiny" is for tests and smoke runs.
 SIZES = {
-    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "patch_size": 4, "num_patches": 64},
-    "base": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "patch_size": 16, "num_patches": 256},
-    "large": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-              "patch_size": 16, "num_patches": 256},
-    "so400m": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-               "patch_size": 16, "num_patches": 256},
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "patch_size": 4,
+        "num_patches": 64,
+    },
+    "base": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "patch_size": 16,
+        "num_patches": 256,
+    },
+    "large": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "patch_size": 16,
+        "num_patches": 256,
+    },
+    "so400m": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "patch_size": 16,
+        "num_patches": 256,
+    },
 }
 
 
@@ -64,8 +89,12 @@ class ContrastiveForward(nn.Module):
             image = m.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True).pooler_output
         if image.dtype != text.dtype:  # autocast can leave one tower in fp32
             image, text = image.float(), text.float()
-        return (image / image.norm(p=2, dim=-1, keepdim=True), text / text.norm(p=2, dim=-1, keepdim=True),
-                m.logit_scale, m.logit_bias)
+        return (
+            image / image.norm(p=2, dim=-1, keepdim=True),
+            text / text.norm(p=2, dim=-1, keepdim=True),
+            m.logit_scale,
+            m.logit_bias,
+        )
 
 
 def _checkpointed(forward, *args):
@@ -98,8 +127,11 @@ def wrap(module, *, fsdp: bool, precision: str, device):
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if precision == "bf16" else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if precision == "bf16"
+            else MixedPrecisionPolicy()
+        )
         for layer in encoder_layers(module):
             fully_shard(layer, mp_policy=mp)
         fully_shard(module, mp_policy=mp)
@@ -116,8 +148,7 @@ def param_groups(module, weight_decay: float):
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "logit_bias" in name \
-            or "norm" in name
+        skip = p.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "logit_bias" in name or "norm" in name
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -133,6 +164,7 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
+
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -171,7 +203,7 @@ def full_model_state(module) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
 
 
 EXTRA_KEYS = ("step", "cursor", "consumed", "world_size")
@@ -191,8 +223,12 @@ def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, ext
             shutil.rmtree(tmp)
         _save_model(base_model, model_sd, os.path.join(tmp, "model"), processor_files)
     _barrier()
-    state = {"optim": get_optimizer_state_dict(module, optimizer), "scheduler": scheduler.state_dict(),
-             "extra": {k: int(extra[k]) for k in EXTRA_KEYS}, f"rng_rank{rank}": _rng_state()}
+    state = {
+        "optim": get_optimizer_state_dict(module, optimizer),
+        "scheduler": scheduler.state_dict(),
+        "extra": {k: int(extra[k]) for k in EXTRA_KEYS},
+        f"rng_rank{rank}": _rng_state(),
+    }
     with warnings.catch_warnings():  # one process: DCP says it assumes so
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp_saver.save(state, checkpoint_id=os.path.join(tmp, "state"))
@@ -203,7 +239,7 @@ def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, ext
         os.replace(tmp, final)
         atomic_write_text(os.path.join(out_dir, "latest"), name + "\n")
         old = sorted(d for d in os.listdir(out_dir) if d.startswith("checkpoint-") and d != name)
-        for d in old[:max(0, len(old) - (keep_last - 1))] if keep_last > 0 else []:
+        for d in old[: max(0, len(old) - (keep_last - 1))] if keep_last > 0 else []:
             shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
     _barrier()
     return final
@@ -240,8 +276,12 @@ def load_training_state(path, module, optimizer, scheduler) -> dict:
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     rank = _rank()
-    state = {"optim": get_optimizer_state_dict(module, optimizer), "scheduler": scheduler.state_dict(),
-             "extra": dict.fromkeys(EXTRA_KEYS, 0), f"rng_rank{rank}": _rng_state()}
+    state = {
+        "optim": get_optimizer_state_dict(module, optimizer),
+        "scheduler": scheduler.state_dict(),
+        "extra": dict.fromkeys(EXTRA_KEYS, 0),
+        f"rng_rank{rank}": _rng_state(),
+    }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp_loader.load(state, checkpoint_id=os.path.join(path, "state"))
@@ -263,6 +303,7 @@ def trim_log(path, step) -> None:
 # ----------------------------------------------------------------------------------------------
 # Dry-run plan
 # ----------------------------------------------------------------------------------------------
+
 
 def activation_bytes(cfg, tokens: int, elem: int, checkpointing: bool) -> int:
     """Estimated bytes saved for backward by one tower's encoder for `tokens` valid tokens.

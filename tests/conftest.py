@@ -4,6 +4,7 @@ Without CUDA, Triton kernels run through Triton's CPU interpreter: TRITON_INTERP
 kernel module is imported (the @triton.jit decorator reads it), so it is set here, at collection time.
 Tests marked `gpu` are skipped without CUDA.
 """
+
 import os
 
 import torch
@@ -31,16 +32,20 @@ def _old_interpreter() -> str | None:
     major, minor = (int(x) for x in triton.__version__.split(".")[:2])
     if (major, minor) >= (3, 8):
         return None
-    return (f"triton {triton.__version__}'s CPU interpreter cannot run these tests (needs triton >= 3.8 or a CUDA "
-            "device); kernel compilation for this version is covered by tests/test_aot.py")
+    return (
+        f"triton {triton.__version__}'s CPU interpreter cannot run these tests (needs triton >= 3.8 or a CUDA "
+        "device); kernel compilation for this version is covered by tests/test_aot.py"
+    )
 
 
 def pytest_report_header(config):
     import transformers
     import triton
 
-    return f"torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, " \
-           f"{'CUDA' if torch.cuda.is_available() else 'CPU: Triton interpreter (TRITON_INTERPRET=1)'}"
+    return (
+        f"torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, "
+        f"{'CUDA' if torch.cuda.is_available() else 'CPU: Triton interpreter (TRITON_INTERPRET=1)'}"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,7 @@
 Under TRITON_INTERPRET=1 every `kernel[grid](...)` goes through `InterpretedFunction.run`; compiled, through
 `JITFunction.run`. Both are wrapped for the duration of the context; the counter maps kernel name -> launches.
 """
+
 from __future__ import annotations
 
 import collections

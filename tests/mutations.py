@@ -10,6 +10,7 @@ with the code) in a temporary copy of the package, then runs only the tests rele
 Every mutation must be CAUGHT. CI does not run this script; run it before resolving test-quality work and after
 big changes, and paste its table into the closing note.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,76 +35,122 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("auto-always-reference", "kernels/_utils.py",
-             'return "triton" if runnable and triton_available() and unsupported is None else "reference"',
-             'return "reference"',
-             ["tests/test_modeling.py", "-k", "triton"]),
-    Mutation("pooling-head-drops-q-bias", "siglip2/layers.py",
-             "q = F.linear(self.probe.reshape(1, D), w[:D], b[:D])",
-             "q = F.linear(self.probe.reshape(1, D), w[:D])",
-             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
+    Mutation(
+        "auto-always-reference",
+        "kernels/_utils.py",
+        'return "triton" if runnable and triton_available() and unsupported is None else "reference"',
+        'return "reference"',
+        ["tests/test_modeling.py", "-k", "triton"],
+    ),
+    Mutation(
+        "pooling-head-drops-q-bias",
+        "siglip2/layers.py",
+        "q = F.linear(self.probe.reshape(1, D), w[:D], b[:D])",
+        "q = F.linear(self.probe.reshape(1, D), w[:D])",
+        ["tests/test_modeling.py", "-k", "matches_transformers and triton"],
+    ),
     # the fused bias in the order k, q, v: both the autograd path and the inference cache read `ps`
-    Mutation("qkv-bias-order-swapped", "siglip2/layers.py",
-             "              self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)",
-             "              self.k_proj.bias, self.q_proj.bias, self.v_proj.bias)",
-             ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"]),
-    Mutation("pooling-head-drops-kv-bias", "siglip2/layers.py",
-             "k, v = F.linear(hidden, w[D:], b[D:])",
-             "k, v = F.linear(hidden, w[D:])",
-             ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"]),
+    Mutation(
+        "qkv-bias-order-swapped",
+        "siglip2/layers.py",
+        "              self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)",
+        "              self.k_proj.bias, self.q_proj.bias, self.v_proj.bias)",
+        ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
+    ),
+    Mutation(
+        "pooling-head-drops-kv-bias",
+        "siglip2/layers.py",
+        "k, v = F.linear(hidden, w[D:], b[D:])",
+        "k, v = F.linear(hidden, w[D:])",
+        ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
+    ),
     # a correct result from the wrong path: only the Triton launch counts can see these
-    Mutation("text-tower-on-reference", "siglip2/layers.py",
-             "mask, self.scale,\n                                   impl=kernel_impl)",
-             "mask, self.scale,\n                                   impl=\"reference\")",
-             ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"]),
-    Mutation("loss-on-reference", "siglip2/modeling.py",
-             "self.logit_scale, self.logit_bias, impl=self.kernel_impl)",
-             "self.logit_scale, self.logit_bias, impl=\"reference\")",
-             ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"]),
-    Mutation("pipeline-loads-reference-model", "siglip2/pipeline.py",
-             "    from . import fast\n\n    if model_type",
-             "    from . import reference as fast\n\n    if model_type",
-             ["tests/test_pipeline_cli.py", "tests/test_readme_example.py", "-k",
-              "directory or cli_classify or readme"]),
-    Mutation("patch-embed-kernel-drops-bias", "kernels/patch_embed_triton.py",
-             "acc += tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]",
-             "acc += 0.0 * tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]",
-             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
-    Mutation("packed-path-skips-last-layer", "siglip2/layers.py",
-             "        for layer in self.layers:\n"
-             "            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
-             "        for layer in (self.layers[:-1] if packed is not None else self.layers):\n"
-             "            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
-             ["tests/test_readme_example.py", "tests/test_modeling.py", "-k", "readme or half_precision"]),
-    Mutation("text-kernel-ignores-padding", "siglip2/modeling.py",
-             "mask = None if attention_mask is None else attention_mask.bool()",
-             "mask = None",
-             ["tests/test_modeling.py", "-k", "matches_transformers and triton"]),
-    Mutation("unpack-inverted", "siglip2/packing.py",
-             "return out.masked_scatter(self.valid[..., None], x)",
-             "return out.masked_scatter(~self.valid[..., None], x[: int((~self.valid).sum())])",
-             ["tests/test_modeling.py", "-k", "triton"]),
-    Mutation("attention-ignores-scale", "kernels/attention.py",
-             "scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5\n"
-             "    if impl == \"reference\":\n        return reference.varlen_attention",
-             "scale = 1.0\n    if impl == \"reference\":\n        return reference.varlen_attention",
-             ["tests/test_attention.py", "-k", "varlen and triton"]),
-    Mutation("loss-kernel-drops-bias", "kernels/sigmoid_loss_triton.py",
-             "b_logit = b_s * b_scale + b_bias",
-             "b_logit = b_s * b_scale",
-             ["tests/test_sigmoid_loss.py", "-k", "triton"]),
-    Mutation("backend-ignores-padding-mask", "siglip2/integrations/transformers.py",
-             "out = padded_attention(query, key, value, key_mask, scaling, impl=_state[\"impl\"])",
-             "out = padded_attention(query, key, value, None, scaling, impl=_state[\"impl\"])",
-             ["tests/test_transformers_integration.py", "-k", "padding or backend-Siglip2Model"]),
-    Mutation("patched-tower-skips-rebind", "siglip2/integrations/transformers.py",
-             "        if ours_mod._parameters[leaf] is not p:\n            ours_mod._parameters[leaf] = p",
-             "        pass",
-             ["tests/test_transformers_integration.py", "-k", "follows"]),
-    Mutation("entry-check-skipped", "siglip2/validation.py",
-             "    if not host[0]:\n",
-             "    if True:\n",
-             ["tests/test_validation.py"]),
+    Mutation(
+        "text-tower-on-reference",
+        "siglip2/layers.py",
+        "mask, self.scale,\n                                   impl=kernel_impl)",
+        'mask, self.scale,\n                                   impl="reference")',
+        ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
+    ),
+    Mutation(
+        "loss-on-reference",
+        "siglip2/modeling.py",
+        "self.logit_scale, self.logit_bias, impl=self.kernel_impl)",
+        'self.logit_scale, self.logit_bias, impl="reference")',
+        ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
+    ),
+    Mutation(
+        "pipeline-loads-reference-model",
+        "siglip2/pipeline.py",
+        "    from . import fast\n\n    if model_type",
+        "    from . import reference as fast\n\n    if model_type",
+        ["tests/test_pipeline_cli.py", "tests/test_readme_example.py", "-k", "directory or cli_classify or readme"],
+    ),
+    Mutation(
+        "patch-embed-kernel-drops-bias",
+        "kernels/patch_embed_triton.py",
+        "acc += tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]",
+        "acc += 0.0 * tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]",
+        ["tests/test_modeling.py", "-k", "matches_transformers and triton"],
+    ),
+    Mutation(
+        "packed-path-skips-last-layer",
+        "siglip2/layers.py",
+        "        for layer in self.layers:\n            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
+        "        for layer in (self.layers[:-1] if packed is not None else self.layers):\n"
+        "            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
+        ["tests/test_readme_example.py", "tests/test_modeling.py", "-k", "readme or half_precision"],
+    ),
+    Mutation(
+        "text-kernel-ignores-padding",
+        "siglip2/modeling.py",
+        "mask = None if attention_mask is None else attention_mask.bool()",
+        "mask = None",
+        ["tests/test_modeling.py", "-k", "matches_transformers and triton"],
+    ),
+    Mutation(
+        "unpack-inverted",
+        "siglip2/packing.py",
+        "return out.masked_scatter(self.valid[..., None], x)",
+        "return out.masked_scatter(~self.valid[..., None], x[: int((~self.valid).sum())])",
+        ["tests/test_modeling.py", "-k", "triton"],
+    ),
+    Mutation(
+        "attention-ignores-scale",
+        "kernels/attention.py",
+        "scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5\n"
+        '    if impl == "reference":\n        return reference.varlen_attention',
+        'scale = 1.0\n    if impl == "reference":\n        return reference.varlen_attention',
+        ["tests/test_attention.py", "-k", "varlen and triton"],
+    ),
+    Mutation(
+        "loss-kernel-drops-bias",
+        "kernels/sigmoid_loss_triton.py",
+        "b_logit = b_s * b_scale + b_bias",
+        "b_logit = b_s * b_scale",
+        ["tests/test_sigmoid_loss.py", "-k", "triton"],
+    ),
+    Mutation(
+        "backend-ignores-padding-mask",
+        "siglip2/integrations/transformers.py",
+        'out = padded_attention(query, key, value, key_mask, scaling, impl=_state["impl"])',
+        'out = padded_attention(query, key, value, None, scaling, impl=_state["impl"])',
+        ["tests/test_transformers_integration.py", "-k", "padding or backend-Siglip2Model"],
+    ),
+    Mutation(
+        "patched-tower-skips-rebind",
+        "siglip2/integrations/transformers.py",
+        "        if ours_mod._parameters[leaf] is not p:\n            ours_mod._parameters[leaf] = p",
+        "        pass",
+        ["tests/test_transformers_integration.py", "-k", "follows"],
+    ),
+    Mutation(
+        "entry-check-skipped",
+        "siglip2/validation.py",
+        "    if not host[0]:\n",
+        "    if True:\n",
+        ["tests/test_validation.py"],
+    ),
 ]
 
 
@@ -139,14 +186,25 @@ def run(m: Mutation, timeout: int, control: bool = False) -> tuple[str, float]:
             with open(path, "w") as f:
                 f.write(src.replace(m.old, m.new))
         env = dict(os.environ, PYTHONPATH=pkg + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        check = subprocess.run([sys.executable, "-c", "import siglip2; print(siglip2.__file__)"], env=env, cwd=dst,
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [sys.executable, "-c", "import siglip2; print(siglip2.__file__)"],
+            env=env,
+            cwd=dst,
+            capture_output=True,
+            text=True,
+        )
         if not check.stdout.startswith(pkg):
             raise RuntimeError(f"the mutated copy is not the one imported: {check.stdout or check.stderr}")
         t0 = time.time()
         try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
-                                  env=env, cwd=dst, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
+                env=env,
+                cwd=dst,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return "TIMEOUT", time.time() - t0
         dt = time.time() - t0

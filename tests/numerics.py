@@ -1,6 +1,7 @@
 """Tolerance helpers: a kernel's error against a float64 oracle may be at most `factor` x the error of the
 eager reference run at the same precision (flash-attention's "at most twice PyTorch's error" rule).
 """
+
 import torch
 
 

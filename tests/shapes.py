@@ -1,5 +1,6 @@
 """A synthetic captioned-shapes dataset drawn with PIL ("a red circle", "a blue square", ...) for training tests
 and the training benchmark: images of varied size and aspect ratio, one coloured shape on a noisy background."""
+
 import csv
 import os
 import random

@@ -3,6 +3,7 @@
 Wraps `tolist`, `item`, `__bool__`, `__int__`, `__float__`, `__index__` and the size-dependent ops that sync on
 CUDA (`nonzero`, boolean-mask indexing through `masked_select`), for the duration of the context.
 """
+
 from __future__ import annotations
 
 import collections

@@ -12,6 +12,7 @@ unknown architecture gets), each compiled as a real launch specializes it.
 Both run under whichever triton is importable; .ci/run runs this file under a second version (triton 3.8).
 Standalone: `python -m siglip2.kernels._aot [--full] [--ccs 80,120] [--all]`.
 """
+
 import os
 
 import pytest
@@ -49,22 +50,31 @@ def _run(tier):
     from siglip2.kernels._aot_cases import all_cases
 
     res = aot_run(all_cases(tier=tier))
-    fail = [r for r in res if "error" in r or r["shared"] > _configs.smem_limit(r["cc"])
-            or (r["required"] and (r["stack"] or r["local"]))]
+    fail = [
+        r
+        for r in res
+        if "error" in r or r["shared"] > _configs.smem_limit(r["cc"]) or (r["required"] and (r["stack"] or r["local"]))
+    ]
     spills = [r for r in res if "error" not in r and not r["required"] and (r["stack"] or r["local"])]
     print(f"triton {triton.__version__}: {len(res)} cases, {sum(r['cpu'] for r in res):.0f} CPU s of compiling")
     if spills:
         print(f"configs outside the SigLIP2 shapes that spill ({len(spills)}, not a failure):")
         print(spill_table(spills))
-    assert not fail, ("configs that fail to compile, exceed shared memory, or spill in a SigLIP2 shape:\n"
-                      + spill_table(fail) + "\n" + "\n".join(r.get("ptxas", "") for r in fail if r.get("ptxas")))
+    assert not fail, (
+        "configs that fail to compile, exceed shared memory, or spill in a SigLIP2 shape:\n"
+        + spill_table(fail)
+        + "\n"
+        + "\n".join(r.get("ptxas", "") for r in fail if r.get("ptxas"))
+    )
 
 
 def test_aot_siglip2_shapes():
     _run("ci")
 
 
-@pytest.mark.skipif(os.environ.get("SIGLIP2_AOT_FULL", "0") in ("", "0"),
-                    reason="the full sweep of every config x arch takes ~30 min: set SIGLIP2_AOT_FULL=1")
+@pytest.mark.skipif(
+    os.environ.get("SIGLIP2_AOT_FULL", "0") in ("", "0"),
+    reason="the full sweep of every config x arch takes ~30 min: set SIGLIP2_AOT_FULL=1",
+)
 def test_aot_all_configs():
     _run("all")

@@ -8,6 +8,7 @@ error of the eager reference run at the same precision (tests/numerics.py). Kern
 take their dots in fp32 (DOT_FP32) and round their fp32 -> bf16 casts on the bits (`_cast`) when interpreting,
 because the 3.9 interpreter's bf16 dot multiplies raw bit patterns and its bf16 cast truncates.
 """
+
 import subprocess
 import sys
 
@@ -86,7 +87,7 @@ def _check_varlen(lens_q, lens_k, H, D, dtype, impl, q=None, k=None, v=None):
     out = A.varlen_attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), impl=impl)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    scale = D ** -0.5
+    scale = D**-0.5
     ref_out, ref_grads = _per_sequence(q, k, v, do, lens_q, lens_k, scale, torch.float64)
     base_out, base_grads = _per_sequence(q, k, v, do, lens_q, lens_k, scale, dtype)
     _assert("out", out, ref_out, base_out)
@@ -157,8 +158,10 @@ def test_fake_strides_match_real():
     q, k, v = (torch.randn(B, H, D, L, device=DEV).transpose(-1, -2) for _ in range(3))
     fwd, bwd = torch.ops.siglip2.attention_fwd.default, torch.ops.siglip2.attention_bwd.default
     o, lse = fwd(q, k, v, None, None, None, L, L, 0.25)
-    cases = [(fwd, (q, k, v, None, None, None, L, L, 0.25), (o, lse)),
-             (bwd, (torch.randn_like(o), q, k, v, o, lse, None, None, None, L, L, 0.25), None)]
+    cases = [
+        (fwd, (q, k, v, None, None, None, L, L, 0.25), (o, lse)),
+        (bwd, (torch.randn_like(o), q, k, v, o, lse, None, None, None, L, L, 0.25), None),
+    ]
     for op, args, real in cases:
         real = real if real is not None else op(*args)
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -175,7 +178,7 @@ def _check_padded(B, H, Lq, Lk, D, dtype, mask, impl):
     results = []
     for prec in (torch.float64, dtype):
         qq, kk, vv = (t.detach().to(prec).requires_grad_() for t in (q, k, v))
-        o = R.padded_attention(qq, kk, vv, mask, D ** -0.5)
+        o = R.padded_attention(qq, kk, vv, mask, D**-0.5)
         results.append((o, torch.autograd.grad(o, (qq, kk, vv), do.to(prec))))
     (ref_out, ref_grads), (base_out, base_grads) = results
     _assert("out", out, ref_out, base_out)
@@ -238,7 +241,7 @@ def test_bf16_padded_mask_matches_oracle():
 def test_bf16_interpreter_cast_rounds():
     """The kernels' bf16 cast rounds to nearest even under the interpreter (as torch and the GPU do)."""
     x = torch.randn(1024, device=DEV) * 10
-    x[:4] = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, float("inf"), -float("inf")])  # ties to even, inf
+    x[:4] = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, float("inf"), -float("inf")])  # ties to even, inf
     y = torch.empty(1024, dtype=torch.bfloat16, device=DEV)
     _cast_kernel[(1,)](x, y, N=1024)
     assert torch.equal(y, x.to(torch.bfloat16))
@@ -261,7 +264,7 @@ def test_no_grad_path_matches():
     cu = _cu(lens)
     with torch.no_grad():
         out = A.varlen_attention(q, k, v, cu, cu, 40, 40, impl="triton")
-    ref = R.varlen_attention(q.double(), k.double(), v.double(), cu, cu, 40, 40, 64 ** -0.5)
+    ref = R.varlen_attention(q.double(), k.double(), v.double(), cu, cu, 40, 40, 64**-0.5)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -288,11 +291,13 @@ def test_torch_compile_fullgraph():
 
 
 def test_api_imports_without_triton():
-    code = ("import sys; sys.modules['triton'] = None\n"
-            "import torch\nfrom siglip2.kernels import attention as A\n"
-            "cu = torch.tensor([0, 2, 5], dtype=torch.int32); x = torch.randn(5, 1, 8)\n"
-            "assert A.varlen_attention(x, x, x, cu, cu, 3, 3).shape == x.shape\n"
-            "assert 'siglip2.kernels.attention_triton' not in sys.modules\n")
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\nfrom siglip2.kernels import attention as A\n"
+        "cu = torch.tensor([0, 2, 5], dtype=torch.int32); x = torch.randn(5, 1, 8)\n"
+        "assert A.varlen_attention(x, x, x, cu, cu, 3, 3).shape == x.shape\n"
+        "assert 'siglip2.kernels.attention_triton' not in sys.modules\n"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -301,11 +306,11 @@ def test_api_imports_without_triton():
 # Validation: every bad input raises an error that names the argument
 # ----------------------------------------------------------------------------------------------
 
+
 def _good():
     q = torch.randn(10, 2, 16)
     cu = torch.tensor([0, 4, 10], dtype=torch.int32)
-    return dict(q=q, k=q.clone(), v=q.clone(), cu_seqlens_q=cu, cu_seqlens_k=cu.clone(), max_seqlen_q=6,
-                max_seqlen_k=6)
+    return dict(q=q, k=q.clone(), v=q.clone(), cu_seqlens_q=cu, cu_seqlens_k=cu.clone(), max_seqlen_q=6, max_seqlen_k=6)
 
 
 VARLEN_BAD = [
@@ -318,14 +323,30 @@ VARLEN_BAD = [
     ("head dim", lambda a: a.update(k=a["k"][..., :8], v=a["v"][..., :8]), ValueError, "same head dim"),
     ("cu dtype", lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].long()), TypeError, "cu_seqlens_q must have dtype"),
     ("cu ndim", lambda a: a.update(cu_seqlens_k=a["cu_seqlens_k"][None]), ValueError, "cu_seqlens_k must have 1"),
-    ("cu len", lambda a: a.update(cu_seqlens_k=torch.tensor([0, 2, 8, 10], dtype=torch.int32)), ValueError,
-     "the same length"),
-    ("cu start", lambda a: a.update(cu_seqlens_q=torch.tensor([1, 4, 10], dtype=torch.int32)), ValueError,
-     "cu_seqlens_q must start at 0"),
-    ("cu end", lambda a: a.update(cu_seqlens_k=torch.tensor([0, 4, 9], dtype=torch.int32)), ValueError,
-     "cu_seqlens_k must end at the number of packed tokens (10)"),
-    ("cu order", lambda a: a.update(cu_seqlens_q=torch.tensor([0, 11, 10], dtype=torch.int32)), ValueError,
-     "non-decreasing"),
+    (
+        "cu len",
+        lambda a: a.update(cu_seqlens_k=torch.tensor([0, 2, 8, 10], dtype=torch.int32)),
+        ValueError,
+        "the same length",
+    ),
+    (
+        "cu start",
+        lambda a: a.update(cu_seqlens_q=torch.tensor([1, 4, 10], dtype=torch.int32)),
+        ValueError,
+        "cu_seqlens_q must start at 0",
+    ),
+    (
+        "cu end",
+        lambda a: a.update(cu_seqlens_k=torch.tensor([0, 4, 9], dtype=torch.int32)),
+        ValueError,
+        "cu_seqlens_k must end at the number of packed tokens (10)",
+    ),
+    (
+        "cu order",
+        lambda a: a.update(cu_seqlens_q=torch.tensor([0, 11, 10], dtype=torch.int32)),
+        ValueError,
+        "non-decreasing",
+    ),
     ("max q", lambda a: a.update(max_seqlen_q=5), ValueError, "max_seqlen_q must be >= the longest sequence"),
     ("max k type", lambda a: a.update(max_seqlen_k=6.0), ValueError, "max_seqlen_k must be a non-negative int"),
     ("scale", lambda a: a.update(softmax_scale=float("nan")), ValueError, "softmax_scale must be"),
@@ -353,8 +374,12 @@ PADDED_BAD = [
     ("q ndim", dict(q=torch.randn(4, 8, 16)), ValueError, "q must have 4 dimensions"),
     ("batch", dict(k=torch.randn(3, 2, 7, 16), v=torch.randn(3, 2, 7, 16)), ValueError, "same batch size"),
     ("mask dtype", dict(key_padding_mask=torch.ones(2, 7)), TypeError, "key_padding_mask must have dtype"),
-    ("mask shape", dict(key_padding_mask=torch.ones(2, 5, dtype=torch.bool)), ValueError,
-     r"key_padding_mask must have shape \(B, Lk\)"),
+    (
+        "mask shape",
+        dict(key_padding_mask=torch.ones(2, 5, dtype=torch.bool)),
+        ValueError,
+        r"key_padding_mask must have shape \(B, Lk\)",
+    ),
     ("scale", dict(softmax_scale="0.1"), ValueError, "softmax_scale must be"),
 ]
 
@@ -387,6 +412,7 @@ def test_triton_limits(monkeypatch):
 # GPU: real sizes, bf16/fp16 against fp32
 # ----------------------------------------------------------------------------------------------
 
+
 def _gpu_varlen(lens_q, lens_k, H, D, dtype):
     q = _rand(sum(lens_q), H, D, dtype=dtype)
     k, v = _rand(sum(lens_k), H, D, dtype=dtype), _rand(sum(lens_k), H, D, dtype=dtype)
@@ -394,8 +420,8 @@ def _gpu_varlen(lens_q, lens_k, H, D, dtype):
     out = A.varlen_attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k))
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref_out, ref_grads = _per_sequence(q, k, v, do, lens_q, lens_k, D ** -0.5, torch.float32)
-    base_out, base_grads = _per_sequence(q, k, v, do, lens_q, lens_k, D ** -0.5, dtype)
+    ref_out, ref_grads = _per_sequence(q, k, v, do, lens_q, lens_k, D**-0.5, torch.float32)
+    base_out, base_grads = _per_sequence(q, k, v, do, lens_q, lens_k, D**-0.5, dtype)
     _assert("out", out, ref_out, base_out, atol=1e-3)
     for name, g, r, b in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads):
         _assert(name, g, r, b, atol=1e-3)

@@ -1,4 +1,5 @@
 """Configs: every field and default of transformers' classes, config.json round trips, unknown keys kept."""
+
 import dataclasses
 import json
 
@@ -25,8 +26,10 @@ def test_defaults_match_transformers(ours, theirs):
     assert o["model_type"] == t["model_type"]
 
 
-@pytest.mark.parametrize("ours, theirs", [(siglip2.Siglip2Config, transformers.Siglip2Config),
-                                          (siglip2.SiglipConfig, transformers.SiglipConfig)])
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [(siglip2.Siglip2Config, transformers.Siglip2Config), (siglip2.SiglipConfig, transformers.SiglipConfig)],
+)
 def test_composite_config_accepts_transformers_object(ours, theirs):
     t = theirs(text_config=dict(hidden_size=96, num_attention_heads=4), vision_config=dict(num_hidden_layers=3))
     o = ours.from_dict(t)
@@ -36,8 +39,9 @@ def test_composite_config_accepts_transformers_object(ours, theirs):
 
 
 def test_config_json_round_trip_keeps_unknown_keys(tmp_path):
-    cfg = siglip2.Siglip2Config.from_dict({"model_type": "siglip2", "my_key": [1, 2],
-                                           "vision_config": {"num_patches": 64, "vision_extra": True}})
+    cfg = siglip2.Siglip2Config.from_dict(
+        {"model_type": "siglip2", "my_key": [1, 2], "vision_config": {"num_patches": 64, "vision_extra": True}}
+    )
     cfg.save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     assert raw["my_key"] == [1, 2] and raw["vision_config"]["vision_extra"] is True
@@ -57,11 +61,14 @@ def test_projection_size_defaults_to_hidden_size():
     assert siglip2.Siglip2TextConfig(hidden_size=96, num_attention_heads=4).projection_size == 96
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(hidden_size=100, num_attention_heads=12), "divisible"),
-    (dict(num_patches=200), "perfect square"),
-    (dict(patch_size=[16, 16]), "patch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden_size=100, num_attention_heads=12), "divisible"),
+        (dict(num_patches=200), "perfect square"),
+        (dict(patch_size=[16, 16]), "patch_size"),
+    ],
+)
 def test_invalid_vision_config(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):  # a wrong type is a TypeError naming the field
         siglip2.Siglip2VisionConfig(**kwargs)

@@ -35,7 +35,9 @@ def test_folder_list_and_table_sources(tmp_path):
 
     (tmp_path / "list.txt").write_text("z.png\n\n# comment\na/b/y.JPG\n")
     assert [(r.key, r.image) for r in data.open_source(tmp_path / "list.txt")] == [
-        ("z.png", str(tmp_path / "z.png")), ("a/b/y.JPG", str(tmp_path / "a/b/y.JPG"))]
+        ("z.png", str(tmp_path / "z.png")),
+        ("a/b/y.JPG", str(tmp_path / "a/b/y.JPG")),
+    ]
 
     (tmp_path / "t.csv").write_text("image,caption,text\nz.png,a cat,ignored\na/b/y.JPG,,x\n")
     recs = list(data.open_source(tmp_path / "t.csv"))
@@ -114,8 +116,9 @@ def test_collate_matches_processor_and_tokenizer(tmp_path):
         for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes"):
             assert torch.equal(b[k], ref[k]), k
         assert b["keys"] == ["a", "b"] and b["has_caption"].tolist() == [True, False]
-        assert torch.equal(b["input_ids"], tok(["a cat", ""], padding="max_length", max_length=64, truncation=True)
-                           ["input_ids"])
+        assert torch.equal(
+            b["input_ids"], tok(["a cat", ""], padding="max_length", max_length=64, truncation=True)["input_ids"]
+        )
     # arrays, tensors and gray / RGBA PIL images go through the processor's RGB conversion
     arr = np.array(imgs[1])
     others = [arr, torch.from_numpy(arr).permute(2, 0, 1), imgs[1].convert("RGBA"), imgs[1].convert("L")]

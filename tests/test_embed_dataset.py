@@ -152,8 +152,9 @@ def test_folder_matches_embed_and_logs_errors(folder_run, checkpoint, folder, ca
     assert not [p for p in folder_run.iterdir() if ".tmp" in p.name]
 
 
-def test_resume_after_interrupt_is_identical_and_other_args_refused(folder_run, checkpoint, folder, tmp_path,
-                                                                     monkeypatch, capsys):
+def test_resume_after_interrupt_is_identical_and_other_args_refused(
+    folder_run, checkpoint, folder, tmp_path, monkeypatch, capsys
+):
     from siglip2.embed_dataset import STOP_AFTER_ENV
 
     out = tmp_path / "out"
@@ -200,8 +201,17 @@ def test_token_batches_of_the_stream(folder):
 
     src = open_source(folder[0])
     for T, M in ((16, 16), (37, 16), (50, 9)):
-        s = _Stream(src, plan_units(src, 16), Siglip2ImageProcessor(patch_size=4, max_num_patches=M), M=M,
-                    batch_size=None, tokens=T, fast=False, dtype=None, tokenizer=None)
+        s = _Stream(
+            src,
+            plan_units(src, 16),
+            Siglip2ImageProcessor(patch_size=4, max_num_patches=M),
+            M=M,
+            batch_size=None,
+            tokens=T,
+            fast=False,
+            dtype=None,
+            tokenizer=None,
+        )
         items = list(s)
         batches = [b for it in items for b in it["batches"]]
         assert all(int(b["pixel_attention_mask"].sum()) == b["num_tokens"] <= T for b in batches)
@@ -223,8 +233,12 @@ def test_csv_captions_column(folder, checkpoint, tmp_path, capsys):
     assert _main(src / "captions.csv", "--out", tmp_path / "out2", "--model", checkpoint, *ARGS) == 1
     assert "no column 'image'" in capsys.readouterr().err
     fast = tmp_path / "fast"
-    assert _main(src / "captions.csv", "--out", fast, "--model", checkpoint, "--image-column", "path", *ARGS,
-                 "--fast-decode") == 0
+    assert (
+        _main(
+            src / "captions.csv", "--out", fast, "--model", checkpoint, "--image-column", "path", *ARGS, "--fast-decode"
+        )
+        == 0
+    )
     mf, img_fast, _ = _read(fast)
     assert mf["preprocessing"]["fast_decode"] and sorted(img_fast) == sorted(img)
     # uniform-noise pixels are the worst case for DCT-domain downscaling (photos: docs/benchmarks.md)
@@ -259,8 +273,23 @@ def test_triton_kernels_run_in_embed_dataset(folder_run, checkpoint, folder, tmp
 def test_torchrun_two_ranks_match_one_process(folder_run, checkpoint, folder, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TRITON_INTERPRET="0")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "siglip2", "embed-dataset", str(folder[0]), "--out", str(out), "--model", checkpoint, *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "siglip2",
+        "embed-dataset",
+        str(folder[0]),
+        "--out",
+        str(out),
+        "--model",
+        checkpoint,
+        *ARGS,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     _, img, _ = _read(out)

@@ -1,6 +1,7 @@
 """Host syncs of a packed vision forward: every tensor -> Python conversion stalls the GPU queue, so the count is
 pinned here (issue 12): at most one per forward (the entry check, which also yields the lengths), under no_grad
 and inference_mode, and none when the caller passes a PackedBatch. The Triton path runs (interpreter on CPU)."""
+
 import pytest
 import torch
 from launches import count_triton_launches
@@ -15,8 +16,9 @@ SHAPES = [(3, 4), (4, 4), (1, 5)]
 @pytest.fixture(scope="module")
 def tower():
     torch.manual_seed(0)
-    return perturb_(Siglip2VisionModel(tiny_config_dict(hidden=32, heads=2, layers=4)["vision_config"],
-                                      kernel_impl="triton").eval())
+    return perturb_(
+        Siglip2VisionModel(tiny_config_dict(hidden=32, heads=2, layers=4)["vision_config"], kernel_impl="triton").eval()
+    )
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])

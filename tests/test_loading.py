@@ -1,6 +1,7 @@
 """Checkpoints: transformers <-> ours round trips, sharding, tower prefixes, strict key reports, clear errors,
 atomic saves. Every model comes from tests/tiny.py with its parameters perturbed, so a loader that dropped or
 zeroed a bias, or swapped two tensors of one shape, changes a tensor that the bit-exact comparisons read."""
+
 import json
 import os
 

@@ -7,6 +7,7 @@ every valid token and on every pooled/projected output; its padded rows are zero
 runs the kernels through the Triton interpreter (conftest sets TRITON_INTERPRET=1), and every test of it counts the
 Triton launches per kernel (NEEDS): a packed path that silently ran an op on its PyTorch reference fails.
 """
+
 import pytest
 import torch
 from launches import count_triton_launches
@@ -31,10 +32,10 @@ NEEDS = {
     "test_nx1_strip_is_resized_correctly": {PATCH: 1},
     "test_mask_none_means_every_token_is_valid": {PATCH: 1, ATTN: 3},
     "test_get_features_return_pooled_unnormalized": DUAL,
-    "test_image_classification_with_labels": dict({PATCH: 1, ATTN: 2, "_pos_adjoint_kernel": 1},
-                                                  **{k: 2 for k in ATTN_BWD}),
-    "test_backward_matches_transformers": dict(DUAL, **{LOSS: 1, "_pos_adjoint_kernel": 1},
-                                               **{k: 5 for k in ATTN_BWD}),
+    "test_image_classification_with_labels": dict(
+        {PATCH: 1, ATTN: 2, "_pos_adjoint_kernel": 1}, **{k: 2 for k in ATTN_BWD}
+    ),
+    "test_backward_matches_transformers": dict(DUAL, **{LOSS: 1, "_pos_adjoint_kernel": 1}, **{k: 5 for k in ATTN_BWD}),
     "test_half_precision_loss_matches_transformers": dict(DUAL, **{LOSS: 1}),
     "test_compile_traces_fast_vision_tower_fullgraph": {PATCH: 1, ATTN: 3},
     "test_fast_model_runs_in_float64": {},  # every op routes float64 to its reference: no launch at all
@@ -68,7 +69,7 @@ def _triton_ran(request):
 SHAPES = [(4, 5), (1, 7), (2, 2), (6, 4), (12, 2), (4, 4), (3, 8)]
 CONFIGS = {
     "hd16": dict(),
-    "hd18-odd": dict(hidden=72, heads=4),           # head dim not a power of two (So400m has 72)
+    "hd18-odd": dict(hidden=72, heads=4),  # head dim not a power of two (So400m has 72)
     "hd20-table9": dict(hidden=60, heads=3, num_patches=9),
 }
 
@@ -85,8 +86,14 @@ def _close(a, b, name, mask=None, atol=ATOL):
 def _run_both(hf, ours, shapes=SHAPES, L=24, text_pad=None, **flags):
     pv, mask, ss = naflex_inputs(shapes, L)
     ids, am = text_inputs(len(shapes), 12, pad_from=text_pad)
-    kw = dict(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss,
-              attention_mask=am if text_pad else None, **flags)
+    kw = dict(
+        input_ids=ids,
+        pixel_values=pv,
+        pixel_attention_mask=mask,
+        spatial_shapes=ss,
+        attention_mask=am if text_pad else None,
+        **flags,
+    )
     with torch.no_grad():
         return hf(**kw), ours(**kw), mask
 
@@ -135,8 +142,9 @@ def test_nx1_strip_is_resized_correctly(impl):
             out = emb(pv, ss, PackedBatch.from_spatial_shapes(ss, 24, "cpu"), "auto").reshape(2, 24, -1)
     pos = hf.vision_model.embeddings.position_embedding.weight.double().reshape(4, 4, -1)
     want = torch.einsum("yi,xj,ijd->yxd", _axis_weights(4, 12), _axis_weights(4, 1), pos).reshape(12, -1)
-    got = out[0, :12].double() - torch.nn.functional.linear(pv[0, :12].double(), emb.patch_embedding.weight.double(),
-                                                             emb.patch_embedding.bias.double())
+    got = out[0, :12].double() - torch.nn.functional.linear(
+        pv[0, :12].double(), emb.patch_embedding.weight.double(), emb.patch_embedding.bias.double()
+    )
     _close(got, want, "Nx1 position rows")
 
 
@@ -212,8 +220,11 @@ def test_get_features_return_pooled_unnormalized():
     with torch.no_grad():
         img = ours.get_image_features(pv, mask, ss)
         txt = ours.get_text_features(ids)
-        _close(img, hf.get_image_features(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss).pooler_output,
-               "image features")
+        _close(
+            img,
+            hf.get_image_features(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss).pooler_output,
+            "image features",
+        )
         _close(txt, hf.get_text_features(input_ids=ids).pooler_output, "text features")
     assert not torch.allclose(img.norm(dim=-1), torch.ones(3))
 
@@ -227,10 +238,22 @@ def test_outputs_by_attribute_key_index_and_tuple():
     out = ours(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss)
     assert out.loss is None and out[0] is out.logits_per_image and out["text_embeds"] is out.text_embeds
     assert len(out.to_tuple()) == 6
-    tup = ours(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True,
-               return_dict=False)
-    ref_tup = hf(input_ids=ids, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss, return_loss=True,
-                 return_dict=False)
+    tup = ours(
+        input_ids=ids,
+        pixel_values=pv,
+        pixel_attention_mask=mask,
+        spatial_shapes=ss,
+        return_loss=True,
+        return_dict=False,
+    )
+    ref_tup = hf(
+        input_ids=ids,
+        pixel_values=pv,
+        pixel_attention_mask=mask,
+        spatial_shapes=ss,
+        return_loss=True,
+        return_dict=False,
+    )
     assert isinstance(tup, tuple) and len(tup) == len(ref_tup) == 7
     assert isinstance(tup[5], tuple) and isinstance(tup[6], tuple)
     _close(tup[0], ref_tup[0], "tuple loss")
@@ -246,8 +269,14 @@ def test_backward_matches_transformers(impl):
     ours.load_state_dict(hf.state_dict())
     pv, mask, ss = naflex_inputs(SHAPES[:4], 24)
     ids, am = text_inputs(4, 12, pad_from=[12, 5, 1, 9])
-    kw = dict(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=ss,
-              return_loss=True)
+    kw = dict(
+        input_ids=ids,
+        attention_mask=am,
+        pixel_values=pv,
+        pixel_attention_mask=mask,
+        spatial_shapes=ss,
+        return_loss=True,
+    )
     oracle = hf_siglip2().double()
     oracle(**dict(kw, pixel_values=pv.double())).loss.backward()
     hf(**kw).loss.backward()
@@ -296,8 +325,10 @@ def test_fast_model_on_cuda_within_twice_transformers_error(dtype):
         a = hf(pv.to(dtype), mask, ss)
         b = ours(pv.to(dtype), mask, ss)
     m = mask.bool()[..., None]
-    for name, x, y, z in (("pooler", o.pooler_output, a.pooler_output, b.pooler_output),
-                          ("last", o.last_hidden_state * m, a.last_hidden_state * m, b.last_hidden_state * m)):
+    for name, x, y, z in (
+        ("pooler", o.pooler_output, a.pooler_output, b.pooler_output),
+        ("last", o.last_hidden_state * m, a.last_hidden_state * m, b.last_hidden_state * m),
+    ):
         err_ref = (y.double() - x).abs().max().item()
         err = (z.double() - x).abs().max().item()
         assert err <= 2 * err_ref + 1e-5, f"{name} {dtype}: fast error {err:.3e} > 2 x transformers error {err_ref:.3e}"

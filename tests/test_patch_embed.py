@@ -6,6 +6,7 @@ Oracle: a float64 re-implementation built directly on `F.interpolate(..., antial
 reference resizes in fp32 by design, so it cannot be the oracle). The kernel's error against the oracle may be
 at most 2x the error of the eager computation at the same precision (`_baseline`: reference.py's numerics).
 """
+
 import math
 import os
 
@@ -60,8 +61,9 @@ def _resize(p, h, w):
     G = math.isqrt(p.shape[0])
     grid = p.cpu().reshape(G, G, -1).permute(2, 0, 1)[None]  # (1, D, G, G)
     if w == 1 and h != 1:
-        r = F.interpolate(grid.transpose(2, 3).contiguous(), size=(w, h), mode="bilinear", align_corners=False,
-                          antialias=True).transpose(2, 3)
+        r = F.interpolate(
+            grid.transpose(2, 3).contiguous(), size=(w, h), mode="bilinear", align_corners=False, antialias=True
+        ).transpose(2, 3)
     else:
         r = F.interpolate(grid.contiguous(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return r[0].reshape(p.shape[1], h * w).t().to(p.device)
@@ -122,6 +124,7 @@ def _check_all(inputs, cu_seqlens=None, impl="triton"):
 # The resize itself
 # ----------------------------------------------------------------------------------------------
 
+
 def _axis_weights(n_in, n_out):
     """upstream-spec §3.1 separable weights, float64."""
     scale = n_in / n_out
@@ -168,9 +171,11 @@ DTYPES = dict(argvalues=[torch.float32, torch.float16, torch.bfloat16], ids=["fp
 # bf16 runs on the CPU too: the interpreter upcasts the tl.dot operands (DOT_FP32), and the tolerance is the
 # same 2x of the eager bf16 baseline's error against the float64 oracle as for every dtype. bf16 at G = 16 runs
 # packed (test_packed): one minute of interpreter time less than running it here as well.
-@pytest.mark.parametrize("G, dtype", [(4, torch.float32), (4, torch.float16), (16, torch.float32),
-                                      (16, torch.float16), (4, torch.bfloat16)],
-                         ids=["4-fp32", "4-fp16", "16-fp32", "16-fp16", "4-bf16"])
+@pytest.mark.parametrize(
+    "G, dtype",
+    [(4, torch.float32), (4, torch.float16), (16, torch.float32), (16, torch.float16), (4, torch.bfloat16)],
+    ids=["4-fp32", "4-fp16", "16-fp32", "16-fp16", "4-bf16"],
+)
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 def test_forward_backward(G, dtype, impl):
     _check_all(_make_inputs(G, _shapes(G), dtype=dtype), impl=impl)
@@ -239,9 +244,15 @@ def test_backward_fake_strides_match_real():
     from siglip2.kernels import patch_embed_triton  # noqa: F401  (registers the ops)
 
     B, L, K, D, G = 2, 6, 16, 32, 4
-    args = (torch.randn(B, L, D, device=DEV), torch.randn(B, K, L, device=DEV).transpose(1, 2),
-            torch.tensor([[2, 3], [1, 5]], device=DEV), torch.randn(D, K, device=DEV),
-            torch.randn(G * G, D, device=DEV), None, [True, True, True, True])
+    args = (
+        torch.randn(B, L, D, device=DEV),
+        torch.randn(B, K, L, device=DEV).transpose(1, 2),
+        torch.tensor([[2, 3], [1, 5]], device=DEV),
+        torch.randn(D, K, device=DEV),
+        torch.randn(G * G, D, device=DEV),
+        None,
+        [True, True, True, True],
+    )
     op = torch.ops.siglip2.naflex_patch_embed_backward.default
     real = op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -253,6 +264,7 @@ def test_backward_fake_strides_match_real():
 # ----------------------------------------------------------------------------------------------
 # Parity with transformers' Siglip2VisionEmbeddings
 # ----------------------------------------------------------------------------------------------
+
 
 def test_matches_transformers_siglip2_vision_embeddings():
     from transformers import Siglip2VisionConfig
@@ -268,14 +280,21 @@ def test_matches_transformers_siglip2_vision_embeddings():
     spatial_shapes = torch.tensor(shapes, device=DEV)
     with torch.no_grad():
         expect = emb(pixel_values, spatial_shapes)
-        got = naflex_patch_embed(pixel_values, spatial_shapes, emb.patch_embedding.weight, emb.patch_embedding.bias,
-                                 emb.position_embedding.weight, impl="triton")
+        got = naflex_patch_embed(
+            pixel_values,
+            spatial_shapes,
+            emb.patch_embedding.weight,
+            emb.patch_embedding.bias,
+            emb.position_embedding.weight,
+            impl="triton",
+        )
     torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation: every error names the argument
 # ----------------------------------------------------------------------------------------------
+
 
 def _bad(**override):
     x, s, w, b, p = _make_inputs(4, [(2, 3), (3, 3)], L=10)
@@ -290,24 +309,27 @@ def _call(args):
     return naflex_patch_embed(*pos, **args)
 
 
-@pytest.mark.parametrize("override, exc, match", [
-    (dict(pixel_values=torch.randn(2, 10)), ValueError, "pixel_values must have 3 dimensions"),
-    (dict(pixel_values=torch.randint(0, 3, (2, 10, 12))), TypeError, "pixel_values must have dtype"),
-    (dict(weight=torch.randn(40, 13)), ValueError, r"weight must have shape \(D, 12\)"),
-    (dict(bias=torch.randn(41)), ValueError, r"bias must have shape \(40,\)"),
-    (dict(bias=torch.randn(40, dtype=torch.float16)), TypeError, "bias must have dtype"),
-    (dict(pos_embed=torch.randn(15, 40)), ValueError, "pos_embed must have a perfect-square"),
-    (dict(pos_embed=torch.randn(16, 41)), ValueError, r"pos_embed must have shape \(G\*G, 40\)"),
-    (dict(spatial_shapes=torch.tensor([[2, 3]])), ValueError, r"spatial_shapes must have shape \(2, 2\)"),
-    (dict(spatial_shapes=torch.tensor([[2.0, 3.0], [3.0, 3.0]])), TypeError, "spatial_shapes must have dtype"),
-    (dict(spatial_shapes=torch.tensor([[0, 3], [3, 3]])), ValueError, r"spatial_shapes\[0\] = \(0, 3\)"),
-    (dict(spatial_shapes=torch.tensor([[2, 3], [3, -1]])), ValueError, r"spatial_shapes\[1\] = \(3, -1\)"),
-    (dict(spatial_shapes=torch.tensor([[2, 3], [4, 3]])), ValueError, "more than pixel_values' L = 10"),
-    (dict(cu_seqlens=torch.tensor([0, 6, 15], dtype=torch.int64)), TypeError, "cu_seqlens must have dtype"),
-    (dict(cu_seqlens=torch.tensor([0, 6], dtype=torch.int32)), ValueError, r"cu_seqlens must have shape \(3,\)"),
-    (dict(cu_seqlens=torch.tensor([0, 6, 14], dtype=torch.int32)), ValueError, "prefix sums of h\\*w"),
-    (dict(impl="cuda"), ValueError, "impl must be one of"),
-])
+@pytest.mark.parametrize(
+    "override, exc, match",
+    [
+        (dict(pixel_values=torch.randn(2, 10)), ValueError, "pixel_values must have 3 dimensions"),
+        (dict(pixel_values=torch.randint(0, 3, (2, 10, 12))), TypeError, "pixel_values must have dtype"),
+        (dict(weight=torch.randn(40, 13)), ValueError, r"weight must have shape \(D, 12\)"),
+        (dict(bias=torch.randn(41)), ValueError, r"bias must have shape \(40,\)"),
+        (dict(bias=torch.randn(40, dtype=torch.float16)), TypeError, "bias must have dtype"),
+        (dict(pos_embed=torch.randn(15, 40)), ValueError, "pos_embed must have a perfect-square"),
+        (dict(pos_embed=torch.randn(16, 41)), ValueError, r"pos_embed must have shape \(G\*G, 40\)"),
+        (dict(spatial_shapes=torch.tensor([[2, 3]])), ValueError, r"spatial_shapes must have shape \(2, 2\)"),
+        (dict(spatial_shapes=torch.tensor([[2.0, 3.0], [3.0, 3.0]])), TypeError, "spatial_shapes must have dtype"),
+        (dict(spatial_shapes=torch.tensor([[0, 3], [3, 3]])), ValueError, r"spatial_shapes\[0\] = \(0, 3\)"),
+        (dict(spatial_shapes=torch.tensor([[2, 3], [3, -1]])), ValueError, r"spatial_shapes\[1\] = \(3, -1\)"),
+        (dict(spatial_shapes=torch.tensor([[2, 3], [4, 3]])), ValueError, "more than pixel_values' L = 10"),
+        (dict(cu_seqlens=torch.tensor([0, 6, 15], dtype=torch.int64)), TypeError, "cu_seqlens must have dtype"),
+        (dict(cu_seqlens=torch.tensor([0, 6], dtype=torch.int32)), ValueError, r"cu_seqlens must have shape \(3,\)"),
+        (dict(cu_seqlens=torch.tensor([0, 6, 14], dtype=torch.int32)), ValueError, "prefix sums of h\\*w"),
+        (dict(impl="cuda"), ValueError, "impl must be one of"),
+    ],
+)
 def test_validation(override, exc, match):
     with pytest.raises(exc, match=match):
         _call(_bad(**override))
@@ -331,12 +353,15 @@ def test_api_module_imports_without_triton():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['triton'] = None\n"
-            "import torch; from siglip2.kernels.patch_embed import naflex_patch_embed\n"
-            "x = torch.randn(1, 4, 3); s = torch.tensor([[2, 2]])\n"
-            "print(naflex_patch_embed(x, s, torch.randn(5, 3), torch.randn(5), torch.randn(4, 5)).shape)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "TRITON_INTERPRET": "0"})
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch; from siglip2.kernels.patch_embed import naflex_patch_embed\n"
+        "x = torch.randn(1, 4, 3); s = torch.tensor([[2, 2]])\n"
+        "print(naflex_patch_embed(x, s, torch.randn(5, 3), torch.randn(5), torch.randn(4, 5)).shape)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"}
+    )
     assert r.returncode == 0, r.stderr
     assert "torch.Size([1, 4, 5])" in r.stdout
 
@@ -344,6 +369,7 @@ def test_api_module_imports_without_triton():
 # ----------------------------------------------------------------------------------------------
 # torch.compile through the custom op
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_torch_compile_fullgraph(packed):
@@ -371,6 +397,7 @@ def test_torch_compile_fullgraph(packed):
 # ----------------------------------------------------------------------------------------------
 # GPU tests at real sizes
 # ----------------------------------------------------------------------------------------------
+
 
 def _real_shapes(B, L, G=16):
     g = torch.Generator().manual_seed(B * L)
@@ -415,6 +442,12 @@ def test_gpu_matches_transformers_fp32(shapes):
     spatial_shapes = torch.tensor(shapes, device="cuda")
     with torch.no_grad():
         expect = emb(pixel_values, spatial_shapes)
-        got = naflex_patch_embed(pixel_values, spatial_shapes, emb.patch_embedding.weight, emb.patch_embedding.bias,
-                                 emb.position_embedding.weight, impl="triton")
+        got = naflex_patch_embed(
+            pixel_values,
+            spatial_shapes,
+            emb.patch_embedding.weight,
+            emb.patch_embedding.bias,
+            emb.position_embedding.weight,
+            impl="triton",
+        )
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)

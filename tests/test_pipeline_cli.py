@@ -146,7 +146,16 @@ def test_cli_classify_and_embed(checkpoint, images, tmp_path):
     out = tmp_path / "emb" / "e.safetensors"
     counted = tmp_path / "launches.json"
     r = _cli(
-        "embed", images[0], "a photo of a cat", "dog", "--model", d, "--out", str(out), "--device", "cpu",
+        "embed",
+        images[0],
+        "a photo of a cat",
+        "dog",
+        "--model",
+        d,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
         launches=counted,
     )
     assert r.returncode == 0, r.stderr
@@ -201,10 +210,7 @@ def test_cli_bad_inputs(checkpoint, tmp_path, capsys):
     from siglip2.__main__ import main
 
     d, _ = checkpoint
-    assert (
-        main(["classify", str(tmp_path / "missing.png"), "--labels", "a,b", "--model", d, "--device", "cpu"])
-        == 1
-    )
+    assert main(["classify", str(tmp_path / "missing.png"), "--labels", "a,b", "--model", d, "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.png" in err[0]
     assert main(["classify", str(tmp_path), "--labels", "a,b", "--model", str(tmp_path / "nope")]) == 2
@@ -271,7 +277,16 @@ def test_embed_single_text_and_image_are_not_split(checkpoint, images):
 def test_cli_embed_missing_image_path_is_an_error(checkpoint, tmp_path, capsys):
     from siglip2.__main__ import main
 
-    rc = main(["embed", str(tmp_path / "typo.pngg.png"), "a cat", "--model", checkpoint[0],
-               "--out", str(tmp_path / "e.safetensors")])
+    rc = main(
+        [
+            "embed",
+            str(tmp_path / "typo.pngg.png"),
+            "a cat",
+            "--model",
+            checkpoint[0],
+            "--out",
+            str(tmp_path / "e.safetensors"),
+        ]
+    )
     assert rc == 1 and "looks like an image path" in capsys.readouterr().err
     assert not (tmp_path / "e.safetensors").exists()

@@ -150,9 +150,7 @@ def test_batch_shapes_np_and_paths(tmp_path):
     path = tmp_path / "x.png"
     PIL.Image.fromarray(imgs[2]).save(path)
     _assert_same(Siglip2ImageProcessor()(str(path)), Siglip2ImageProcessor()(imgs[2]))
-    batched = Siglip2ImageProcessor(backend="torch")(
-        torch.from_numpy(np.stack(imgs[:1] * 2)).permute(0, 3, 1, 2)
-    )
+    batched = Siglip2ImageProcessor(backend="torch")(torch.from_numpy(np.stack(imgs[:1] * 2)).permute(0, 3, 1, 2))
     _assert_same(batched, Siglip2ImageProcessor()(imgs[:1] * 2))
 
 
@@ -229,17 +227,12 @@ def test_save_and_load_roundtrip(tmp_path):
         Siglip2ImageProcessor.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "size, resample", [({"height": 224, "width": 224}, 3), ({"height": 48, "width": 80}, 2)]
-)
+@pytest.mark.parametrize("size, resample", [({"height": 224, "width": 224}, 3), ({"height": 48, "width": 80}, 2)])
 def test_fixres_matches_transformers(tmp_path, size, resample):
     from transformers import SiglipImageProcessorPil
 
     rng = np.random.default_rng(6)
-    imgs = [
-        PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        for h, w in [(300, 200), (20, 90)]
-    ]
+    imgs = [PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(300, 200), (20, 90)]]
     imgs.append(imgs[0].convert("L"))
     ref = SiglipImageProcessorPil(size=size, resample=resample, image_mean=[0.5] * 3, image_std=[0.5] * 3)(
         imgs, return_tensors="pt"

@@ -3,6 +3,7 @@
 The shape, token and padding numbers are recomputed here from the processor's own `spatial_shapes`; the drift is
 recomputed from the vision tower's pooled embeddings. Runs in-process (no subprocess, ~20 s on 2 CPU cores).
 """
+
 import json
 import os
 import sys
@@ -15,10 +16,25 @@ import torch
 
 from siglip2.__main__ import main
 
-BUDGET_KEYS = {"max_num_patches", "images", "tokens_mean", "tokens_p50", "tokens_p95", "tokens_min", "tokens_max",
-               "padding_fraction_padded", "padding_fraction_packed", "upsampled_fraction", "aspect_error_mean",
-               "aspect_error_p95", "spatial_shapes_hist", "flops_per_image_packed", "flops_per_image_padded",
-               "timing", "warnings"}
+BUDGET_KEYS = {
+    "max_num_patches",
+    "images",
+    "tokens_mean",
+    "tokens_p50",
+    "tokens_p95",
+    "tokens_min",
+    "tokens_max",
+    "padding_fraction_padded",
+    "padding_fraction_packed",
+    "upsampled_fraction",
+    "aspect_error_mean",
+    "aspect_error_p95",
+    "spatial_shapes_hist",
+    "flops_per_image_packed",
+    "flops_per_image_padded",
+    "timing",
+    "warnings",
+}
 TIMING_KEYS = {"images_per_s", "tokens_per_s", "ms_per_batch", "peak_mem_mb", "batch_size", "batch_tokens", "impl"}
 
 
@@ -29,8 +45,9 @@ def image_dir(tmp_path_factory):
     (d / "sub").mkdir()
     rng = np.random.default_rng(0)
     for i, (h, w) in enumerate([(480, 640), (100, 120), (300, 1000), (20, 20)]):
-        PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / ("sub" if i % 2 else ".")
-                                                                                   / f"im{i}.png")
+        PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            d / ("sub" if i % 2 else ".") / f"im{i}.png"
+        )
     img = PIL.Image.fromarray(rng.integers(0, 256, (90, 200, 3), dtype=np.uint8))
     exif = img.getexif()
     exif[0x0112] = 6
@@ -56,14 +73,39 @@ def test_profile_files_synthetic_tiny_config(image_dir, tmp_path, capsys):
     from siglip2.profile_stats import collect_paths, synthetic_sizes
 
     out_json, plots = tmp_path / "p.json", tmp_path / "plots"
-    rc = _run([str(image_dir), "--synthetic", "32", "--max-num-patches", "256,64", "--config", "tiny",
-               "--batch-size", "3", "--repeats", "1", "--json", str(out_json), "--plots", str(plots)])
+    rc = _run(
+        [
+            str(image_dir),
+            "--synthetic",
+            "32",
+            "--max-num-patches",
+            "256,64",
+            "--config",
+            "tiny",
+            "--batch-size",
+            "3",
+            "--repeats",
+            "1",
+            "--json",
+            str(out_json),
+            "--plots",
+            str(plots),
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "## shapes and padding" in stdout and "recommendation:" in stdout
     r = json.loads(out_json.read_text())
-    assert {"schema_version", "environment", "model", "inputs", "settings", "budgets", "warnings",
-            "recommendation"} <= set(r)
+    assert {
+        "schema_version",
+        "environment",
+        "model",
+        "inputs",
+        "settings",
+        "budgets",
+        "warnings",
+        "recommendation",
+    } <= set(r)
     assert {"device", "torch", "python", "date", "transformers", "siglip2", "dtype"} <= set(r["environment"])
     assert r["inputs"]["files"] == 5 and r["inputs"]["synthetic"] == 32 and r["inputs"]["images"] == 37
     assert [e["max_num_patches"] for e in r["budgets"]] == [64, 256]
@@ -120,21 +162,40 @@ def test_profile_plots_without_matplotlib(monkeypatch, capsys, tmp_path):
 def test_profile_without_transformers_times_our_modes_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)
     out = tmp_path / "t.json"
-    assert _run(["--synthetic", "6", "--config", "tiny", "--max-num-patches", "64", "--timing", "--repeats", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        _run(
+            [
+                "--synthetic",
+                "6",
+                "--config",
+                "tiny",
+                "--max-num-patches",
+                "64",
+                "--timing",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert set(r["budgets"][0]["timing"]) == {"padded", "packed"}
     assert "padded-sdpa not timed: transformers not installed" in r["settings"]["timing_note"]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--max-num-patches", "64,abc"], "--max-num-patches"),
-    (["--max-num-patches", "0,64"], "--max-num-patches"),
-    (["--config", "huge"], "--config"),
-    (["/no/such/image.png"], "no such file"),
-    (["--synthetic", "0"], "no images"),
-    (["--batch-size", "0"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--max-num-patches", "64,abc"], "--max-num-patches"),
+        (["--max-num-patches", "0,64"], "--max-num-patches"),
+        (["--config", "huge"], "--config"),
+        (["/no/such/image.png"], "no such file"),
+        (["--synthetic", "0"], "no images"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
 def test_profile_bad_arguments_one_line(argv, needle, capsys):
     rc = _run(["--no-timing", "--synthetic", "2", *argv])  # a later --synthetic overrides the first
     err = capsys.readouterr().err.strip()
@@ -173,8 +234,20 @@ def test_profile_model_drift(tiny_checkpoint, image_dir, tmp_path):
     from siglip2.reference import Siglip2VisionModel
 
     out = tmp_path / "m.json"
-    rc = _run([str(image_dir), "--model", str(tiny_checkpoint), "--max-num-patches", "16,36,64", "--no-timing",
-               "--json", str(out), "--plots", str(tmp_path / "plots")])
+    rc = _run(
+        [
+            str(image_dir),
+            "--model",
+            str(tiny_checkpoint),
+            "--max-num-patches",
+            "16,36,64",
+            "--no-timing",
+            "--json",
+            str(out),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert rc == 0
     r = json.loads(out.read_text())
     by_m = {e["max_num_patches"]: e for e in r["budgets"]}
@@ -254,8 +327,11 @@ def test_bench_plots_from_a_results_file(tmp_path):
         results = json.load(f)
     paths = plots.write_bench_plots(results, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == [
-        "attention_tflops_vs_seqlen.png", "loss_ms_vs_n.png", "model_images_per_s_vs_patches.png",
-        "patch_embed_gbps_vs_batch.png"]
+        "attention_tflops_vs_seqlen.png",
+        "loss_ms_vs_n.png",
+        "model_images_per_s_vs_patches.png",
+        "patch_embed_gbps_vs_batch.png",
+    ]
     for p in paths:
         with PIL.Image.open(p) as im:
             assert im.size[0] > 100
@@ -265,8 +341,25 @@ def test_bench_plots_from_a_results_file(tmp_path):
 def test_profile_on_cuda(tmp_path):
     """On CUDA: every execution mode is timed with do_bench, peak memory is reported, the packed path runs Triton."""
     out = tmp_path / "g.json"
-    assert _run(["--synthetic", "64", "--config", "tiny", "--max-num-patches", "256,1024", "--device", "cuda",
-                 "--batch-size", "16", "--json", str(out)]) == 0
+    assert (
+        _run(
+            [
+                "--synthetic",
+                "64",
+                "--config",
+                "tiny",
+                "--max-num-patches",
+                "256,1024",
+                "--device",
+                "cuda",
+                "--batch-size",
+                "16",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     for e in r["budgets"]:
         t = e["timing"]

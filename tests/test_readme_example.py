@@ -1,5 +1,6 @@
 """The README's quick example runs as written (on a tiny local checkpoint with 4-pixel patches instead of the hub
 id, on CPU), runs the Triton kernels (through the interpreter), and ranks the labels as the reference model does."""
+
 import torch
 from launches import count_triton_launches
 from PIL import Image
@@ -18,8 +19,13 @@ def test_readme_quick_example(checkpoint, tmp_path):  # noqa: F811
     model = Siglip2Model.from_pretrained(ckpt, dtype=torch.float32, device="cpu")
     processor = Siglip2Processor.from_pretrained(ckpt)
     # patch_size=4: the tiny checkpoint's patch (the processor's default, 16, is the released checkpoints')
-    inputs = processor(images=[Image.open(tmp_path / "cat.jpg")], text=["a photo of a cat", "a photo of a dog"],
-                       max_num_patches=16, patch_size=4, return_tensors="pt").to("cpu")
+    inputs = processor(
+        images=[Image.open(tmp_path / "cat.jpg")],
+        text=["a photo of a cat", "a photo of a dog"],
+        max_num_patches=16,
+        patch_size=4,
+        return_tensors="pt",
+    ).to("cpu")
     with count_triton_launches() as launches:
         out = model(**inputs)
     assert_fast_path_ran(launches)
@@ -34,8 +40,9 @@ def test_readme_quick_example(checkpoint, tmp_path):  # noqa: F811
 
     reference = Reference.from_pretrained(ckpt, dtype=torch.float32, device="cpu")
     prompts = [DEFAULT_TEMPLATE.format(label) for label in ("cat", "dog")]
-    check = processor(images=[Image.open(tmp_path / "cat.jpg")], text=prompts, max_num_patches=16, patch_size=4,
-                      return_tensors="pt")
+    check = processor(
+        images=[Image.open(tmp_path / "cat.jpg")], text=prompts, max_num_patches=16, patch_size=4, return_tensors="pt"
+    )
     with torch.no_grad():
         scores = torch.sigmoid(reference(**check).logits_per_image)[0]
     want = ["cat", "dog"] if scores[0] >= scores[1] else ["dog", "cat"]

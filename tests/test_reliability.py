@@ -7,6 +7,7 @@ fails, as on a full disk, and the save's own cleanup runs) and "crash" (that ope
 when the process dies). After each, from_pretrained must load the old or the new weights bit-exact, and a later
 save must leave a clean directory. Runtime: about 15-25 s on 2 busy cores.
 """
+
 import builtins
 import contextlib
 import errno
@@ -35,6 +36,7 @@ ATOL = 1e-5  # fp32 parity with transformers, as tests/test_modeling.py
 # ----------------------------------------------------------------------------------------------
 # 1. Crash-safe save_pretrained
 # ----------------------------------------------------------------------------------------------
+
 
 class _Crash(BaseException):
     """The process dies: not an Exception, so no `except Exception` in the save can swallow it."""
@@ -82,6 +84,7 @@ class _Injector:
             def f(*a, **k):
                 hit(f"{name}({', '.join(os.path.basename(str(x)) for x in a)})")
                 return real(*a, **k)
+
             return f
 
         real_save = safetensors.torch.save_file
@@ -111,8 +114,12 @@ def _same(state_a, state_b):
 
 # old -> new: single file (None) or shards of at most 40 KB (3-4 shards); the new model also has another depth
 # (other keys, another config), so a mixture of old and new files would not load
-TRANSITIONS = {"single->single": (None, None), "single->sharded": (None, "40KB"),
-               "sharded->single": ("40KB", None), "sharded->sharded": ("40KB", "40KB")}
+TRANSITIONS = {
+    "single->single": (None, None),
+    "single->sharded": (None, "40KB"),
+    "sharded->single": ("40KB", None),
+    "sharded->sharded": ("40KB", "40KB"),
+}
 
 
 @pytest.mark.parametrize("mode", ["error", "crash"])
@@ -120,8 +127,10 @@ TRANSITIONS = {"single->single": (None, None), "single->sharded": (None, "40KB")
 def test_save_interrupted_at_every_file_operation_loads_old_or_new(tmp_path, monkeypatch, transition, mode):
     old_size, new_size = TRANSITIONS[transition]
     old, new = _model(1, 0), _model(2, 1)
+
     def kw(size):
         return {} if size is None else {"max_shard_size": size}
+
     template = tmp_path / "template"
     old.save_pretrained(template, **kw(old_size))
     old_state, new_state = old.state_dict(), new.state_dict()
@@ -189,13 +198,16 @@ def test_torch_dtype_in_config_and_saved_dtype_recorded(tmp_path):
         ref.Siglip2VisionModel.from_pretrained(tmp_path, dtype=torch.int64)
 
 
-@pytest.mark.parametrize("index, match", [
-    ({"weight_map": {"embeddings.patch_embedding.weight": "../outside.safetensors"}}, "points outside"),
-    ({"weight_map": {"embeddings.patch_embedding.weight": "/etc/passwd"}}, "points outside"),
-    ([{"weight_map": {}}], r"model.safetensors.index.json: not a valid safetensors index.*got list"),
-    ({"metadata": {}}, "not a valid safetensors index"),
-    ({"weight_map": {"embeddings.patch_embedding.weight": 3}}, "points outside"),
-])
+@pytest.mark.parametrize(
+    "index, match",
+    [
+        ({"weight_map": {"embeddings.patch_embedding.weight": "../outside.safetensors"}}, "points outside"),
+        ({"weight_map": {"embeddings.patch_embedding.weight": "/etc/passwd"}}, "points outside"),
+        ([{"weight_map": {}}], r"model.safetensors.index.json: not a valid safetensors index.*got list"),
+        ({"metadata": {}}, "not a valid safetensors index"),
+        ({"weight_map": {"embeddings.patch_embedding.weight": 3}}, "points outside"),
+    ],
+)
 def test_bad_shard_index_is_refused(tmp_path, index, match):
     _model(1, 0).save_pretrained(tmp_path / "ck", max_shard_size="6KB")
     (tmp_path / "outside.safetensors").write_bytes(b"")
@@ -223,6 +235,7 @@ def test_shards_come_from_huggingface_hub_split(tmp_path):
 # 2. No stale validation caches
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("impl", ["reference", "triton"])
 def test_cu_seqlens_changed_outside_torch_is_rechecked(impl):
     from siglip2.kernels import varlen_attention
@@ -245,19 +258,23 @@ def test_cu_seqlens_changed_outside_torch_is_rechecked(impl):
 # 3. Sizes: zero, negative, fractional, overflowing, wrong type -> a named error
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls, field, value, exc", [
-    (Siglip2VisionConfig, "num_patches", 0, ValueError),
-    (Siglip2VisionConfig, "patch_size", 0, ValueError),
-    (Siglip2VisionConfig, "patch_size", 2.5, TypeError),
-    (Siglip2VisionConfig, "hidden_size", 0, ValueError),
-    (Siglip2VisionConfig, "num_attention_heads", 0, ValueError),
-    (Siglip2VisionConfig, "hidden_size", "32", TypeError),
-    (Siglip2VisionConfig, "num_channels", True, TypeError),
-    (Siglip2VisionConfig, "layer_norm_eps", 0.0, ValueError),
-    (Siglip2TextConfig, "vocab_size", -1, ValueError),
-    (Siglip2TextConfig, "max_position_embeddings", 0, ValueError),
-    (Siglip2TextConfig, "num_attention_heads", "12", TypeError),
-])
+
+@pytest.mark.parametrize(
+    "cls, field, value, exc",
+    [
+        (Siglip2VisionConfig, "num_patches", 0, ValueError),
+        (Siglip2VisionConfig, "patch_size", 0, ValueError),
+        (Siglip2VisionConfig, "patch_size", 2.5, TypeError),
+        (Siglip2VisionConfig, "hidden_size", 0, ValueError),
+        (Siglip2VisionConfig, "num_attention_heads", 0, ValueError),
+        (Siglip2VisionConfig, "hidden_size", "32", TypeError),
+        (Siglip2VisionConfig, "num_channels", True, TypeError),
+        (Siglip2VisionConfig, "layer_norm_eps", 0.0, ValueError),
+        (Siglip2TextConfig, "vocab_size", -1, ValueError),
+        (Siglip2TextConfig, "max_position_embeddings", 0, ValueError),
+        (Siglip2TextConfig, "num_attention_heads", "12", TypeError),
+    ],
+)
 def test_bad_config_fields_named(cls, field, value, exc):
     with pytest.raises(exc, match=rf"{cls.__name__}\.{field} must"):
         cls.from_dict({field: value})
@@ -275,13 +292,16 @@ def test_bad_config_json_names_file_and_field(tmp_path):
         ref.Siglip2VisionModel.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    ({"max_num_patches": 0}, ValueError, "max_num_patches must be an int >= 1, got 0"),
-    ({"patch_size": 0}, ValueError, "patch_size must be an int >= 1, got 0"),
-    ({"max_num_patches": 2.5}, TypeError, "max_num_patches must be a positive int, got float 2.5"),
-    ({"patch_size": -4}, ValueError, "patch_size"),
-    ({"max_num_patches": True}, TypeError, "max_num_patches"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"max_num_patches": 0}, ValueError, "max_num_patches must be an int >= 1, got 0"),
+        ({"patch_size": 0}, ValueError, "patch_size must be an int >= 1, got 0"),
+        ({"max_num_patches": 2.5}, TypeError, "max_num_patches must be a positive int, got float 2.5"),
+        ({"patch_size": -4}, ValueError, "patch_size"),
+        ({"max_num_patches": True}, TypeError, "max_num_patches"),
+    ],
+)
 def test_processor_sizes(kw, exc, match):
     from siglip2.processing import Siglip2ImageProcessor
 
@@ -299,19 +319,22 @@ def test_fixres_processor_size():
         SiglipImageProcessor(size={"height": 0, "width": 4})
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    ({"max_num_patches": 0}, ValueError, "max_num_patches must be an int in \\[1, 4096\\]"),
-    ({"max_num_patches": 100_000}, ValueError, "max_num_patches must be an int in \\[1, 4096\\].*got 100000"),
-    ({"max_num_patches": 2.5}, TypeError, "max_num_patches"),
-    ({"batch_size": 0}, ValueError, "batch_size"),
-    ({"batch_size": 2.5}, TypeError, "batch_size"),
-    ({"template": "{} and {}"}, ValueError, "template: must contain exactly one"),
-    ({"template": "a {name}"}, ValueError, r"template: must contain exactly one.*\{name\}"),
-    ({"template": "a {0} {1}"}, ValueError, "template"),
-    ({"template": "a { photo"}, ValueError, "template: not a valid format string"),
-    ({"template": "no field"}, ValueError, "template: must contain exactly one"),
-    ({"template": "{:d}"}, ValueError, "template: .* cannot be filled with a label"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"max_num_patches": 0}, ValueError, "max_num_patches must be an int in \\[1, 4096\\]"),
+        ({"max_num_patches": 100_000}, ValueError, "max_num_patches must be an int in \\[1, 4096\\].*got 100000"),
+        ({"max_num_patches": 2.5}, TypeError, "max_num_patches"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": 2.5}, TypeError, "batch_size"),
+        ({"template": "{} and {}"}, ValueError, "template: must contain exactly one"),
+        ({"template": "a {name}"}, ValueError, r"template: must contain exactly one.*\{name\}"),
+        ({"template": "a {0} {1}"}, ValueError, "template"),
+        ({"template": "a { photo"}, ValueError, "template: not a valid format string"),
+        ({"template": "no field"}, ValueError, "template: must contain exactly one"),
+        ({"template": "{:d}"}, ValueError, "template: .* cannot be filled with a label"),
+    ],
+)
 def test_zero_shot_classify_arguments(kw, exc, match):
     from siglip2.pipeline import zero_shot_classify
 
@@ -333,6 +356,7 @@ def test_int32_spatial_shapes_overflow():
 # ----------------------------------------------------------------------------------------------
 # 4. Empty and degenerate inputs
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mod", [ref, fast])
 def test_empty_batches_named(mod):
@@ -360,8 +384,15 @@ def test_kernels_on_degenerate_inputs(impl):
     b, pos = torch.randn(8), torch.randn(16, 8)
     no_images = torch.zeros(0, 5, 12)
     assert naflex_patch_embed(no_images, torch.zeros(0, 2, dtype=torch.long), w, b, pos, impl=impl).shape == (0, 5, 8)
-    packed = naflex_patch_embed(no_images, torch.zeros(0, 2, dtype=torch.int32), w, b, pos,
-                                cu_seqlens=torch.zeros(1, dtype=torch.int32), impl=impl)
+    packed = naflex_patch_embed(
+        no_images,
+        torch.zeros(0, 2, dtype=torch.int32),
+        w,
+        b,
+        pos,
+        cu_seqlens=torch.zeros(1, dtype=torch.int32),
+        impl=impl,
+    )
     assert packed.shape == (0, 8)
     packed.sum().backward()
     assert w.grad is not None and not w.grad.any()
@@ -388,13 +419,18 @@ def test_tokenizer_empty_list_and_bad_max_length(tok_dir):
             tok(["a cat"], padding="max_length", max_length=bad)
 
 
-@pytest.mark.parametrize("content, match", [
-    ("[1, 2]", "tokenizer.json: expected a JSON object, got a list"),
-    (json.dumps({"model": {"type": "BPE", "merges": []}}), "tokenizer.json: the BPE model has no vocab"),
-    (json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": 5}}), "tokenizer.json.*malformed"),
-    (json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}, "added_tokens": [{"id": 1}]}),
-     "tokenizer.json.*malformed"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("[1, 2]", "tokenizer.json: expected a JSON object, got a list"),
+        (json.dumps({"model": {"type": "BPE", "merges": []}}), "tokenizer.json: the BPE model has no vocab"),
+        (json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": 5}}), "tokenizer.json.*malformed"),
+        (
+            json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}, "added_tokens": [{"id": 1}]}),
+            "tokenizer.json.*malformed",
+        ),
+    ],
+)
 def test_malformed_tokenizer_json_names_the_file(tmp_path, tok_dir, content, match):
     from siglip2.tokenization import Siglip2Tokenizer
 
@@ -408,6 +444,7 @@ def test_malformed_tokenizer_json_names_the_file(tmp_path, tok_dir, content, mat
 # 5. CLI: one-line errors
 # ----------------------------------------------------------------------------------------------
 
+
 def _cli_error(capsys, *argv):
     from siglip2.__main__ import main
 
@@ -417,14 +454,17 @@ def _cli_error(capsys, *argv):
     return err
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--device", "tpu9"], "--device: unknown device 'tpu9'"),
-    (["--device", "cuda"], "--device cuda: "),
-    (["--template", "{} and {}"], "--template: must contain exactly one"),
-    (["--template", "a {label}"], "--template: must contain exactly one"),
-    (["--max-num-patches", "100000"], r"--max-num-patches must be an int in \[1, 4096\]"),
-    (["--max-num-patches", "0"], r"--max-num-patches must be an int in \[1, 4096\]"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--device", "tpu9"], "--device: unknown device 'tpu9'"),
+        (["--device", "cuda"], "--device cuda: "),
+        (["--template", "{} and {}"], "--template: must contain exactly one"),
+        (["--template", "a {label}"], "--template: must contain exactly one"),
+        (["--max-num-patches", "100000"], r"--max-num-patches must be an int in \[1, 4096\]"),
+        (["--max-num-patches", "0"], r"--max-num-patches must be an int in \[1, 4096\]"),
+    ],
+)
 def test_cli_bad_arguments_one_line(capsys, tmp_path, argv, match):
     import re
 
@@ -442,8 +482,9 @@ def test_cli_embed_directory(capsys, tmp_path):
     empty = tmp_path / "adir"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")
-    err = _cli_error(capsys, "embed", str(empty), "--out", str(tmp_path / "o.safetensors"),
-                     "--model", str(tmp_path / "none"))
+    err = _cli_error(
+        capsys, "embed", str(empty), "--out", str(tmp_path / "o.safetensors"), "--model", str(tmp_path / "none")
+    )
     assert "is a directory with no image files" in err
 
 
@@ -461,8 +502,26 @@ def test_cli_embed_directory_of_images(tmp_path):
         PIL.Image.new("RGB", (12, 20), color).save(imgs / name)
     (imgs / "readme.txt").write_text("not an image")
     out = tmp_path / "e.safetensors"
-    r = subprocess.run([sys.executable, "-m", "siglip2", "embed", str(imgs), "a cat", "--out", str(out), "--model",
-                        str(ck), "--device", "cpu"], capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "siglip2",
+            "embed",
+            str(imgs),
+            "a cat",
+            "--out",
+            str(out),
+            "--model",
+            str(ck),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
@@ -480,11 +539,20 @@ from hypothesis import strategies as st
 
 # defect -> the argument its error must name (None: a valid input, compared with transformers)
 DEFECTS = {
-    "h_zero": "spatial_shapes", "w_negative": "spatial_shapes", "too_many_patches": "spatial_shapes",
-    "int32_overflow": "spatial_shapes", "spatial_float": "spatial_shapes", "spatial_rows": "spatial_shapes",
-    "spatial_missing": "spatial_shapes", "mask_disagrees": "pixel_attention_mask",
-    "mask_not_binary": "pixel_attention_mask", "mask_shape": "pixel_attention_mask", "pixels_int": "pixel_values",
-    "pixels_features": "pixel_values", "pixels_ndim": "pixel_values", "no_images": "pixel_values",
+    "h_zero": "spatial_shapes",
+    "w_negative": "spatial_shapes",
+    "too_many_patches": "spatial_shapes",
+    "int32_overflow": "spatial_shapes",
+    "spatial_float": "spatial_shapes",
+    "spatial_rows": "spatial_shapes",
+    "spatial_missing": "spatial_shapes",
+    "mask_disagrees": "pixel_attention_mask",
+    "mask_not_binary": "pixel_attention_mask",
+    "mask_shape": "pixel_attention_mask",
+    "pixels_int": "pixel_values",
+    "pixels_features": "pixel_values",
+    "pixels_ndim": "pixel_values",
+    "no_images": "pixel_values",
     "pixels_list": "pixel_values",
 }
 
@@ -496,10 +564,15 @@ def vision_inputs(draw, defect):
     for _ in range(B):
         h = draw(st.integers(1, L))
         shapes.append((h, draw(st.integers(1, L // h))))
-    return dict(shapes=shapes, L=L, defect=defect, seed=draw(st.integers(0, 2**16)),
-                pixel_dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
-                shape_dtype=draw(st.sampled_from([torch.int32, torch.int64])),
-                mask_dtype=draw(st.sampled_from([None, torch.int32, torch.int64, torch.bool, torch.float32])))
+    return dict(
+        shapes=shapes,
+        L=L,
+        defect=defect,
+        seed=draw(st.integers(0, 2**16)),
+        pixel_dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
+        shape_dtype=draw(st.sampled_from([torch.int32, torch.int64])),
+        mask_dtype=draw(st.sampled_from([None, torch.int32, torch.int64, torch.bool, torch.float32])),
+    )
 
 
 def _build(case):
@@ -564,8 +637,12 @@ def vision_models():
     return hf, padded, packed
 
 
-_SETTINGS = dict(deadline=None, derandomize=True, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.mark.parametrize("defect", [None, *DEFECTS])

@@ -5,6 +5,7 @@ embeddings of every rank are gathered, the materialized loss of the concatenated
 rank keeps the gradient rows of its own pairs (and the full logit_scale / logit_bias gradients, which the ring
 splits into per-rank shares that sum to them). Also: DistributedSigmoidLoss without a process group raises.
 """
+
 import os
 import socket
 import time
@@ -27,8 +28,9 @@ def _free_port():
 def _local_inputs(rank, sizes, d, dtype):
     g = torch.Generator().manual_seed(100 + rank)
     img = F.normalize(torch.randn(sizes[rank], d, generator=g, dtype=torch.float64), dim=-1)
-    txt = F.normalize(F.normalize(torch.randn(sizes[rank], d, generator=g, dtype=torch.float64), dim=-1) + 2 * img,
-                      dim=-1)
+    txt = F.normalize(
+        F.normalize(torch.randn(sizes[rank], d, generator=g, dtype=torch.float64), dim=-1) + 2 * img, dim=-1
+    )
     return img.to(dtype), txt.to(dtype)
 
 
@@ -87,7 +89,9 @@ def _worker(rank, world, port, impl, sizes, d, results):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("impl,sizes", [("reference", [1, 4, 2]), ("triton", [5, 2])], ids=["ref-3ranks", "triton-2ranks"])
+@pytest.mark.parametrize(
+    "impl,sizes", [("reference", [1, 4, 2]), ("triton", [5, 2])], ids=["ref-3ranks", "triton-2ranks"]
+)
 def test_ring_unequal_local_batches_match_all_gather(impl, sizes):
     import torch.multiprocessing as mp
 

@@ -6,6 +6,7 @@ bench/sass_reference.py with the same tile config through the AOT harness, disas
 instructions (1.01x when this test was written; 1.39x before the full-block / boundary-block split).
 A proxy for speed, not a timing: docs/benchmarks.md. Two compiles, ~20 s on 2 cores.
 """
+
 import os
 import sys
 
@@ -31,25 +32,28 @@ def test_forward_loop_within_ratio_of_minimal_kernel():
     assert row["opcodes"].get("MUFU", 0) == row["reference_opcodes"].get("MUFU", 0), "exp2 count differs"
     assert ratio <= MAX_RATIO, (
         f"forward key loop on sm_90 at D=64: {row['loop_instructions']} instructions vs the minimal kernel's "
-        f"{row['reference_loop_instructions']} ({ratio:.2f}x > {MAX_RATIO}x): {sass_report.diff(row)}")
+        f"{row['reference_loop_instructions']} ({ratio:.2f}x > {MAX_RATIO}x): {sass_report.diff(row)}"
+    )
 
 
 def test_main_loop_finder():
     """The loop finder takes the largest backward-branch span and skips returns from out-of-line blocks."""
     import sass_report
 
-    sass = "\n".join([
-        "        /*0000*/                   MOV R1, R2 ;",
-        "        /*0010*/              @!P0 BRA 0x70 ;",         # to a cold block
-        "        /*0020*/                   FFMA R1, R2, R3, R4 ;",  # loop head (target of the back edge)
-        "        /*0030*/                   MUFU.EX2 R5, R1 ;",
-        "        /*0040*/                   HMMA.16816.F32.BF16 R8, R4, R6, R8 ;",
-        "        /*0050*/               @P1 BRA 0x20 ;",          # the loop's back edge: 4 instructions
-        "        /*0060*/                   EXIT ;",
-        "        /*0070*/                   NOP ;",
-        "        /*0080*/                   NOP ;",
-        "        /*0090*/                   BRA 0x20 ;",           # return from the cold block: not a loop
-    ])
+    sass = "\n".join(
+        [
+            "        /*0000*/                   MOV R1, R2 ;",
+            "        /*0010*/              @!P0 BRA 0x70 ;",  # to a cold block
+            "        /*0020*/                   FFMA R1, R2, R3, R4 ;",  # loop head (target of the back edge)
+            "        /*0030*/                   MUFU.EX2 R5, R1 ;",
+            "        /*0040*/                   HMMA.16816.F32.BF16 R8, R4, R6, R8 ;",
+            "        /*0050*/               @P1 BRA 0x20 ;",  # the loop's back edge: 4 instructions
+            "        /*0060*/                   EXIT ;",
+            "        /*0070*/                   NOP ;",
+            "        /*0080*/                   NOP ;",
+            "        /*0090*/                   BRA 0x20 ;",  # return from the cold block: not a loop
+        ]
+    )
     instrs = sass_report.parse_sass(sass)
     a, b = sass_report.main_loop(instrs)
     assert (instrs[a][0], instrs[b][0]) == (0x20, 0x50)

@@ -6,6 +6,7 @@ Also: finiteness at extreme scale/bias, validation errors, torch.compile(fullgra
 launcher config is in tests/test_aot.py), transformers parity, and the gloo ring: 2 and 4 processes with the
 reference blocks, 2 with the Triton blocks (tests/test_ring_unequal.py adds unequal local batches).
 """
+
 import os
 import socket
 
@@ -52,8 +53,11 @@ def _eager_baselines(lo, orders=3):
     exp(scale) = e^10 the eager d_image error varies 7x between orders, so one order is too noisy a yardstick."""
     runs = []
     for k in range(orders):
-        perm = torch.arange(lo[0].shape[1]) if k == 0 else torch.randperm(lo[0].shape[1],
-                                                                             generator=torch.Generator().manual_seed(k))
+        perm = (
+            torch.arange(lo[0].shape[1])
+            if k == 0
+            else torch.randperm(lo[0].shape[1], generator=torch.Generator().manual_seed(k))
+        )
         inv = torch.argsort(perm).to(lo[0].device)
         perm = perm.to(lo[0].device)
         loss, (gi, gt, gs, gb) = _loss_and_grads(reference.sigmoid_loss, [lo[0][:, perm], lo[1][:, perm], *lo[2:]])
@@ -69,8 +73,9 @@ def _check(impl, n, d, scale, bias, dtype, **kw):
     assert out.shape == () and out.dtype == runs[0][0].dtype
     # per output, the baseline is the eager order with the largest error against the oracle
     worst = [max((r[j] for r in runs), key=lambda b: max_err(b, o)) for j, o in enumerate([oracle, *g_oracle])]
-    for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
-                             [out, *g_out], [oracle, *g_oracle], worst):
+    for name, a, o, b in zip(
+        ("loss", "d_image", "d_text", "d_scale", "d_bias"), [out, *g_out], [oracle, *g_oracle], worst
+    ):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         # floor: 2 ulps of the result's magnitude (the eager result can be luckily within half an ulp)
         floor = 2e-6 if dtype == torch.float32 else 1e-4
@@ -93,7 +98,7 @@ def test_fake_strides_match_real(nan_fill):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     n, d = 8, 16
-    args = (torch.randn(d, n).t(), torch.randn(d, n).t(), torch.tensor(1.), torch.tensor([-1.]), True, float(n), True)
+    args = (torch.randn(d, n).t(), torch.randn(d, n).t(), torch.tensor(1.0), torch.tensor([-1.0]), True, float(n), True)
     op = torch.ops.siglip2.sigmoid_loss_block.default
     real = op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -105,8 +110,12 @@ def test_fake_strides_match_real(nan_fill):
 # bf16 runs on the CPU too: the interpreter upcasts the tl.dot operands (DOT_FP32); same 2x-of-eager rule. It
 # skips n 1000 at d 768 (two interpreter minutes; n 1000 at d 64 covers the many-tile case).
 _DTYPES = [(torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")]
-_CASES = [(n, d, dt, f"n{n}-d{d}-{name}") for dt, name in _DTYPES for n, d in SHAPES
-          if not (dt == torch.bfloat16 and (n, d) == (1000, 768))]
+_CASES = [
+    (n, d, dt, f"n{n}-d{d}-{name}")
+    for dt, name in _DTYPES
+    for n, d in SHAPES
+    if not (dt == torch.bfloat16 and (n, d) == (1000, 768))
+]
 
 
 @pytest.mark.parametrize("n,d,dtype", [c[:3] for c in _CASES], ids=[c[3] for c in _CASES])
@@ -162,22 +171,26 @@ def test_no_grad_path_skips_gradients(nan_fill):
 # Validation
 # ----------------------------------------------------------------------------------------------
 
+
 def _ok():
     return _make(5, 8, 1.0, 0.0, torch.float32, device="cpu")[1]
 
 
-@pytest.mark.parametrize("case,exc,match", [
-    ("img_1d", ValueError, "image_embeds must have 2 dimensions"),
-    ("txt_rows", ValueError, "same \\(n, d\\) shape"),
-    ("txt_dtype", TypeError, "text_embeds must have dtype"),
-    ("int_dtype", TypeError, "image_embeds must have dtype"),
-    ("scale_shape", ValueError, "logit_scale must be a scalar"),
-    ("bias_2d", ValueError, "logit_bias must be a scalar"),
-    ("scale_device", ValueError, "logit_scale must be on cpu"),
-    ("not_tensor", TypeError, "logit_bias must be a torch.Tensor"),
-    ("empty", ValueError, "non-empty"),
-    ("impl", ValueError, "impl must be one of"),
-])
+@pytest.mark.parametrize(
+    "case,exc,match",
+    [
+        ("img_1d", ValueError, "image_embeds must have 2 dimensions"),
+        ("txt_rows", ValueError, "same \\(n, d\\) shape"),
+        ("txt_dtype", TypeError, "text_embeds must have dtype"),
+        ("int_dtype", TypeError, "image_embeds must have dtype"),
+        ("scale_shape", ValueError, "logit_scale must be a scalar"),
+        ("bias_2d", ValueError, "logit_bias must be a scalar"),
+        ("scale_device", ValueError, "logit_scale must be on cpu"),
+        ("not_tensor", TypeError, "logit_bias must be a torch.Tensor"),
+        ("empty", ValueError, "non-empty"),
+        ("impl", ValueError, "impl must be one of"),
+    ],
+)
 def test_validation(case, exc, match):
     img, txt, s, b = _ok()
     kw = {}
@@ -216,10 +229,12 @@ def test_api_module_imports_without_triton():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['triton'] = None\n"
-            "import siglip2.kernels.loss as m, torch\n"
-            "x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)\n"
-            "print(float(m.sigmoid_loss(x, x, torch.zeros(()), torch.zeros(()))))")
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import siglip2.kernels.loss as m, torch\n"
+        "x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)\n"
+        "print(float(m.sigmoid_loss(x, x, torch.zeros(()), torch.zeros(()))))"
+    )
     env = dict(os.environ, TRITON_INTERPRET="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
@@ -228,6 +243,7 @@ def test_api_module_imports_without_triton():
 # ----------------------------------------------------------------------------------------------
 # torch.compile, transformers parity
 # ----------------------------------------------------------------------------------------------
+
 
 def test_torch_compile_fullgraph(nan_fill):
     # The Triton path is the siglip2::sigmoid_loss_block custom op, opaque to dynamo, so the interpreter
@@ -247,10 +263,22 @@ def test_torch_compile_fullgraph(nan_fill):
 def test_transformers_parity():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Siglip2Config(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                           num_patches=16, patch_size=2),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_patches=16,
+            patch_size=2,
+        ),
     )
     model = transformers.Siglip2Model(cfg).eval()
     with torch.no_grad():
@@ -275,6 +303,7 @@ def test_transformers_parity():
 # torch.distributed ring (gloo, CPU)
 # ----------------------------------------------------------------------------------------------
 
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -289,7 +318,7 @@ def _dist_worker(rank, world, port, impl, n_local, d, results):
     try:
         torch.set_num_threads(1)
         _, lo = _make(world * n_local, d, 2.3, -1.5, torch.float32, seed=world, device="cpu")
-        img, txt = (x[rank * n_local:(rank + 1) * n_local].clone().requires_grad_() for x in lo[:2])
+        img, txt = (x[rank * n_local : (rank + 1) * n_local].clone().requires_grad_() for x in lo[:2])
         s, b = (x.clone().requires_grad_() for x in lo[2:])
         loss = DistributedSigmoidLoss(impl=impl)(img, txt, s, b)
         loss.backward()
@@ -334,9 +363,9 @@ def test_distributed_ring_matches_single_process(world, impl):
 # GPU (real sizes)
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
-                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("n,d", [(4096, 768), (5000, 1152), (1000, 72)])
 def test_gpu_matches_oracle(n, d, dtype):
     hi, lo = _make(n, d, 4.7476, -16.777, dtype, scale_dtype=dtype)
@@ -344,8 +373,9 @@ def test_gpu_matches_oracle(n, d, dtype):
     oracle, g_oracle = _loss_and_grads(reference.sigmoid_loss, hi)
     base, g_base = _loss_and_grads(reference.sigmoid_loss, lo)
     out, g_out = _loss_and_grads(lambda *x: sigmoid_loss(*x, impl="triton"), lo)
-    for name, a, o, b in zip(("loss", "d_image", "d_text", "d_scale", "d_bias"),
-                             [out, *g_out], [oracle, *g_oracle], [base, *g_base]):
+    for name, a, o, b in zip(
+        ("loss", "d_image", "d_text", "d_scale", "d_bias"), [out, *g_out], [oracle, *g_oracle], [base, *g_base]
+    ):
         assert_close_to_oracle(name, a, o, b, atol=1e-6)
 
 
@@ -374,4 +404,3 @@ def test_gpu_multi_chunk_and_graph_capture(monkeypatch):
     torch.testing.assert_close(loss, ref_loss)
     for x, r in zip(xs, ref_grads):
         torch.testing.assert_close(x.grad, r)
-

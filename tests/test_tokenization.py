@@ -46,9 +46,7 @@ def make_tokenizer_dir(path, model_type="siglip2", padding_side="right", input_n
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     t = Tokenizer(BPE(unk_token="<unk>"))
     t.normalizer = normalizers.Replace(" ", "▁")
-    t.train_from_iterator(
-        CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=specials, show_progress=False)
-    )
+    t.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=specials, show_progress=False))
     trained = json.loads(t.to_str())["model"]
     vocab = {s: i for i, s in enumerate(specials)}
     for b in range(256):
@@ -145,15 +143,11 @@ def test_lowercase_eos_truncation_and_padding_side(tmp_path):
     a = fixres(["A CAT", "a cat"], padding=True)["input_ids"]
     assert not torch.equal(a[0], a[1])  # no lowercasing
     left = Siglip2Tokenizer.from_pretrained(
-        make_tokenizer_dir(
-            tmp_path / "c", "siglip2", padding_side="left", input_names=("input_ids", "attention_mask")
-        )
+        make_tokenizer_dir(tmp_path / "c", "siglip2", padding_side="left", input_names=("input_ids", "attention_mask"))
     )
     out = left(["a", "a photo of a cat"], padding=True)
     assert (
-        out["input_ids"][0, 0] == 0
-        and out["attention_mask"][0, 0] == 0
-        and out["attention_mask"].dtype == torch.int64
+        out["input_ids"][0, 0] == 0 and out["attention_mask"][0, 0] == 0 and out["attention_mask"].dtype == torch.int64
     )
     assert tok.decode(tok("hello world", return_tensors=None)["input_ids"]) == "hello world"
 
@@ -209,9 +203,7 @@ def test_processor_matches_transformers(tmp_path):
     d = make_tokenizer_dir(tmp_path, "siglip2")
     _image_processor_dir(d)
     rng = np.random.default_rng(0)
-    images = [
-        PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(37, 90), (120, 64)]
-    ]
+    images = [PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(37, 90), (120, 64)]]
     texts = ["A photo of a Cat.", "a dog"]
     ours = Siglip2Processor.from_pretrained(d)
     ref = HFProcessor(image_processor=Siglip2ImageProcessorPil.from_pretrained(d), tokenizer=_hf_tokenizer(d))

@@ -15,6 +15,7 @@
 - the batch plan (one bucket per step on every rank, flat token budget, mixed budgets), the dry-run estimate
   against the bytes autograd really saves, and argument errors.
 """
+
 import json
 import os
 import sys
@@ -34,8 +35,12 @@ from siglip2.train_data import BatchPlan
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     make_tokenizer_dir(str(root / "tok"), model_type=None)
-    return {"train": make_dataset(str(root), 240, seed=0, name="train"),
-            "test": make_dataset(str(root), 96, seed=1, name="test"), "tok": str(root / "tok"), "root": root}
+    return {
+        "train": make_dataset(str(root), 240, seed=0, name="train"),
+        "test": make_dataset(str(root), 96, seed=1, name="test"),
+        "tok": str(root / "tok"),
+        "root": root,
+    }
 
 
 @pytest.fixture
@@ -47,9 +52,20 @@ def one_thread():
 
 
 def _cfg(shapes, out, **kw):
-    base = {"data": shapes["train"], "model": "tiny", "tokenizer": shapes["tok"], "out": str(out),
-            "kernel_impl": "reference", "workers": 0, "progress": False, "log_every": 1, "lr": 1e-3,
-            "seq_lens": (32, 64), "batch_size": 8, "steps": 6}
+    base = {
+        "data": shapes["train"],
+        "model": "tiny",
+        "tokenizer": shapes["tok"],
+        "out": str(out),
+        "kernel_impl": "reference",
+        "workers": 0,
+        "progress": False,
+        "log_every": 1,
+        "lr": 1e-3,
+        "seq_lens": (32, 64),
+        "batch_size": 8,
+        "steps": 6,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -100,8 +116,14 @@ def test_convergence_zero_shot_beats_chance(shapes, tmp_path, one_thread):
 
 
 def test_resume_is_bit_exact(shapes, tmp_path, one_thread):
-    kw = {"steps": 7, "tokens_per_batch": 256, "batch_size": None, "mixed_budgets": True, "warmup": 2,
-          "seq_lens": (16, 32, 64)}
+    kw = {
+        "steps": 7,
+        "tokens_per_batch": 256,
+        "batch_size": None,
+        "mixed_budgets": True,
+        "warmup": 2,
+        "seq_lens": (16, 32, 64),
+    }
     full = train(_cfg(shapes, tmp_path / "full", **kw))
     part = train(_cfg(shapes, tmp_path / "part", stop_after=3, **kw))
     assert part["steps"] == 3
@@ -125,8 +147,10 @@ def test_triton_kernels_train_like_reference(shapes, tmp_path, one_thread):
     train(_cfg(shapes, tmp_path / "ref", **kw))
     train(_cfg(shapes, tmp_path / "tri", kernel_impl="triton", **kw))
     for a, b in zip(_log(tmp_path / "ref"), _log(tmp_path / "tri")):
-        assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"]) and \
-            abs(a["grad_norm"] - b["grad_norm"]) <= 1e-3 * a["grad_norm"], (a, b)
+        assert (
+            abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"])
+            and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-3 * a["grad_norm"]
+        ), (a, b)
 
 
 def test_plan_buckets_budgets_and_mixed():
@@ -154,15 +178,30 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
     from siglip2 import train_utils as U
     from siglip2.configuration import Siglip2TextConfig
 
-    summary = train(_cfg(shapes, tmp_path / "dry", model="base", dry_run=True, tokens_per_batch=4096,
-                         batch_size=None, seq_lens=(256, 1024)))
+    summary = train(
+        _cfg(
+            shapes,
+            tmp_path / "dry",
+            model="base",
+            dry_run=True,
+            tokens_per_batch=4096,
+            batch_size=None,
+            seq_lens=(256, 1024),
+        )
+    )
     assert "86" in capsys.readouterr().out or summary["parameters"] > 1e8  # base: ~200M with the tiny vocab
     assert [r["batch_per_rank"] for r in summary["buckets"]] == [16, 4]
     # the estimate against what autograd keeps for a real tower (float32, no checkpointing)
     from siglip2.fast import Siglip2TextModel
 
-    cfg = Siglip2TextConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                            vocab_size=50, max_position_embeddings=64)
+    cfg = Siglip2TextConfig(
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=50,
+        max_position_embeddings=64,
+    )
     from siglip2.kernels._utils import interpreting
 
     if not interpreting():  # the reference attention materializes (L, L) scores, which the kernels never keep
@@ -182,13 +221,16 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
     assert 0.6 * sum(saved.values()) <= est <= 1.4 * sum(saved.values()), (est, sum(saved.values()))
 
 
-@pytest.mark.parametrize("kw,exc,match", [
-    ({"steps": None}, ValueError, "--steps / --epochs"),
-    ({"log_every": 0}, ValueError, "--log-every"),
-    ({"model": "./no/such/dir"}, OSError, "does not exist"),  # not a size: a checkpoint path or hub id
-    ({"tokenizer": None}, ValueError, "--tokenizer"),
-    ({"seq_lens": (16, 64), "tokens_per_batch": 32, "batch_size": None}, ValueError, "tokens_per_batch"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        ({"steps": None}, ValueError, "--steps / --epochs"),
+        ({"log_every": 0}, ValueError, "--log-every"),
+        ({"model": "./no/such/dir"}, OSError, "does not exist"),  # not a size: a checkpoint path or hub id
+        ({"tokenizer": None}, ValueError, "--tokenizer"),
+        ({"seq_lens": (16, 64), "tokens_per_batch": 32, "batch_size": None}, ValueError, "tokens_per_batch"),
+    ],
+)
 def test_argument_errors(shapes, tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
         train(_cfg(shapes, tmp_path / "e", **kw))
@@ -230,8 +272,20 @@ def test_lock_image_bf16_and_classify_the_checkpoint(shapes, tmp_path, one_threa
     # the saved model directory is a checkpoint for the CLI (weights, tokenizer, preprocessor_config.json)
     capsys.readouterr()
     img = os.path.join(shapes["root"], "test", "00000.png")
-    assert main(["classify", img, "--labels", "a red circle,a blue square", "--json",
-                 "--model", os.path.join(locked["checkpoint"], "model")]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                img,
+                "--labels",
+                "a red circle,a blue square",
+                "--json",
+                "--model",
+                os.path.join(locked["checkpoint"], "model"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert sorted(r["label"] for r in out[0]["scores"]) == ["a blue square", "a red circle"], out
 

@@ -20,6 +20,7 @@ launch uses the c10d rendezvous on `localhost:0` (the agent binds a free port an
 session with its output in a file, and a timeout kills torchrun's group and every rank (torchrun starts each in
 a session of its own) and fails with the output.
 """
+
 import contextlib
 import json
 import os
@@ -36,19 +37,43 @@ STEPS, LR = 4, 1e-3
 
 
 def _common(data, tok):
-    return ["train", "--data", data, "--model", "tiny", "--tokenizer", tok, "--kernel-impl", "reference",
-            "--workers", "0", "--log-every", "1", "--lr", str(LR), "--warmup", "1", "--max-grad-norm", "0.5",
-            "--seq-lens", "16,32", "--steps", str(STEPS)]
+    return [
+        "train",
+        "--data",
+        data,
+        "--model",
+        "tiny",
+        "--tokenizer",
+        tok,
+        "--kernel-impl",
+        "reference",
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        "--lr",
+        str(LR),
+        "--warmup",
+        "1",
+        "--max-grad-norm",
+        "0.5",
+        "--seq-lens",
+        "16,32",
+        "--steps",
+        str(STEPS),
+    ]
 
 
 def _jobs(data, tok, root):
     """(name, argv) of the jobs every rank runs in order; per-rank budget 128 patches (8 or 4 images)."""
     c = [*_common(data, tok), "--tokens-per-batch", "128"]
-    return [("ddp", [*c, "--out", f"{root}/ddp"]),
-            ("fsdp", [*c, "--fsdp", "--out", f"{root}/fsdp"]),
-            ("fsdp_part", [*c, "--fsdp", "--stop-after", "2", "--out", f"{root}/fsdp_resumed"]),
-            ("fsdp_resume", [*c, "--fsdp", "--resume", "--out", f"{root}/fsdp_resumed"]),
-            ("fsdp_bf16", [*c, "--fsdp", "--precision", "bf16", "--out", f"{root}/fsdp_bf16"])]
+    return [
+        ("ddp", [*c, "--out", f"{root}/ddp"]),
+        ("fsdp", [*c, "--fsdp", "--out", f"{root}/fsdp"]),
+        ("fsdp_part", [*c, "--fsdp", "--stop-after", "2", "--out", f"{root}/fsdp_resumed"]),
+        ("fsdp_resume", [*c, "--fsdp", "--resume", "--out", f"{root}/fsdp_resumed"]),
+        ("fsdp_bf16", [*c, "--fsdp", "--precision", "bf16", "--out", f"{root}/fsdp_bf16"]),
+    ]
 
 
 def _worker(data, tok, root):
@@ -76,8 +101,18 @@ def _torchrun(args, log_path, nproc=2, timeout=TIMEOUT_S):
     """torchrun in its own session, output to a file; on timeout the whole process group is killed and the test
     fails with the output (a hung collective must never hang CI)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", "localhost:0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        *args,
+    ]
     with open(log_path, "w") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
         try:
@@ -152,7 +187,18 @@ def test_ddp_and_fsdp2_match_one_process_and_resume(shapes, tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the reference: one process, the combined batch (twice the per-rank budget)
-        assert main([*_common(shapes["data"], shapes["tok"]), "--tokens-per-batch", "256", "--out", str(tmp_path / "single")]) == 0
+        assert (
+            main(
+                [
+                    *_common(shapes["data"], shapes["tok"]),
+                    "--tokens-per-batch",
+                    "256",
+                    "--out",
+                    str(tmp_path / "single"),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(n)
     out = _torchrun([__file__, shapes["data"], shapes["tok"], str(tmp_path)], tmp_path / "torchrun.log")
@@ -163,12 +209,23 @@ def test_ddp_and_fsdp2_match_one_process_and_resume(shapes, tmp_path):
     assert {r["max_num_patches"] for r in ref_log} == {16, 32}  # both buckets are drawn in these 4 steps
     for mode in ("ddp", "fsdp"):
         log = _log(tmp_path / mode)
-        assert [(r["step"], r["global_batch"], r["max_num_patches"]) for r in log] == \
-            [(r["step"], r["global_batch"], r["max_num_patches"]) for r in ref_log]
-        torch.testing.assert_close([r["loss"] for r in log], [r["loss"] for r in ref_log], rtol=1e-5, atol=1e-6,
-                                   msg=lambda m, mode=mode: f"{mode} loss curve: {m}")
-        torch.testing.assert_close([r["grad_norm"] for r in log], [r["grad_norm"] for r in ref_log], rtol=1e-4,
-                                   atol=1e-6, msg=lambda m, mode=mode: f"{mode} grad norms: {m}")
+        assert [(r["step"], r["global_batch"], r["max_num_patches"]) for r in log] == [
+            (r["step"], r["global_batch"], r["max_num_patches"]) for r in ref_log
+        ]
+        torch.testing.assert_close(
+            [r["loss"] for r in log],
+            [r["loss"] for r in ref_log],
+            rtol=1e-5,
+            atol=1e-6,
+            msg=lambda m, mode=mode: f"{mode} loss curve: {m}",
+        )
+        torch.testing.assert_close(
+            [r["grad_norm"] for r in log],
+            [r["grad_norm"] for r in ref_log],
+            rtol=1e-4,
+            atol=1e-6,
+            msg=lambda m, mode=mode: f"{mode} grad norms: {m}",
+        )
         _assert_params_close(_params(tmp_path / mode), ref, mode)
     _assert_params_close(_params(tmp_path / "fsdp"), _params(tmp_path / "ddp"), "fsdp vs ddp")
     state = tmp_path / "fsdp" / (tmp_path / "fsdp" / "latest").read_text().strip() / "state"

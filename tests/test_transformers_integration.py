@@ -6,6 +6,7 @@ Models are tiny and random with every parameter perturbed (biases, norms, probe,
 scale/bias), so a dropped bias or a swapped projection shows. On CPU the kernels run through Triton's
 interpreter, and each test proves that Triton kernels launched.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,13 +37,31 @@ def _lfm2_vl(seed=0):
     """A vision-language model around a Siglip2 vision tower: its config is Lfm2Vl's own, not tiny.py's."""
     torch.manual_seed(seed)
     cfg = transformers.Lfm2VlConfig(
-        vision_config=dict(model_type="siglip2_vision_model", hidden_size=32, intermediate_size=70,
-                           num_hidden_layers=2, num_attention_heads=2, patch_size=2, num_patches=16,
-                           vision_use_head=False),
-        text_config=dict(model_type="lfm2", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
-                         max_position_embeddings=64),
-        image_token_id=5, projector_hidden_size=48, downsample_factor=2)
+        vision_config=dict(
+            model_type="siglip2_vision_model",
+            hidden_size=32,
+            intermediate_size=70,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            patch_size=2,
+            num_patches=16,
+            vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="lfm2",
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            layer_types=["conv", "full_attention"],
+            max_position_embeddings=64,
+        ),
+        image_token_id=5,
+        projector_hidden_size=48,
+        downsample_factor=2,
+    )
     return perturb_(transformers.Lfm2VlForConditionalGeneration(cfg).eval())
 
 
@@ -52,14 +71,25 @@ SHAPES = [(3, 4), (4, 4), (1, 5), (2, 2)]  # padded NaFlex rows, a 1xN strip, on
 def _dual_case(model):
     pv, mask, shapes = naflex_inputs(SHAPES, 16)
     ids, am = text_inputs(4, 8, pad_from=[5, 8, 3, 1])
-    kw = dict(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=shapes,
-              return_loss=True)
+    kw = dict(
+        input_ids=ids,
+        attention_mask=am,
+        pixel_values=pv,
+        pixel_attention_mask=mask,
+        spatial_shapes=shapes,
+        return_loss=True,
+    )
 
     def outputs(out):
         valid = mask.bool()
-        return {"loss": out.loss, "logits_per_image": out.logits_per_image, "image_embeds": out.image_embeds,
-                "text_embeds": out.text_embeds, "vision_last_valid": out.vision_model_output.last_hidden_state[valid],
-                "text_last": out.text_model_output.last_hidden_state}
+        return {
+            "loss": out.loss,
+            "logits_per_image": out.logits_per_image,
+            "image_embeds": out.image_embeds,
+            "text_embeds": out.text_embeds,
+            "vision_last_valid": out.vision_model_output.last_hidden_state[valid],
+            "text_last": out.text_model_output.last_hidden_state,
+        }
 
     return kw, outputs
 
@@ -80,8 +110,12 @@ def _fixres_case(model):
     kw = dict(input_ids=ids, attention_mask=am, pixel_values=torch.randn(3, 3, 8, 8, generator=g), return_loss=True)
 
     def outputs(out):
-        return {"loss": out.loss, "logits_per_image": out.logits_per_image,
-                "vision_last": out.vision_model_output.last_hidden_state, "pooled": out.image_embeds}
+        return {
+            "loss": out.loss,
+            "logits_per_image": out.logits_per_image,
+            "vision_last": out.vision_model_output.last_hidden_state,
+            "pooled": out.image_embeds,
+        }
 
     return kw, outputs
 

@@ -1,4 +1,5 @@
 """Every model-entry validation error: it names the argument, what was expected and what came."""
+
 import pytest
 import torch
 from tiny import hf_siglip2, naflex_inputs, text_inputs
@@ -37,11 +38,18 @@ def test_spatial_shape_too_large(model):
 
 
 def test_spatial_shape_disagrees_with_mask(model):
-    _raises(model, ValueError, r"pixel_attention_mask\[1\].*first h\*w = 4.*got 6", spatial_shapes=torch.tensor([[4, 5], [2, 2]]))
+    _raises(
+        model,
+        ValueError,
+        r"pixel_attention_mask\[1\].*first h\*w = 4.*got 6",
+        spatial_shapes=torch.tensor([[4, 5], [2, 2]]),
+    )
 
 
 def test_spatial_shapes_float(model):
-    _raises(model, TypeError, "spatial_shapes must be an integer tensor", spatial_shapes=torch.tensor([[4.0, 5.0], [2, 3]]))
+    _raises(
+        model, TypeError, "spatial_shapes must be an integer tensor", spatial_shapes=torch.tensor([[4.0, 5.0], [2, 3]])
+    )
 
 
 def test_spatial_shapes_batch(model):
@@ -57,8 +65,12 @@ def test_pixel_values_ndim(model):
 
 
 def test_mask_shape(model):
-    _raises(model, ValueError, r"pixel_attention_mask must have shape \(2, 24\)",
-            pixel_attention_mask=torch.ones(2, 23, dtype=torch.int32))
+    _raises(
+        model,
+        ValueError,
+        r"pixel_attention_mask must have shape \(2, 24\)",
+        pixel_attention_mask=torch.ones(2, 23, dtype=torch.int32),
+    )
 
 
 def test_mask_not_binary(model):
@@ -79,8 +91,12 @@ def test_negative_token_ids(model):
 
 
 def test_text_too_long(model):
-    _raises(model, ValueError, "sequence length 17, more than max_position_embeddings \\(16\\)",
-            input_ids=torch.ones(2, 17, dtype=torch.long))
+    _raises(
+        model,
+        ValueError,
+        "sequence length 17, more than max_position_embeddings \\(16\\)",
+        input_ids=torch.ones(2, 17, dtype=torch.long),
+    )
 
 
 def test_float_token_ids(model):
@@ -117,21 +133,40 @@ def test_fixres_wrong_resolution():
 
 
 def test_input_ids_with_three_dims(model):
-    _raises(model, ValueError, r"input_ids must have shape \(B, L\) or \(L,\)", input_ids=torch.ones(2, 1, 12, dtype=torch.long))
+    _raises(
+        model,
+        ValueError,
+        r"input_ids must have shape \(B, L\) or \(L,\)",
+        input_ids=torch.ones(2, 1, 12, dtype=torch.long),
+    )
 
 
 def test_int32_spatial_shapes_do_not_overflow(model):
     # 65536 * 65536 wraps to 0 in int32: the check must compute h*w in int64
-    _raises(model, ValueError, r"spatial_shapes\[0\] = \(65536, 65536\)",
-            spatial_shapes=torch.tensor([[65536, 65536], [2, 3]], dtype=torch.int32))
+    _raises(
+        model,
+        ValueError,
+        r"spatial_shapes\[0\] = \(65536, 65536\)",
+        spatial_shapes=torch.tensor([[65536, 65536], [2, 3]], dtype=torch.int32),
+    )
 
 
 def test_empty_batches_and_empty_texts(model):
     kw = _inputs()
-    _raises(model, ValueError, "pixel_values: got a batch of 0 images", pixel_values=kw["pixel_values"][:0],
-            pixel_attention_mask=kw["pixel_attention_mask"][:0], spatial_shapes=kw["spatial_shapes"][:0])
-    _raises(model, ValueError, r"input_ids: sequence length 0 \(shape \(2, 0\)\)",
-            input_ids=torch.zeros(2, 0, dtype=torch.long))
+    _raises(
+        model,
+        ValueError,
+        "pixel_values: got a batch of 0 images",
+        pixel_values=kw["pixel_values"][:0],
+        pixel_attention_mask=kw["pixel_attention_mask"][:0],
+        spatial_shapes=kw["spatial_shapes"][:0],
+    )
+    _raises(
+        model,
+        ValueError,
+        r"input_ids: sequence length 0 \(shape \(2, 0\)\)",
+        input_ids=torch.zeros(2, 0, dtype=torch.long),
+    )
 
 
 def test_position_ids_type(model):

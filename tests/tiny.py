@@ -5,6 +5,7 @@ Every model these helpers return has every parameter perturbed (`perturb_`), so 
 bias, a swapped q/k/v bias, a missing LayerNorm or a position table read at the wrong place. A test that builds its
 own model must go through `tiny_config_dict` and `perturb_` too.
 """
+
 import torch
 
 VOCAB = 99
@@ -13,15 +14,38 @@ VOCAB = 99
 LOGIT_SCALE, LOGIT_BIAS = 2.3, -1.7
 
 
-def tiny_config_dict(hidden=64, heads=4, layers=2, patch=2, num_patches=16, projection=None, use_head=True,
-                     vocab=VOCAB, max_positions=16, intermediate=None, image_size=None):
+def tiny_config_dict(
+    hidden=64,
+    heads=4,
+    layers=2,
+    patch=2,
+    num_patches=16,
+    projection=None,
+    use_head=True,
+    vocab=VOCAB,
+    max_positions=16,
+    intermediate=None,
+    image_size=None,
+):
     """{"text_config", "vision_config"} for transformers' or our config classes. `intermediate` defaults to
     2 * hidden + 6 (not a multiple of any block size); `image_size` makes a FixRes (SigLIP) vision config."""
     inter = 2 * hidden + 6 if intermediate is None else intermediate
-    text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                num_attention_heads=heads, max_position_embeddings=max_positions, projection_size=projection)
-    vision = dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                  patch_size=patch)
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_positions,
+        projection_size=projection,
+    )
+    vision = dict(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        patch_size=patch,
+    )
     if image_size is None:
         vision.update(num_patches=num_patches, vision_use_head=use_head)
     else:

@@ -26,6 +26,7 @@ transformers is imported only when one of these functions is called):
    removes exactly what was set. Calls that ask for attention weights (`output_attentions=True`) run the original
    forward. Differences, as for `siglip2.fast`: padded rows of `last_hidden_state` are zeros.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -72,9 +73,11 @@ def check_version(version: str | None = None) -> None:
         parts.append(int(digits) if digits else 0)
     lo, hi = SUPPORTED
     if not lo <= tuple(parts) < hi:
-        raise RuntimeError(f"siglip2 integrates with transformers >={'.'.join(map(str, lo))},<{'.'.join(map(str, hi))}; "
-                           f"found transformers {version}. Its module layout may differ, so nothing was patched "
-                           f"or registered (use siglip2.fast.Siglip2Model, which loads the same checkpoints).")
+        raise RuntimeError(
+            f"siglip2 integrates with transformers >={'.'.join(map(str, lo))},<{'.'.join(map(str, hi))}; "
+            f"found transformers {version}. Its module layout may differ, so nothing was patched "
+            f"or registered (use siglip2.fast.Siglip2Model, which loads the same checkpoints)."
+        )
 
 
 def _warn_once(reason: str) -> None:
@@ -87,8 +90,10 @@ def _warn_once(reason: str) -> None:
 # 1. The attention backend
 # ----------------------------------------------------------------------------------------------
 
-def _key_padding_mask(mask: torch.Tensor | None, batch: int, q_len: int,
-                      k_len: int) -> tuple[torch.Tensor | None, str | None]:
+
+def _key_padding_mask(
+    mask: torch.Tensor | None, batch: int, q_len: int, k_len: int
+) -> tuple[torch.Tensor | None, str | None]:
     """A transformers attention mask -> (bool (B, Lk) key mask or None, None), or (None, why it is not one)."""
     if mask is None:
         return None, None
@@ -120,15 +125,24 @@ def _check_mask_function(module: nn.Module) -> None:
 
     name = getattr(getattr(module, "config", None), "_attn_implementation", None)
     if name is not None and name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        raise RuntimeError(f"attention backend {name!r} runs siglip2_triton_attention but has no mask function "
-                           f"registered, so transformers would pass no padding mask and padded tokens would be "
-                           f"attended; register it with siglip2.fast.register() (or AttentionMaskInterface.register)")
+        raise RuntimeError(
+            f"attention backend {name!r} runs siglip2_triton_attention but has no mask function "
+            f"registered, so transformers would pass no padding mask and padded tokens would be "
+            f"attended; register it with siglip2.fast.register() (or AttentionMaskInterface.register)"
+        )
 
 
-def siglip2_triton_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                             attention_mask: torch.Tensor | None, scaling: float | None = None,
-                             dropout: float = 0.0, is_causal: bool | None = None,
-                             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def siglip2_triton_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers' attention-function contract: q, k, v (B, H, L, d) -> ((B, Lq, H, d), None)."""
     _check_mask_function(module)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -145,8 +159,9 @@ def siglip2_triton_attention(module: nn.Module, query: torch.Tensor, key: torch.
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         _warn_once(reason)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     out = padded_attention(query, key, value, key_mask, scaling, impl=_state["impl"])
     return out.transpose(1, 2), None
 
@@ -172,6 +187,7 @@ def register(impl: str = "auto") -> str:
 # 2. The module patch: transformers towers run siglip2.modeling's packed path on their own parameters
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Patch:
     """What patch_transformers set on one module, so unpatch can remove exactly that."""
@@ -193,9 +209,14 @@ def _tower_kinds() -> dict[type, tuple[type[nn.Module] | None, str]]:
 
     from .. import modeling as m
 
-    return {s2.Siglip2VisionModel: (m.Siglip2VisionModel, "vision"), s2.Siglip2TextModel: (m.Siglip2TextModel, "text"),
-            s1.SiglipVisionModel: (m.SiglipVisionModel, "vision"), s1.SiglipTextModel: (m.SiglipTextModel, "text"),
-            s2.Siglip2Model: (None, "dual"), s1.SiglipModel: (None, "dual")}
+    return {
+        s2.Siglip2VisionModel: (m.Siglip2VisionModel, "vision"),
+        s2.Siglip2TextModel: (m.Siglip2TextModel, "text"),
+        s1.SiglipVisionModel: (m.SiglipVisionModel, "vision"),
+        s1.SiglipTextModel: (m.SiglipTextModel, "text"),
+        s2.Siglip2Model: (None, "dual"),
+        s1.SiglipModel: (None, "dual"),
+    }
 
 
 def _shadow(hf: nn.Module, ours_cls: type[nn.Module], kernel_impl: str) -> nn.Module:
@@ -205,14 +226,22 @@ def _shadow(hf: nn.Module, ours_cls: type[nn.Module], kernel_impl: str) -> nn.Mo
     theirs = dict(hf.named_parameters())
     mine = dict(ours.named_parameters())
     if set(theirs) != set(mine):
-        raise RuntimeError(f"cannot patch {type(hf).__name__}: its parameters differ from siglip2's "
-                           f"(only in transformers: {sorted(set(theirs) - set(mine))[:5]}, only in siglip2: "
-                           f"{sorted(set(mine) - set(theirs))[:5]}); nothing was patched")
+        raise RuntimeError(
+            f"cannot patch {type(hf).__name__}: its parameters differ from siglip2's "
+            f"(only in transformers: {sorted(set(theirs) - set(mine))[:5]}, only in siglip2: "
+            f"{sorted(set(mine) - set(theirs))[:5]}); nothing was patched"
+        )
     for name, p in theirs.items():
         owner, _, leaf = name.rpartition(".")
         ours.get_submodule(owner)._parameters[leaf] = p
-    object.__setattr__(ours, "_bindings", [(hf.get_submodule(n.rpartition(".")[0]), ours.get_submodule(
-        n.rpartition(".")[0]), n.rpartition(".")[2]) for n in theirs])
+    object.__setattr__(
+        ours,
+        "_bindings",
+        [
+            (hf.get_submodule(n.rpartition(".")[0]), ours.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])
+            for n in theirs
+        ],
+    )
     return ours
 
 
@@ -229,8 +258,12 @@ def _rebind(ours: nn.Module) -> None:
 def _to_hf_output(out: Any, return_dict: bool | None) -> Any:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    hf = BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,
-                                    hidden_states=out.hidden_states, attentions=out.attentions)
+    hf = BaseModelOutputWithPooling(
+        last_hidden_state=out.last_hidden_state,
+        pooler_output=out.pooler_output,
+        hidden_states=out.hidden_states,
+        attentions=out.attentions,
+    )
     return hf if return_dict is not False else hf.to_tuple()
 
 
@@ -267,8 +300,9 @@ def _dual_forward(hf: nn.Module, original: Callable[..., Any], kernel_impl: str)
         if return_loss:
             n_img, n_txt = out.image_embeds.shape[0], out.text_embeds.shape[0]
             if n_img != n_txt:
-                raise ValueError(f"return_loss needs as many texts as images (a square batch), got {n_txt} texts "
-                                 f"and {n_img} images")
+                raise ValueError(
+                    f"return_loss needs as many texts as images (a square batch), got {n_txt} texts and {n_img} images"
+                )
             loss = sigmoid_loss(out.image_embeds, out.text_embeds, hf.logit_scale, hf.logit_bias, impl=kernel_impl)
             out = type(out)(loss=loss, **{k: v for k, v in out.items() if k != "loss"})
         return out if return_dict is not False else out.to_tuple()
