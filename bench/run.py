@@ -7,9 +7,10 @@
 
 Prints a header (device, versions, date, measured copy bandwidth), one table per op, and writes
 bench/results/<device>-<date>/results.json and results.md, and (with matplotlib) the PNGs of bench/plots.py next
-to them. A progress bar on stderr counts the ops and, within each op, its timed measurements. Each op module (bench/bench_<op>.py) states its FLOP or
-byte model in its docstring; every row gives the median time, TFLOP/s or GB/s, % of the device peak, peak memory and
-the speedup over the op's baseline in the same run. The last stdout line is one JSON document.
+to them. A progress bar on stderr counts the ops and, within each op, its timed measurements. Each op module
+(bench/bench_<op>.py) states its FLOP or byte model in its docstring; every row gives the median time, TFLOP/s or
+GB/s, % of the device peak, peak memory and the speedup over the op's baseline in the same run. The last stdout
+line is one JSON document.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each function has the signature of the public op (minus `impl`) and runs on any device with autograd.
 Numerics follow transformers' SigLIP2: attention softmax in fp32, the position-table resize in fp32,
-the sigmoid loss in fp32 (transformers' fp32 label matrix promotes half-precision logits). These favour clarity over speed (Python loops over sequences).
+the sigmoid loss in fp32 (transformers' fp32 label matrix promotes half-precision logits). These favour clarity
+over speed (Python loops over sequences).
 Never imports Triton.
 """
 

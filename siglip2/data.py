@@ -342,8 +342,9 @@ def naflex_collate(
     """[(key, PIL image, caption | None), ...] -> a batch dict (see the module docstring).
 
     Images are resized to the NaFlex target of their size, or, when `decode_image(fast=...)` decoded them, of their
-    full size (so a fast-decoded image gets exactly the size exact decoding gives, for any budget). `dtype` casts pixel_values (e.g. the model's half dtype, to halve pinned/H2D bytes; the model
-    casts to its dtype anyway). `text_kwargs` default to SigLIP2's: padding to 64 with truncation.
+    full size (so a fast-decoded image gets exactly the size exact decoding gives, for any budget). `dtype` casts
+    pixel_values (e.g. the model's half dtype, to halve pinned/H2D bytes; the model casts to its dtype anyway).
+    `text_kwargs` default to SigLIP2's: padding to 64 with truncation.
     """
     import torch
 
