@@ -132,7 +132,10 @@ def ptxas_report(ptx: str, cc: int) -> str:
     A diagnostic re-run without Triton's exact ptxas flags, so its numbers can differ a little from the cubin's."""
     from triton.backends.nvidia.compiler import get_ptxas  # the ptxas triton itself uses for sm_<cc>
 
-    arch = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M)
+    if target is None:
+        raise ValueError("ptx: no .target line (not PTX from triton.compile?)")
+    arch = target.group(1)
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
@@ -207,7 +210,7 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = "from siglip2.kernels._aot import _aot_worker; _aot_worker()"
     shards = [list(range(j, len(work), jobs)) for j in range(jobs)]
-    results = [None] * len(work)
+    results: list = [None] * len(work)
     with tempfile.TemporaryDirectory() as d:
         procs = []
         for j, idx in enumerate(shards):
@@ -217,6 +220,7 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
             p = subprocess.Popen(
                 [sys.executable, "-c", code, path], env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT
             )
+            assert p.stdin is not None  # stdin=PIPE
             p.stdin.write(pickle.dumps([work[i] for i in idx]))
             p.stdin.close()
             procs.append((p, path, log, idx))

@@ -80,6 +80,7 @@ def _ring_forward(image, text, logit_scale, logit_bias, group, block, compute_gr
     dist.all_reduce(loss, group=group)
     if not compute_grads:
         return loss, None
+    assert d_image is not None and acc_recv is not None  # compute_grads: allocated, and W >= 1 steps ran
     return loss, (d_image.to(image.dtype), acc_recv.to(text.dtype), d_scale, d_bias)
 
 
@@ -87,6 +88,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, text, logit_scale, logit_bias, group, block):
         loss, grads = _ring_forward(image, text, logit_scale, logit_bias, group, block, True)
+        assert grads is not None  # compute_grads=True
         ctx.save_for_backward(*grads)
         return loss
 

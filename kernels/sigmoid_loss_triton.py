@@ -17,6 +17,12 @@ Launcher: `sigmoid_loss_block_fwd` (one text block x image block, the ring's ste
 is its torch.library custom op (`siglip2::sigmoid_loss_block`) with the autograd registration.
 """
 
+# pyright: reportArgumentType=false, reportCallIssue=false, reportAttributeAccessIssue=false
+# pyright: reportIndexIssue=false, reportPossiblyUnboundVariable=false, reportOperatorIssue=false
+# (file-level, for the @triton.jit bodies: tl.constexpr parameters take Python literals, block tensors are indexed
+# with [:, None], names are bound under `if CONSTEXPR:` branches, and `kernel[grid](..., num_warps=)` adds launch
+# options; pyright cannot model Triton's language, so these rules give only false findings here. The Optional
+# checks stay on for the launchers.)
 from __future__ import annotations
 
 import torch
@@ -185,7 +191,9 @@ def chunk_rows(M: int, N: int, dtype: torch.dtype, device: torch.device | None =
     return min(M, max(block_m, rows // block_m * block_m))
 
 
-def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool, norm: float, compute_grads: bool):
+def sigmoid_loss_block_fwd(
+    image, text, logit_scale, logit_bias, positives: bool, norm: float, compute_grads: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss and gradients of one (text block x image block) pair, all divided by `norm`: the Triton kernel per
     chunk of text rows, then the two torch matmuls that turn its gradient tile into d_text and d_image.
 
@@ -246,6 +254,7 @@ def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool
             num_stages=num_stages,
         )
         if compute_grads:
+            assert d_text is not None and d_image is not None  # allocated above when compute_grads
             b_g = g[:rows]
             torch.mm(b_g, image, out=d_text[r0 : r0 + rows])  # [rows, D]
             if n_chunks == 1:
@@ -256,9 +265,11 @@ def sigmoid_loss_block_fwd(image, text, logit_scale, logit_bias, positives: bool
     sums = part.double().sum(dim=1) / norm  # [3]: loss, sum g*S, sum g (fp64 only for these 3 scalars)
     loss = sums[0].float()
     if not compute_grads:
-        return (loss, *(torch.empty(0, device=device) for _ in range(4)))
+        e = [torch.empty(0, device=device) for _ in range(4)]  # four tensors: custom-op outputs must not alias
+        return loss, e[0], e[1], e[2], e[3]
     d_scale = (sums[1] * scale.double().exp()).to(logit_scale.dtype).reshape(logit_scale.shape)
     d_bias = sums[2].to(logit_bias.dtype).reshape(logit_bias.shape)
+    assert d_image is not None and d_text is not None
     return loss, d_image.to(dtype), d_text, d_scale, d_bias
 
 
