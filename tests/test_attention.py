@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from numerics import assert_close_to_oracle
+from numerics import assert_close_to_oracle, max_err
 
 from siglip2.kernels import attention as A
 from siglip2.kernels import reference as R
@@ -43,10 +43,19 @@ def _nan_fill(monkeypatch):
     monkeypatch.setattr(_utils, "NAN_FILL", True)
 
 
-def _assert(name, out, oracle, baseline, atol=1e-6):
+def _assert(name, out, oracle, baseline, atol=1e-6, impl="triton"):
     """The 2x-eager rule. fp32 gets a floor of 8 ulps of the largest oracle value: the backward recomputes P as
     exp2(s * scale * log2 e - lse) from the saved LSE (FlashAttention's recomputation), which costs a few fp32
-    ulps that the eager reference, holding P, does not pay; fp16/bf16 rounding dwarfs this."""
+    ulps that the eager reference, holding P, does not pay; fp16/bf16 rounding dwarfs this.
+
+    impl="reference": the eager baseline is the reference's own numerics, so the 2x rule would compare it with
+    itself. It meets a fixed bound against the float64 oracle instead: 32 eps x the largest |oracle| value (the
+    worst measured over the varlen cases, fp32 and fp16, D 40/64/72, two seeds: 6.6 eps); real defects are O(1)."""
+    if impl == "reference":
+        bound = 32 * torch.finfo(out.dtype).eps * (oracle.abs().max().item() if oracle.numel() else 0.0)
+        assert torch.isfinite(out).all(), f"reference {name}: non-finite values"
+        assert max_err(out, oracle) <= bound, f"reference {name}: error {max_err(out, oracle):.3e} > {bound:.3e}"
+        return
     if out.dtype == torch.float32 and oracle.numel():
         atol = max(atol, 8 * torch.finfo(torch.float32).eps * oracle.abs().max().item())
     assert_close_to_oracle(name, out, oracle, baseline, atol=atol)
@@ -90,9 +99,9 @@ def _check_varlen(lens_q, lens_k, H, D, dtype, impl, q=None, k=None, v=None):
     scale = D**-0.5
     ref_out, ref_grads = _per_sequence(q, k, v, do, lens_q, lens_k, scale, torch.float64)
     base_out, base_grads = _per_sequence(q, k, v, do, lens_q, lens_k, scale, dtype)
-    _assert("out", out, ref_out, base_out)
+    _assert("out", out, ref_out, base_out, impl=impl)
     for name, g, r, b in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads):
-        _assert(name, g, r, b)
+        _assert(name, g, r, b, impl=impl)
 
 
 LENGTH_CASES = {
@@ -181,9 +190,9 @@ def _check_padded(B, H, Lq, Lk, D, dtype, mask, impl):
         o = R.padded_attention(qq, kk, vv, mask, D**-0.5)
         results.append((o, torch.autograd.grad(o, (qq, kk, vv), do.to(prec))))
     (ref_out, ref_grads), (base_out, base_grads) = results
-    _assert("out", out, ref_out, base_out)
+    _assert("out", out, ref_out, base_out, impl=impl)
     for name, g, r, b in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads):
-        _assert(name, g, r, b)
+        _assert(name, g, r, b, impl=impl)
     return out
 
 
