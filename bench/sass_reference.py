@@ -14,6 +14,10 @@ BLOCK_D main tile plus a BLOCK_DT tail (64 + 16 for SigLIP2's 72, run here as an
 dots and loads the split needs and no others.
 
 Do not change these kernels to make a ratio look better; if one must change, say why here.
+Changes: on 2026-12-03 bench/sass_report.py started compiling them with the row stride `s_t` marked 16-byte
+aligned at every head dim (it was marked only at D 64), because the project's kernels now learn the same from
+the launcher (ALIGN): at D 72 that turns the references' 2-byte loads into 16-byte vector loads, lowering their
+loop counts (making every D 72 ratio harder, not easier). The kernels themselves are unchanged.
 """
 
 from __future__ import annotations

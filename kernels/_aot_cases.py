@@ -82,6 +82,12 @@ def _attn_variants(dclass, queries, tile, siglip2_only):
 _SPLIT = {32: (32, 0), 64: (64, 0), 80: (64, 16), 96: (64, 32), 128: (128, 0)}  # tile -> (BLOCK_D, BLOCK_DT)
 
 
+def _align(how, dtype):
+    """The launcher's ALIGN (`_stride_align`): strides are multiples of 16 bytes but in the "unaligned" cases
+    (head dim = tile - 1); at D 72 ("pointers") they are multiples of 8 elements, not of 16."""
+    return 1 if how == "unaligned" else 16 // torch.empty(0, dtype=dtype).element_size()
+
+
 def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
     """One attention kernel ("fwd", "dkdv" or "dq") as the launcher builds it from table `fam`'s entry `key`."""
     from . import attention_triton as T
@@ -106,6 +112,7 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
         PRECISION=dot_precision(dtype),
         BLOCK_M=m,
         BLOCK_N=n,
+        ALIGN=_align(how, dtype),
     )
     if kname == "fwd":
         cx["NEG_SCALE"] = False  # a negative softmax scale (never SigLIP2's) compiles its own forward
@@ -166,7 +173,13 @@ def attention_cases(ccs=AOT_CCS, siglip2_only=False):
                         cases.append(_attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required))
                     if queries == "seq" and layout == "varlen":  # the trivial delta kernel, once per head dim
                         pm, pw = T.PREPROCESS_CONFIG
-                        cx = dict(HEAD_DIM=D, BLOCK_DP=T._next_pow2(bd + bdt), BLOCK_M=pm, IS_VARLEN=True)
+                        cx = dict(
+                            HEAD_DIM=D,
+                            BLOCK_DP=T._next_pow2(bd + bdt),
+                            BLOCK_M=pm,
+                            IS_VARLEN=True,
+                            ALIGN=_align(how, dtype),
+                        )
                         sig = _attn_signature(T._attn_bwd_preprocess_kernel, cx, dtype)
                         cases.append(
                             dict(

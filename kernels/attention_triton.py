@@ -8,8 +8,9 @@ A query with no visible key has LSE = +inf, so the output and every gradient it 
 Loops (FlashAttention's AMD Triton backend / Triton's fused-attention tutorial): full key (dQ, forward) or query
 (dK/dV) blocks run through a block helper with APPLY_MASK=False, which loads without masks and scales the scores
 with one FFMA (`s * scale_log2e - m`, m the scaled row max); only the sequence's last, partial block, and every
-block of the key-mask path, take APPLY_MASK=True (split head dims: the forward and dQ still mask every block,
-see docs/design.md). bench/sass_report.py counts what these loops compile to.
+block of the key-mask path, take APPLY_MASK=True. bench/sass_report.py counts what these loops compile to.
+The launcher passes ALIGN (`_stride_align`): when every stride is a multiple of 16 bytes, `_head_base` hands that
+to Triton's alignment analysis, so split head dims (D 72: head offsets i_h * 72) load in 16-byte vectors too.
 Head dims that are not a power of two are split into a power-of-two main tile plus a >=16-wide tail
 (72 = 64 + 16, 96 = 64 + 32; dims <= 64 pad to 32 or 64, so 40 runs in a 64 tile: see `head_dim_split`),
 loaded and stored through one pair of helpers (`_ptrs2`, `_load2`, `_store2`).
@@ -200,6 +201,21 @@ def _block_at(base, start, s_row, o_r, SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _head_base(base, i_b64, s_b, bos, s_t, i_h, s_h, ALIGN: tl.constexpr):
+    """`base` moved to (batch i_b64, token bos, head i_h), and the token (row) stride.
+    ALIGN > 1: the launcher checked that every stride is a multiple of ALIGN elements (16 bytes). `s // ALIGN *
+    ALIGN` (exact then) hands that to Triton's alignment analysis, so the rows of head dims such as 72 load as
+    16-byte vectors; without it a stride like s_h = 72 (a multiple of 8, not of 16, so the launch does not
+    specialize it) makes every load 2 bytes wide and the D 72 loops spill. tl.multiple_of on a scalar argument
+    does not reach the analysis under triton 3.6-3.9 (checked in PTX)."""
+    if ALIGN > 1:
+        s_b = s_b // ALIGN * ALIGN
+        s_t = s_t // ALIGN * ALIGN
+        s_h = s_h // ALIGN * ALIGN
+    return base + i_b64 * s_b + bos * s_t + i_h * s_h, s_t
+
+
+@triton.jit
 def _key_ok(o_n, T_k, key_mask, HAS_MASK: tl.constexpr):
     """Keys of the block that exist and, with a key mask, are not masked out."""
     m_n = o_n < T_k
@@ -311,16 +327,17 @@ def _attn_fwd_kernel(
     NEG_SCALE: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
     if i_m * BLOCK_M >= T_q:
         return
     i_b64 = i_b.to(tl.int64)
-    q += i_b64 * s_qb + bos_q * s_qt + i_h * s_qh
-    k += i_b64 * s_kb + bos_k * s_kt + i_h * s_kh
-    v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
-    o += i_b64 * s_ob + bos_q * s_ot + i_h * s_oh
+    q, s_qt = _head_base(q, i_b64, s_qb, bos_q, s_qt, i_h, s_qh, ALIGN)
+    k, s_kt = _head_base(k, i_b64, s_kb, bos_k, s_kt, i_h, s_kh, ALIGN)
+    v, s_vt = _head_base(v, i_b64, s_vb, bos_k, s_vt, i_h, s_vh, ALIGN)
+    o, s_ot = _head_base(o, i_b64, s_ob, bos_q, s_ot, i_h, s_oh, ALIGN)
     lse += i_b64 * s_lb + i_h * s_lh + bos_q
     key_mask += i_b64 * s_mb
 
@@ -336,44 +353,18 @@ def _attn_fwd_kernel(
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    if BLOCK_DT > 0:
-        # split head dims keep the loop of commit 5607c3d, every block masked: the block-helper loops spilled 8-16 B
-        # on three D 72 table entries under triton 3.8/3.9 (docs/benchmarks.md); new tiles for them are owed
-        o_d = tl.arange(0, BLOCK_D)
-        m_d = o_d < HEAD_DIM
-        o_dt = BLOCK_D + tl.arange(0, BLOCK_DT)
-        m_dt = o_dt < HEAD_DIM
-        for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
-            o_nn = i_n * BLOCK_N + o_n
-            m_n = _key_ok(o_nn, T_k, key_mask, HAS_MASK)
-            # [BLOCK_D, BLOCK_N]
-            b_kT = tl.load(k + o_nn[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
-            b_s = _dot(b_q, b_kT, None, DOT_FP32, PRECISION)
-            b_kTt = tl.load(k + o_nn[None, :] * s_kt + o_dt[:, None], mask=m_n[None, :] & m_dt[:, None], other=0.0)
-            b_s += _dot(b_qt, b_kTt, None, DOT_FP32, PRECISION)
-            b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
-            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-            if HAS_MASK:
-                b_m_new = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
-            b_alpha = tl.math.exp2(b_m - b_m_new)
-            b_p = tl.math.exp2(b_s - b_m_new[:, None])
-            b_l = b_l * b_alpha + tl.sum(b_p, 1)
-            b_p = _cast(b_p, v.dtype.element_ty, DOT_FP32)
-            b_v = tl.load(v + o_nn[:, None] * s_vt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_acc = b_acc * b_alpha[:, None] + _dot(b_p, b_v, None, DOT_FP32, PRECISION)
-            b_vt = tl.load(v + o_nn[:, None] * s_vt + o_dt[None, :], mask=m_n[:, None] & m_dt[None, :], other=0.0)
-            b_acct = b_acct * b_alpha[:, None] + _dot(b_p, b_vt, None, DOT_FP32, PRECISION)
-            b_m = b_m_new
-    elif HAS_MASK:
+    if HAS_MASK:
         # any key may be masked: every block takes the masked path
         for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
             m_n = _key_ok(i_n * BLOCK_N + o_n, T_k, key_mask, True)
+            kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
+            vb, _ = _block_at(v, i_n * BLOCK_N, s_vt, o_n, BLOCK_DT > 0)
             b_m, b_l, b_acc, b_acct = _fwd_block(
                 b_q,
                 b_qt,
-                k + i_n * BLOCK_N * s_kt,
-                v + i_n * BLOCK_N * s_vt,
-                o_n,
+                kb,
+                vb,
+                rows,
                 s_kt,
                 s_vt,
                 m_n,
@@ -478,6 +469,7 @@ def _attn_bwd_preprocess_kernel(
     BLOCK_DP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     IS_VARLEN: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, _, _ = _seq_bounds(cu_seqlens_q, cu_seqlens_q, i_b, L_Q, L_Q, IS_VARLEN)
@@ -488,8 +480,8 @@ def _attn_bwd_preprocess_kernel(
     o_d = tl.arange(0, BLOCK_DP)
     m_md = (o_m < T_q)[:, None] & (o_d < HEAD_DIM)[None, :]
     # [BLOCK_M, BLOCK_DP]
-    o += i_b64 * s_ob + bos_q * s_ot + i_h * s_oh
-    do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
+    o, s_ot = _head_base(o, i_b64, s_ob, bos_q, s_ot, i_h, s_oh, ALIGN)
+    do, s_dt = _head_base(do, i_b64, s_db, bos_q, s_dt, i_h, s_dh, ALIGN)
     b_o = tl.load(o + o_m[:, None] * s_ot + o_d[None, :], mask=m_md, other=0.0)
     b_do = tl.load(do + o_m[:, None] * s_dt + o_d[None, :], mask=m_md, other=0.0)
     # [BLOCK_M]
@@ -607,18 +599,19 @@ def _attn_bwd_dkdv_kernel(
     HAS_MASK: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     i_n, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
     if i_n * BLOCK_N >= T_k:
         return
     i_b64 = i_b.to(tl.int64)
-    q += i_b64 * s_qb + bos_q * s_qt + i_h * s_qh
-    do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
-    k += i_b64 * s_kb + bos_k * s_kt + i_h * s_kh
-    v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
-    dk += i_b64 * s_dkb + bos_k * s_dkt + i_h * s_dkh
-    dv += i_b64 * s_dvb + bos_k * s_dvt + i_h * s_dvh
+    q, s_qt = _head_base(q, i_b64, s_qb, bos_q, s_qt, i_h, s_qh, ALIGN)
+    do, s_dt = _head_base(do, i_b64, s_db, bos_q, s_dt, i_h, s_dh, ALIGN)
+    k, s_kt = _head_base(k, i_b64, s_kb, bos_k, s_kt, i_h, s_kh, ALIGN)
+    v, s_vt = _head_base(v, i_b64, s_vb, bos_k, s_vt, i_h, s_vh, ALIGN)
+    dk, s_dkt = _head_base(dk, i_b64, s_dkb, bos_k, s_dkt, i_h, s_dkh, ALIGN)
+    dv, s_dvt = _head_base(dv, i_b64, s_dvb, bos_k, s_dvt, i_h, s_dvh, ALIGN)
     lse += i_b64 * s_lb + i_h * s_lh + bos_q
     delta += i_b64 * s_lb + i_h * s_lh + bos_q
 
@@ -796,17 +789,18 @@ def _attn_bwd_dq_kernel(
     HAS_MASK: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos_q, T_q, bos_k, T_k = _seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, L_Q, L_K, IS_VARLEN)
     if i_m * BLOCK_M >= T_q:
         return
     i_b64 = i_b.to(tl.int64)
-    q += i_b64 * s_qb + bos_q * s_qt + i_h * s_qh
-    do += i_b64 * s_db + bos_q * s_dt + i_h * s_dh
-    dq += i_b64 * s_dqb + bos_q * s_dqt + i_h * s_dqh
-    k += i_b64 * s_kb + bos_k * s_kt + i_h * s_kh
-    v += i_b64 * s_vb + bos_k * s_vt + i_h * s_vh
+    q, s_qt = _head_base(q, i_b64, s_qb, bos_q, s_qt, i_h, s_qh, ALIGN)
+    do, s_dt = _head_base(do, i_b64, s_db, bos_q, s_dt, i_h, s_dh, ALIGN)
+    dq, s_dqt = _head_base(dq, i_b64, s_dqb, bos_q, s_dqt, i_h, s_dqh, ALIGN)
+    k, s_kt = _head_base(k, i_b64, s_kb, bos_k, s_kt, i_h, s_kh, ALIGN)
+    v, s_vt = _head_base(v, i_b64, s_vb, bos_k, s_vt, i_h, s_vh, ALIGN)
     lse += i_b64 * s_lb + i_h * s_lh + bos_q
     delta += i_b64 * s_lb + i_h * s_lh + bos_q
     key_mask += i_b64 * s_mb
@@ -826,7 +820,7 @@ def _attn_bwd_dq_kernel(
     b_dqt = tl.zeros([BLOCK_M, BLOCK_DT if BLOCK_DT > 0 else 1], dtype=tl.float32)
     # each block addresses its keys and values through `_block_at`
 
-    if HAS_MASK or BLOCK_DT > 0:  # every block masked: see the forward
+    if HAS_MASK:  # any key may be masked: every block takes the masked path
         for i_n in range(0, tl.cdiv(T_k, BLOCK_N)):
             m_n = _key_ok(i_n * BLOCK_N + o_n, T_k, key_mask, HAS_MASK)
             kb, rows = _block_at(k, i_n * BLOCK_N, s_kt, o_n, BLOCK_DT > 0)
@@ -951,7 +945,7 @@ def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
 _FWD_BASE = {
     ("16bit", "seq", 32): (128, 64, 8, 3),
     ("16bit", "seq", 64): (128, 64, 8, 3),
-    ("16bit", "seq", 80): (64, 64, 8, 3),
+    ("16bit", "seq", 80): (128, 64, 8, 3),
     ("16bit", "seq", 96): (128, 32, 8, 3),
     ("16bit", "seq", 128): (64, 64, 8, 3),
     ("16bit", "pool", 32): (16, 64, 8, 3),
@@ -985,36 +979,38 @@ _BWD_BASE = {
     ("fp32", "seq", 96): (16, 16, 4, 16, 32, 4, 2),
     ("fp32", "seq", 128): (32, 16, 8, 32, 16, 4, 2),
 }
-# Per-family changes to the base tables (measured, triton 3.9, SigLIP2 shapes; docs/design.md):
-# - D 72 forward: 128x64 spills on sm_80 (8 B, padded+mask), sm_86 (40-144 B) and sm_120 (88 B); 128x32
-#   still spills on sm_80 (32 B, padded without mask, 3.9) and sm_86 (56 B, 3.8), as do 128x32 with 2 stages
-#   and 64x32 with 4 warps on sm_86; the base has 64x64 with 8 warps. sm_90 keeps 128x64 (spill-free there);
-#   sm_120 takes 128x32 (64x64 spills 48-64 B there, padded+mask). So "default" (64x64) spills on sm_120 in
-#   padded+mask; it is spill-free on the other five and in varlen on all six.
-# - sm_86/89 and sm_120 (99 KB, consumer register allocation): at D 72 the 32x64 dK/dV tile spills 16-80 B;
-#   16x64 does not.
+# Per-family changes to the base tables (measured with the AOT harness under triton 3.6, 3.8 and 3.9, SigLIP2
+# shapes, with the launcher's 16-byte stride hint, ALIGN; docs/design.md):
+# - D 72 forward: 128x64 compiles spill-free on sm_80, 86, 89, 90 and 100; on sm_120 it spills 40-48 B
+#   (padded+mask), so sm_120 takes 128x32. "default" must compile on all six: 128x64 spills on sm_120 and 128x32
+#   spills 8 B on sm_100 under 3.8 (padded+mask), so it takes 64x32.
+# - D 72 dK/dV: 32x64 spills 8-64 B (padded+mask) on sm_80 (triton 3.6), sm_86/89 and sm_120, so they take
+#   16x64; that spills 24 B on sm_120 (padded+mask), which takes 16x32 (spilling on sm_90/100, 8 B). "default"
+#   takes 16x16 with 4 warps, the largest 2-stage tile tried that is spill-free on all six under all three.
 # - sm_100: the 128x64, 8-warp forward at D 64 spills 8 B (padded, no mask) at 128 registers; 128x32 does
 #   not (nor does 64x64 with 4 warps; 128x64 with 4 warps spills 24 B).
-# "default" (unknown architectures) takes the sm_100 and consumer changes.
-_FWD_SM90 = {("16bit", "seq", 80): (128, 64, 8, 3)}
+# "default" (unknown architectures) takes the sm_100 change and its own D 72 tiles.
 _FWD_SM120 = {("16bit", "seq", 80): (128, 32, 8, 3)}
+_FWD_DEFAULT = {("16bit", "seq", 80): (64, 32, 8, 3)}
 _BWD_CONSUMER = {("16bit", "seq", 80): (16, 64, 8, 64, 16, 8, 2)}
+_BWD_SM120 = {("16bit", "seq", 80): (16, 32, 8, 64, 16, 8, 2)}
+_BWD_DEFAULT = {("16bit", "seq", 80): (16, 16, 4, 64, 16, 8, 2)}
 _FWD_SM100 = {("16bit", "seq", 64): (128, 32, 8, 3)}
 FWD_CONFIGS = {
     "sm80": _FWD_BASE,
     "sm86": _FWD_BASE,
-    "sm90": {**_FWD_BASE, **_FWD_SM90},
+    "sm90": _FWD_BASE,
     "sm100": {**_FWD_BASE, **_FWD_SM100},
     "sm120": {**_FWD_BASE, **_FWD_SM120},
-    "default": {**_FWD_BASE, **_FWD_SM100},
+    "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_DEFAULT},
 }
 BWD_CONFIGS = {
-    "sm80": {**_BWD_BASE, **_BWD_CONSUMER},  # D 72 dK/dV 32x64 spills 16 B padded+mask under triton 3.6
+    "sm80": {**_BWD_BASE, **_BWD_CONSUMER},
     "sm86": {**_BWD_BASE, **_BWD_CONSUMER},
     "sm90": _BWD_BASE,
     "sm100": _BWD_BASE,
-    "sm120": {**_BWD_BASE, **_BWD_CONSUMER},
-    "default": {**_BWD_BASE, **_BWD_CONSUMER},
+    "sm120": {**_BWD_BASE, **_BWD_SM120},
+    "default": {**_BWD_BASE, **_BWD_DEFAULT},
 }
 # delta = rowsum(dO * O): (BLOCK_M, num_warps). 4 warps spill 28 B at D 72 in fp16 on sm_120 (80 registers).
 PREPROCESS_CONFIG = (32, 8)
@@ -1057,6 +1053,13 @@ def _new_like(t):
     (B, H, L, D) views of (B, L, H, D) activations then get outputs that transpose back without a copy."""
     strides = torch.empty_like(t, device="meta").stride()
     return new_empty((t.numel(),), t.dtype, t.device).as_strided(t.shape, strides)
+
+
+def _stride_align(*tensors) -> int:
+    """The ALIGN constexpr (`_head_base`): 16 bytes in elements when every stride of every tensor but the unit
+    last one is a multiple of it (any (total, H, D) or (B, H, L, D) layout at D 72 in 16-bit), else 1."""
+    n = 16 // tensors[0].element_size()
+    return n if all(s % n == 0 for t in tensors for s in t.stride()[:-1]) else 1
 
 
 def _strides(name: str, t, is_varlen: bool) -> dict:
@@ -1144,6 +1147,7 @@ def attention_fwd(
         **_strides("o", o, la.is_varlen),
         qk_scale=scale * LOG2E,
         NEG_SCALE=scale < 0,
+        ALIGN=_stride_align(q, k, v, o),
         BLOCK_D=bd,
         BLOCK_DT=bdt,
         BLOCK_M=cfg["BLOCK_M"],
@@ -1184,6 +1188,7 @@ def attention_bwd(
         **_strides("v", v, la.is_varlen),
         **_strides("d", do, la.is_varlen),
     }
+    align = _stride_align(q, k, v, do, o, dq, dk, dv)
     common = dict(
         q=q,
         k=k,
@@ -1195,6 +1200,7 @@ def attention_bwd(
         **strides,
         qk_scale=scale * LOG2E,
         sm_scale=scale,
+        ALIGN=align,
         BLOCK_D=bd,
         BLOCK_DT=bdt,
         num_stages=cfg["num_stages"],
@@ -1215,6 +1221,7 @@ def attention_bwd(
             BLOCK_DP=_next_pow2(bd + bdt),
             BLOCK_M=pm,
             IS_VARLEN=la.is_varlen,
+            ALIGN=align,
             num_warps=pw,
             num_stages=1,
         )

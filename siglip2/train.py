@@ -45,6 +45,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     fsdp: bool = False
     lock_image: bool = False
+    cache_image_embeddings: bool = False
     compile: bool = False
     kernel_impl: str = "auto"
     resume: bool = False
@@ -97,6 +98,12 @@ def add_arguments(p) -> None:
     a("--grad-checkpointing", action="store_true", help="recompute each encoder layer in backward")
     a("--fsdp", action="store_true", help="FSDP2 (fully_shard per encoder layer, then the root) instead of DDP")
     a("--lock-image", action="store_true", help="freeze the vision tower (locked-image tuning)")
+    a(
+        "--cache-image-embeddings",
+        action="store_true",
+        help="with --lock-image: keep the frozen tower's embedding of every image (per max_num_patches) in CPU "
+        "memory and reuse it in later epochs (one process or DDP; not with --fsdp)",
+    )
     a("--compile", action="store_true", help="torch.compile each encoder layer")
     a("--kernel-impl", choices=["auto", "triton", "reference"], default="auto")
     a("--resume", action="store_true", help="continue from OUT/latest")
@@ -223,6 +230,11 @@ def train(cfg: TrainConfig) -> dict:
         if v is not None and (v < 0 or (name in ("steps", "log_every") and v == 0)):
             kind = "positive" if name in ("steps", "log_every") else "non-negative"
             raise ValueError(f"--{name.replace('_', '-')}: expected a {kind} integer, got {v}")
+    if cfg.cache_image_embeddings and (not cfg.lock_image or cfg.fsdp):
+        raise ValueError(
+            "--cache-image-embeddings: needs --lock-image (a frozen vision tower) and DDP or one process, not "
+            f"--fsdp (FSDP2 gathers the tower's shards collectively); got lock_image={cfg.lock_image}, fsdp={cfg.fsdp}"
+        )
     source = open_source(cfg.data)
     if isinstance(source, FileSource) and not source.has_captions:
         raise ValueError(f"--data: {cfg.data!r} has no captions (a caption or text column is needed to train)")
@@ -253,7 +265,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         return _dry_run(cfg, model, plan, world, total)
 
-    module = U.ContrastiveForward(model, cfg.lock_image)
+    image_cache = U.ImageEmbeddingCache() if cfg.cache_image_embeddings else None
+    module = U.ContrastiveForward(model, cfg.lock_image, image_cache)
     if cfg.grad_checkpointing:
         U.apply_activation_checkpointing(model)
     if cfg.compile:
@@ -301,12 +314,40 @@ def train(cfg: TrainConfig) -> dict:
             num_workers=min(cfg.workers, 1),
         )
     return _loop(
-        cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files, log_path
+        cfg,
+        model,
+        module,
+        optimizer,
+        scheduler,
+        loader,
+        plan,
+        step,
+        total,
+        rank,
+        world,
+        device,
+        proc_files,
+        log_path,
+        image_cache,
     )
 
 
 def _loop(
-    cfg, model, module, optimizer, scheduler, loader, plan, step, total, rank, world, device, proc_files, log_path
+    cfg,
+    model,
+    module,
+    optimizer,
+    scheduler,
+    loader,
+    plan,
+    step,
+    total,
+    rank,
+    world,
+    device,
+    proc_files,
+    log_path,
+    image_cache=None,
 ):
     import torch
     from torch.distributed.tensor import DTensor
@@ -339,7 +380,7 @@ def _loop(
         keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "spatial_shapes")
         inputs = [batch[k].to(device, non_blocking=True) if k in batch else None for k in keys]
         with autocast:
-            img, txt, scale, bias = module(*inputs)
+            img, txt, scale, bias = module(*inputs, cache_keys=batch["cache_keys"] if image_cache is not None else None)
         if dist_loss is not None:
             loss = dist_loss(img, txt, scale, bias)
             (loss * world).backward()  # DDP / FSDP average gradients; the ring's per-rank shares sum to the total
@@ -373,6 +414,8 @@ def _loop(
                 "tokens_per_s": acc[1].item() / dt,
                 "skipped": skipped,
             }
+            if image_cache is not None:
+                rec["image_cache_hits"], rec["image_cache_misses"] = image_cache.hits, image_cache.misses
             if device.type == "cuda":
                 rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             if rank == 0:

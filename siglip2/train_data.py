@@ -222,6 +222,7 @@ class Collate:
         inv = torch.tensor(order).argsort()
         batch = {k: v[inv] for k, v in batch.items()}
         batch.update(step=step, global_batch=g, cursor=cursor, skipped=[(e.key, e.reason) for e in skipped], budget=L)
+        batch["cache_keys"] = [(s[0], m) for s, m in good]  # (sample key, its budget), in batch order
         return batch
 
 

@@ -72,21 +72,56 @@ def size_config(size: str, vocab_size: int):
     return Siglip2Config(text_config=text, vision_config=vision)
 
 
+class ImageEmbeddingCache:
+    """Locked-image tuning's cache of the frozen vision tower's pooled embeddings, in CPU memory, keyed by
+    (sample key, max_num_patches): preprocessing is deterministic, so an image seen again at the same budget (the
+    next epoch) skips the vision tower. Only the missing images of a batch run through it. Entries keep the
+    tower's output dtype; an embedding computed in a smaller or larger batch can differ from the uncached one in
+    the last bits of floating point (matmul blocking), so a resumed run, whose cache starts empty, matches an
+    uninterrupted one to that rounding rather than bit for bit."""
+
+    def __init__(self):
+        self.store: dict = {}
+        self.hits = self.misses = 0
+
+    def embed(self, vision, keys, pixel_values, pixel_attention_mask, spatial_shapes):
+        miss = [i for i, k in enumerate(keys) if k not in self.store]
+        if miss:
+            idx = torch.tensor(miss, device=pixel_values.device)
+            with torch.no_grad():
+                out = vision(pixel_values[idx], pixel_attention_mask[idx], spatial_shapes[idx], return_dict=True)
+            for i, e in zip(miss, out.pooler_output.detach().cpu()):
+                self.store[keys[i]] = e
+        self.misses += len(miss)
+        self.hits += len(keys) - len(miss)
+        return torch.stack([self.store[k] for k in keys]).to(pixel_values.device, non_blocking=True)
+
+
 class ContrastiveForward(nn.Module):
     """The training forward: L2-normalized image and text embeddings plus logit scale and bias, all returned
-    from forward so DDP / FSDP2 see every parameter used inside it. `lock_image` runs the vision tower frozen."""
+    from forward so DDP / FSDP2 see every parameter used inside it. `lock_image` runs the vision tower frozen;
+    with an `ImageEmbeddingCache` (`image_cache`) and the batch's `cache_keys`, it reads the tower's embeddings
+    from the cache and runs the tower only on images missing there."""
 
-    def __init__(self, model, lock_image: bool = False):
+    def __init__(self, model, lock_image: bool = False, image_cache: ImageEmbeddingCache | None = None):
         super().__init__()
-        self.model, self.lock_image = model, lock_image
+        if image_cache is not None and not lock_image:
+            raise ValueError("image_cache: caching image embeddings needs a frozen vision tower (lock_image=True)")
+        self.model, self.lock_image, self.image_cache = model, lock_image, image_cache
         if lock_image:
             model.vision_model.requires_grad_(False)
 
-    def forward(self, input_ids, attention_mask, pixel_values, pixel_attention_mask, spatial_shapes):
+    def forward(self, input_ids, attention_mask, pixel_values, pixel_attention_mask, spatial_shapes, cache_keys=None):
         m = self.model
         text = m.text_model(input_ids, attention_mask, return_dict=True).pooler_output
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image):
-            image = m.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True).pooler_output
+        if self.image_cache is not None and cache_keys is not None:
+            image = self.image_cache.embed(
+                m.vision_model, cache_keys, pixel_values, pixel_attention_mask, spatial_shapes
+            )
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image):
+                out = m.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, return_dict=True)
+                image = out.pooler_output
         if image.dtype != text.dtype:  # autocast can leave one tower in fp32
             image, text = image.float(), text.float()
         return (

@@ -140,6 +140,20 @@ def test_varlen_strided_inputs():
     _check_varlen(lens, lens, H, D, torch.float32, "triton", q, k, v)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_varlen_unaligned_strides(dtype):
+    """The launcher tells the kernels (ALIGN) that strides are 16-byte multiples only when they are: q, k, v cut
+    from a (total, H, 73) buffer (strides 73 H, 73) take the unhinted kernels, contiguous ones the hinted."""
+    from siglip2.kernels.attention_triton import _stride_align
+
+    lens, H, D = [7, 50, 21], 2, 72
+    buf = [torch.randn(sum(lens), H, D + 1, dtype=dtype, device=DEV) for _ in range(3)]
+    q, k, v = (b[..., :D].requires_grad_() for b in buf)
+    assert _stride_align(q, k, v) == 1
+    assert _stride_align(*(t.contiguous() for t in (q, k, v))) == 16 // q.element_size()
+    _check_varlen(lens, lens, H, D, dtype, "triton", q, k, v)
+
+
 def test_varlen_noncontiguous_cu_seqlens():
     """cu_seqlens may be a strided view: the kernels index it with unit stride, so the launcher must copy it.
     The view below reads as [0, 0, 7, 7, ...] without the copy: valid bounds, wrong sequences."""

@@ -290,10 +290,52 @@ def test_lock_image_bf16_and_classify_the_checkpoint(shapes, tmp_path, one_threa
     assert sorted(r["label"] for r in out[0]["scores"]) == ["a blue square", "a red circle"], out
 
 
+def test_lock_image_embedding_cache(shapes, tmp_path, one_thread):
+    """Two epochs of locked-image tuning: the second reads every image embedding from the cache (the vision tower
+    runs once per image), and the run matches the uncached one to fp32 rounding."""
+    kw = {"data": shapes["test"], "steps": 12, "batch_size": 16, "seq_lens": (16,), "lock_image": True}
+    calls = []
+    from siglip2 import layers
+
+    hook = layers.Siglip2EncoderLayer.forward
+
+    def counting(self, *a, **k):
+        calls.append(a[0].shape[0] if a else 0)
+        return hook(self, *a, **k)
+
+    layers.Siglip2EncoderLayer.forward = counting
+    try:
+        plain = train(_cfg(shapes, tmp_path / "plain", **kw))
+        n_plain = len(calls)
+        cached = train(_cfg(shapes, tmp_path / "cached", cache_image_embeddings=True, **kw))
+        n_cached = len(calls) - n_plain
+    finally:
+        layers.Siglip2EncoderLayer.forward = hook
+    a, b = _log(tmp_path / "plain"), _log(tmp_path / "cached")
+    assert (b[5]["image_cache_hits"], b[5]["image_cache_misses"]) == (0, 96)  # epoch 1: every image computed
+    assert (b[-1]["image_cache_hits"], b[-1]["image_cache_misses"]) == (96, 96)  # epoch 2: none
+    layers_per_tower = n_plain // 24  # 12 steps x (text + vision)
+    assert n_cached == n_plain - 6 * layers_per_tower  # the tower's layers did not run in the 6 cached steps
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6), (x, y)
+    pa, pb = _params(plain["checkpoint"]), _params(cached["checkpoint"])
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="--cache-image-embeddings: needs --lock-image"):
+        train(_cfg(shapes, tmp_path / "e", cache_image_embeddings=True))
+
+
 def test_tensorboard_events(shapes, tmp_path, one_thread):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     train(_cfg(shapes, tmp_path / "tb", steps=2, batch_size=4, seq_lens=(16,), report_to=("tensorboard",)))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb" / "tb"))
+    ev = EventAccumulator(str(tmp_path / "tb" / "tb")).Reload()
+    logged = _log(tmp_path / "tb")
+    for key in ("loss", "lr", "grad_norm", "images_per_s"):
+        got = [(e.step, e.value) for e in ev.Scalars(f"train/{key}")]
+        assert got == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in logged], key
 
 
 def test_epochs_set_the_step_count(shapes, tmp_path, one_thread):
