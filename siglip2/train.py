@@ -2,8 +2,8 @@
 
   siglip2 train --data SOURCE --model ID_OR_DIR_OR_SIZE --out DIR [--steps N | --epochs E] [--batch-size B]
                 [--seq-lens 128,256,576,784,1024] [--tokens-per-batch T] [--mixed-budgets] [--lr ...] [--warmup ...]
-                [--precision bf16] [--grad-checkpointing] [--fsdp] [--lock-image] [--resume] [--log-every K]
-                [--save-every K] [--dry-run]
+                [--precision bf16] [--grad-checkpointing] [--fsdp] [--lock-image [--cache-image-embeddings]] [--resume]
+                [--log-every K] [--save-every K] [--dry-run]
 
 One process, or every rank of `torchrun --nproc-per-node W -m siglip2 train ...`: DDP by default, FSDP2 with
 `--fsdp`. The loss is the global-batch SigLIP loss: `DistributedSigmoidLoss` (a ring, each rank holding only its own
@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+TEXT_TOKENS = 64  # captions are padded / truncated to SigLIP2's 64 tokens (siglip2.data.naflex_collate)
+
 
 @dataclass
 class TrainConfig:
@@ -35,6 +37,7 @@ class TrainConfig:
     tokens_per_batch: int | None = None
     seq_lens: tuple = (256,)
     mixed_budgets: bool = False
+    count_text_tokens: bool = False
     lr: float = 1e-4
     min_lr_ratio: float = 0.0
     warmup: int = 0
@@ -89,6 +92,11 @@ def add_arguments(p) -> None:
     )
     a("--seq-lens", default="256", help="comma-separated max_num_patches buckets, one drawn per step")
     a("--mixed-budgets", action="store_true", help="draw a budget per sample instead of per step (packed batches)")
+    a(
+        "--count-text-tokens",
+        action="store_true",
+        help="charge each caption's text tokens (its padded length, 64) against --tokens-per-batch as well",
+    )
     a("--lr", type=float, default=1e-4)
     a("--min-lr-ratio", type=float, default=0.0, help="final lr as a fraction of --lr (cosine)")
     a("--warmup", type=int, default=0, help="linear warm-up steps")
@@ -239,7 +247,17 @@ def train(cfg: TrainConfig) -> dict:
     if isinstance(source, FileSource) and not source.has_captions:
         raise ValueError(f"--data: {cfg.data!r} has no captions (a caption or text column is needed to train)")
     rank, world, device = _setup_distributed(None if cfg.dry_run else cfg.device)
-    plan = BatchPlan(tuple(cfg.seq_lens), world, cfg.batch_size, cfg.tokens_per_batch, cfg.mixed_budgets, cfg.seed)
+    if cfg.count_text_tokens and cfg.tokens_per_batch is None:
+        raise ValueError("--count-text-tokens: needs --tokens-per-batch (the budget the text tokens count against)")
+    plan = BatchPlan(
+        tuple(cfg.seq_lens),
+        world,
+        cfg.batch_size,
+        cfg.tokens_per_batch,
+        cfg.mixed_budgets,
+        cfg.seed,
+        TEXT_TOKENS if cfg.count_text_tokens else 0,
+    )
     if cfg.steps is not None:
         total = cfg.steps
     elif cfg.epochs is None:
@@ -452,8 +470,8 @@ def _dry_run(cfg, model, plan, world, total) -> dict:
     elem = 2 if cfg.precision == "bf16" else 4
     rows = []
     for m in plan.seq_lens:
-        n = cfg.batch_size or cfg.tokens_per_batch // m
-        vt, tt = n * m, n * 64
+        n = plan.bucket_batch(m)
+        vt, tt = n * m, n * TEXT_TOKENS
         act = {
             ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
             + activation_bytes(model.config.text_config, tt, elem, ck)

@@ -9,7 +9,9 @@ continues from a saved (step, cursor) pair to exactly the batches an uninterrupt
   sample `perm[p // N][p % N]`. A step's global batch is the next positions from the cursor, split into contiguous
   per-rank slices (rank 0 first), so one process with the combined batch sees exactly the same pairs.
 - Bucketed (default): each step draws one max_num_patches from `seq_lens` (seeded by the step); the per-rank batch
-  is `batch_size`, or `tokens_per_batch // max_num_patches`, so the patch budget (and activation memory) per step
+  is `batch_size`, or `tokens_per_batch // (max_num_patches + text_tokens)`, so the token budget (and activation
+  memory) per step stays flat across buckets; `text_tokens` (0 by default: a patch budget) charges each sample's
+  caption, tokenized to a fixed length, against the budget too, so the text tower's share stays flat as well.
   stays flat across buckets.
 - Mixed (`mixed=True`): each *sample* draws its own max_num_patches (seeded by its position) and ranks fill their
   token budgets greedily from the stream; packed execution never computes the padding, so a batch that mixes
@@ -38,6 +40,7 @@ class BatchPlan:
     tokens_per_batch: int | None = None  # per rank, in max_num_patches units
     mixed: bool = False
     seed: int = 0
+    text_tokens: int = 0  # tokens each sample's caption adds to tokens_per_batch (0: the budget counts patches only)
 
     def __post_init__(self):
         if not self.seq_lens or any(int(s) <= 0 for s in self.seq_lens):
@@ -49,10 +52,12 @@ class BatchPlan:
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
-        if self.tokens_per_batch is not None and self.tokens_per_batch < max(self.seq_lens):
+        if self.text_tokens < 0:
+            raise ValueError(f"text_tokens: expected >= 0, got {self.text_tokens}")
+        if self.tokens_per_batch is not None and self.tokens_per_batch < max(self.seq_lens) + self.text_tokens:
             raise ValueError(
-                f"tokens_per_batch: must hold at least one image of the largest budget "
-                f"{max(self.seq_lens)}, got {self.tokens_per_batch}"
+                f"tokens_per_batch: must hold at least one sample of the largest budget "
+                f"({max(self.seq_lens)} patches + {self.text_tokens} text tokens), got {self.tokens_per_batch}"
             )
         if self.mixed and self.tokens_per_batch is None:
             raise ValueError("mixed budgets need tokens_per_batch (the per-rank patch budget the samples fill)")
@@ -70,21 +75,25 @@ class BatchPlan:
         """The max_num_patches of the sample at global position `pos` (mixed budgets)."""
         return self.seq_lens[random.Random(-(self.seed * 1_000_003 + pos) - 1).randrange(len(self.seq_lens))]
 
+    def bucket_batch(self, m: int) -> int:
+        """The per-rank batch size of a bucketed step of max_num_patches `m`."""
+        return self.batch_size or self._budget() // (m + self.text_tokens)
+
     def step(self, step: int, cursor: int) -> tuple[list, int]:
         """Per-rank lists of (position, max_num_patches) for this step, and the cursor after it."""
         if not self.mixed:
             m = self.step_len(step)
-            n = self.batch_size or self._budget() // m
+            n = self.bucket_batch(m)
             ranks = [[(cursor + r * n + i, m) for i in range(n)] for r in range(self.world_size)]
             return ranks, cursor + self.world_size * n
         ranks, budget = [], self._budget()
         for _ in range(self.world_size):
             mine, used = [], 0
             while True:
-                m = self.sample_len(cursor)
+                m = self.sample_len(cursor) + self.text_tokens
                 if used + m > budget:
                     break
-                mine.append((cursor, m))
+                mine.append((cursor, m - self.text_tokens))
                 used, cursor = used + m, cursor + 1
             ranks.append(mine)
         return ranks, cursor

@@ -172,6 +172,17 @@ def test_plan_buckets_budgets_and_mixed():
         BatchPlan((64, 256), tokens_per_batch=128)
     with pytest.raises(ValueError, match="exactly one"):
         BatchPlan((64,), batch_size=4, tokens_per_batch=1024)
+    # text tokens in the budget: patches + 64 text tokens per sample stay within it, in every bucket and mixed
+    t = BatchPlan((64, 192, 448), world_size=2, tokens_per_batch=1024, seed=3, text_tokens=64)
+    for step in range(20):
+        ranks, _ = t.step(step, 0)
+        (m,) = {mm for r in ranks for _, mm in r}
+        assert len(ranks[0]) == 1024 // (m + 64) == t.bucket_batch(m)  # 8, 4 or 2 samples
+    tm = BatchPlan((64, 192), world_size=2, tokens_per_batch=1024, mixed=True, seed=3, text_tokens=64)
+    for r in tm.step(0, 0)[0]:
+        assert sum(m + 64 for _, m in r) <= 1024 < sum(m + 64 for _, m in r) + 64 + 192
+    with pytest.raises(ValueError, match="448 patches \\+ 64 text tokens"):
+        BatchPlan((448,), tokens_per_batch=500, text_tokens=64)
 
 
 def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
@@ -229,6 +240,7 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
         ({"model": "./no/such/dir"}, OSError, "does not exist"),  # not a size: a checkpoint path or hub id
         ({"tokenizer": None}, ValueError, "--tokenizer"),
         ({"seq_lens": (16, 64), "tokens_per_batch": 32, "batch_size": None}, ValueError, "tokens_per_batch"),
+        ({"count_text_tokens": True}, ValueError, "--count-text-tokens: needs --tokens-per-batch"),
     ],
 )
 def test_argument_errors(shapes, tmp_path, kw, exc, match):
