@@ -144,6 +144,22 @@ MUTATIONS = [
         "        pass",
         ["tests/test_transformers_integration.py", "-k", "follows"],
     ),
+    # the 16-byte stride hint claimed for strides that are not multiples of it: rows land at the wrong addresses
+    Mutation(
+        "stride-hint-always-on",
+        "kernels/attention_triton.py",
+        "    return n if all(s % n == 0 for t in tensors for s in t.stride()[:-1]) else 1",
+        "    return n",
+        ["tests/test_attention.py", "-k", "unaligned_strides"],
+    ),
+    # the locked tower's cache keyed by the sample alone: a later batch reads another image's embedding
+    Mutation(
+        "image-cache-serves-stale-rows",
+        "siglip2/train_utils.py",
+        "        return torch.stack([self.store[k] for k in keys])",
+        "        return torch.stack([self.store[k] for k in keys][::-1])",
+        ["tests/test_train.py", "-k", "embedding_cache"],
+    ),
     Mutation(
         "entry-check-skipped",
         "siglip2/validation.py",
