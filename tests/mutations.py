@@ -53,8 +53,8 @@ MUTATIONS = [
     Mutation(
         "qkv-bias-order-swapped",
         "siglip2/layers.py",
-        "              self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)",
-        "              self.k_proj.bias, self.q_proj.bias, self.v_proj.bias)",
+        "            self.q_proj.bias,\n            self.k_proj.bias,\n            self.v_proj.bias,\n        )",
+        "            self.k_proj.bias,\n            self.q_proj.bias,\n            self.v_proj.bias,\n        )",
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
     ),
     Mutation(
@@ -68,8 +68,8 @@ MUTATIONS = [
     Mutation(
         "text-tower-on-reference",
         "siglip2/layers.py",
-        "mask, self.scale,\n                                   impl=kernel_impl)",
-        'mask, self.scale,\n                                   impl="reference")',
+        "v.transpose(1, 2), mask, self.scale, impl=kernel_impl",
+        'v.transpose(1, 2), mask, self.scale, impl="reference"',
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
     ),
     Mutation(
