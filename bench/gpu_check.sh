@@ -56,4 +56,7 @@ if [ "$stage" = train ]; then
   fi
   timeout 200 $tr bench/bench_train.py ring --local-batch 4096 --dim 1152 --precision bf16 2>&1 | tail -12 \
     | tee -a "$OUT/bench-train.txt"
+  # locked-image tuning, with and without the image-embedding cache (random base model, drawn shapes)
+  timeout 150 python bench/bench_lit_cache.py --model base --kernel-impl triton --images 1024 --batch-size 128 \
+    --seq-len 256 2>&1 | tail -4 | tee -a "$OUT/bench-train.txt"
 fi
