@@ -273,12 +273,16 @@ _FWD_BASE = {
 #   under 3.6 (ptxas-blackwell 12.9); 128x64x64 with 2 stages is spill-free under 3.6, 3.8 and 3.9. Unaligned
 #   64x64x32 with 4 warps spills 8 B under 3.9 (fp16, and bf16 weights with fp32 pixels, at P=14's pointer
 #   alignment); with 8 warps, as on sm_100, no variant spills under 3.8 or 3.9.
-# "default" (unknown architectures) takes both.
+# - sm_80 and sm_86/89: fp16 weights with fp32 pixels (the processor's output, cast in the kernel) spill 16 B in
+#   the aligned 128x128x64 tile under triton 3.9 (56 B with 2 stages); 128x64x64 with 3 stages is spill-free for
+#   every weight/pixel dtype pair under 3.6, 3.8 and 3.9. sm_90 keeps 128x128x64 (spill-free there).
+# "default" (unknown architectures) takes the sm_100 and sm_120 changes.
+_FWD_AMPERE = {("16bit", True): (128, 64, 64, 8, 3)}
 _FWD_SM100 = {("16bit", False): (64, 64, 32, 8, 3), ("fp32", True): (64, 64, 16, 8, 2)}
 _FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 2), ("16bit", False): (64, 64, 32, 8, 3)}
 FWD_CONFIGS = {
-    "sm80": _FWD_BASE,
-    "sm86": _FWD_BASE,
+    "sm80": {**_FWD_BASE, **_FWD_AMPERE},
+    "sm86": {**_FWD_BASE, **_FWD_AMPERE},
     "sm90": _FWD_BASE,
     "sm100": {**_FWD_BASE, **_FWD_SM100},
     "sm120": {**_FWD_BASE, **_FWD_SM120},
