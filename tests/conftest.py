@@ -3,6 +3,8 @@
 Without CUDA, Triton kernels run through Triton's CPU interpreter: TRITON_INTERPRET must be set before any
 kernel module is imported (the @triton.jit decorator reads it), so it is set here, at collection time.
 Tests marked `gpu` are skipped without CUDA.
+The README's command runs the suite under pytest-xdist (`-n auto`): the worker count is capped below, and each
+worker gets its share of the cores as torch threads.
 """
 
 import os
@@ -13,6 +15,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+
+# Under xdist, N workers each running torch's default (one thread per core) would oversubscribe the cores N times;
+# most of the suite is single-threaded Python in Triton's interpreter anyway.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 8 (each imports torch and transformers, ~0.5 GB, and more
+    workers only add contention on the torchrun and AOT tests, which start their own processes), 2 with CUDA
+    (the workers share one device)."""
+    cap = 2 if torch.cuda.is_available() else 8
+    return max(1, min(os.cpu_count() or 1, cap))
 
 
 def _old_interpreter() -> str | None:
