@@ -3,11 +3,11 @@
 A case (see kernels/_aot.py `aot_run`) is one kernel specialization as a real launch would build it, for one
 `sm_<cc>`: the config comes from the table of that cc's family (kernels/_configs.py), and the "default" table
 is compiled for every cc too (it is what an unknown architecture gets). Each case carries `required`: True for
-the shapes SigLIP2 runs (attention head dims 64 and 72 in fp16 and bf16: varlen, varlen with one query per
-image (pooling head), padded with and without a key mask, forward and backward; the patch-embedding and loss
-configs of B/16, L/16, So400m/14 and So400m/16). A required case must not spill; every case must compile and
-fit shared memory. `siglip2_only=True` builds the required cases alone; `all_cases(tier="ci")` a subset of them
-sized to CI's time budget.
+the shapes SigLIP2 runs (attention head dims 64, 72 and 96 (g-opt/16's vision tower) in fp16 and bf16: varlen,
+varlen with one query per image (pooling head), padded with and without a key mask, forward and backward; the
+patch-embedding and loss configs of B/16, L/16, So400m/14 and So400m/16). A required case must not spill; every
+case must compile and fit shared memory. `siglip2_only=True` builds the required cases alone;
+`all_cases(tier="ci")` a subset of them sized to CI's time budget.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from ._configs import AOT_CCS, family
 
 _TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-SIGLIP2_HEAD_DIMS = (64, 72)  # B/16, L/16: 768/12, 1024/16; So400m: 1152/16
+SIGLIP2_HEAD_DIMS = (64, 72, 96)  # B/16, L/16: 768/12, 1024/16; So400m: 1152/16; g-opt/16 vision: 1536/16
 
 
 def _dedupe(cases):
@@ -63,11 +63,11 @@ def _attn_signature(fn, constexprs, dtype):
 def _attn_variants(dclass, queries, tile, siglip2_only):
     """(dtype, head dim, layout, alignment, required) to compile for one table key."""
     out = []
-    siglip2_d = {64: 64, 80: 72}.get(tile) if dclass == "16bit" else None
+    siglip2_d = {64: 64, 80: 72, 96: 96}.get(tile) if dclass == "16bit" else None
     layouts = ("varlen",) if queries == "pool" else ("varlen", "padded+mask", "padded")
     if siglip2_d is not None:
-        # D 64: every pointer and stride divisible by 16; D 72: strides are not (s_qh = 72), pointers are
-        how = "aligned" if siglip2_d == 64 else "pointers"
+        # D 64 and 96: every pointer and stride divisible by 16; D 72: strides are not (s_qh = 72), pointers are
+        how = "pointers" if siglip2_d == 72 else "aligned"
         out += [(dt, siglip2_d, lay, how, True) for dt in (torch.bfloat16, torch.float16) for lay in layouts]
     if not siglip2_only:
         dt = torch.float32 if dclass == "fp32" else torch.bfloat16
@@ -434,6 +434,8 @@ def _in_ci(c) -> bool:
     positive diagonal and gradient tile. The "default" table's attention entries, on the architectures whose own
     table differs, in bf16 varlen. Every other variant compiles in the full sweep (`SIGLIP2_AOT_FULL=1`)."""
     if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
+        return c["dtype"] == "bf16" and c["layout"] == "varlen"
+    if c["op"] == "attention" and c["head_dim"] == 96:  # g-opt's D 96 in bf16 varlen; the rest: tier "siglip2"
         return c["dtype"] == "bf16" and c["layout"] == "varlen"
     if c["op"] == "attention":
         return c["dtype"] == "bf16" or (c["layout"] == "varlen" and c["queries"] == "seq")
