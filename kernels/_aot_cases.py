@@ -17,7 +17,6 @@ import torch
 from ._configs import AOT_CCS, family
 
 _TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-SIGLIP2_HEAD_DIMS = (64, 72, 96)  # B/16, L/16: 768/12, 1024/16; So400m: 1152/16; g-opt/16 vision: 1536/16
 
 
 def _dedupe(cases):
@@ -63,6 +62,7 @@ def _attn_signature(fn, constexprs, dtype):
 def _attn_variants(dclass, queries, tile, siglip2_only):
     """(dtype, head dim, layout, alignment, required) to compile for one table key."""
     out = []
+    # tile -> SigLIP2 head dim: B/16, L/16 768/12, 1024/16 = 64; So400m 1152/16 = 72; g-opt/16 vision 1536/16 = 96
     siglip2_d = {64: 64, 80: 72, 96: 96}.get(tile) if dclass == "16bit" else None
     layouts = ("varlen",) if queries == "pool" else ("varlen", "padded+mask", "padded")
     if siglip2_d is not None:
@@ -432,7 +432,8 @@ def _in_ci(c) -> bool:
     packed patch embedding in bf16 and fp32 with pixels of the weight dtype, and in fp16 with fp32 pixels (P=16
     aligned, P=14 "pointers"), and its adjoint for batches of up to 32 images; the loss with and without its
     positive diagonal and gradient tile. The "default" table's attention entries, on the architectures whose own
-    table differs, in bf16 varlen. Every other variant compiles in the full sweep (`SIGLIP2_AOT_FULL=1`)."""
+    table differs, in bf16 varlen; D 96 in bf16 varlen only. Every other variant compiles in the full sweep
+    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels._aot`)."""
     if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
         return c["dtype"] == "bf16" and c["layout"] == "varlen"
     if c["op"] == "attention" and c["head_dim"] == 96:  # g-opt's D 96 in bf16 varlen; the rest: tier "siglip2"

@@ -4,8 +4,8 @@ The compute capability comes from the compile target (kernels/_aot.py), never fr
 (kernels/_aot_cases.py) are the table entries of each architecture's family plus the "default" table (what an
 unknown architecture gets), each compiled as a real launch specializes it.
 - `test_aot_siglip2_shapes` (CI): the CI tier of the shapes SigLIP2 runs (kernels/_aot_cases.py `_in_ci`:
-  bf16 in every layout, fp16 varlen). Fails on a compile error, on shared memory over the architecture's
-  per-block limit, and on any register spill (STACK or LOCAL > 0).
+  bf16 in every layout, fp16 varlen; D 96 bf16 varlen). Fails on a compile error, on shared memory over the
+  architecture's per-block limit, and on any register spill (STACK or LOCAL > 0).
 - `test_aot_all_configs` (`SIGLIP2_AOT_FULL=1`, ~30 min on 2 cores): every SigLIP2 shape (fp16 in every layout
   too) with the same rules, and every other table entry at every head-dim class, aligned and unaligned, which
   fails only on a compile error or shared memory: their spills are printed as a table.
