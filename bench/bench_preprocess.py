@@ -57,8 +57,8 @@ def run(args) -> list[dict]:
 
     try:
         from transformers import Siglip2ImageProcessorPil
-    except ImportError:  # transformers is a test-only dependency
-        Siglip2ImageProcessorPil = None
+    except ImportError as e:  # transformers is a test-only dependency: its row says why it is missing
+        Siglip2ImageProcessorPil, missing = None, f"skipped: transformers' processor did not import ({e})"
     rows = []
     rep = 3 if args.quick else 10
     pil_proc, torch_proc = Siglip2ImageProcessor(), Siglip2ImageProcessor(backend="torch")
@@ -81,6 +81,10 @@ def run(args) -> list[dict]:
                     "cpu",
                     lambda hf=hf, pils=pils, M=M: hf(pils, max_num_patches=M, return_tensors="pt"),
                 )
+            )
+        if Siglip2ImageProcessorPil is None:
+            rows.append(
+                {"op": "preprocess", "case": case, "provider": "transformers-pil", "mode": "fwd", "note": missing}
             )
         timings = {}
         for name, dev, fn in providers:

@@ -127,11 +127,14 @@ def main(argv=None):
     print("# " + " | ".join(f"{k}: {v}" for k, v in env.items()))
     results = {"env": env, "ops": {}}
     bar = tqdm(total=len(args.ops), desc="ops", unit="op", position=0)
+    failures: list[tuple[str, str]] = []  # (op, why): any of them makes the exit status 1
     for op in args.ops:
         try:
             mod = importlib.import_module(OPS[op])
-        except ModuleNotFoundError as e:
-            tqdm.write(f"\n## {op}: skipped ({e})")
+        except Exception as e:  # an op whose module does not import is a failed benchmark, never a silent skip
+            traceback.print_exc()
+            failures.append((op, f"import failed: {type(e).__name__}: {e}"))
+            results["ops"][op] = [{"case": "-", "provider": "-", "note": f"benchmark failed: {failures[-1][1]}"}]
             bar.update()
             continue
         tqdm.write(f"\n## {op}\n{(mod.__doc__ or '').strip().splitlines()[0]}")
@@ -139,8 +142,9 @@ def main(argv=None):
         common.set_progress(cases.update)
         try:
             rows = mod.run(args)
-        except Exception:
+        except Exception as e:
             traceback.print_exc()
+            failures.append((op, f"{type(e).__name__}: {e}"))
             rows = [{"case": "-", "provider": "-", "note": "benchmark failed: " + traceback.format_exc(limit=1)[-200:]}]
         finally:
             common.set_progress(None)
@@ -169,8 +173,28 @@ def main(argv=None):
 
         for path in write_bench_plots(results, out):
             print(f"wrote {path}")
-    print(json.dumps({"results": out, "ops": {k: len(v) for k, v in results["ops"].items()}}))
+    skipped = [
+        (op, r) for op, rows in results["ops"].items() for r in rows if str(r.get("note", "")).startswith("skip")
+    ]
+    if skipped:  # rows a provider could not produce here (no CUDA, an optional package): said, never dropped
+        print(f"\n{len(skipped)} rows skipped:", file=sys.stderr)
+        for op, r in skipped:
+            print(f"  {op} / {r.get('case')} / {r.get('provider')}: {r['note']}", file=sys.stderr)
+    if failures:
+        print(f"\n{len(failures)} of {len(args.ops)} benchmarks FAILED (their rows say so in {out}):", file=sys.stderr)
+        for op, why in failures:
+            print(f"  {op}: {why}", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "results": out,
+                "ops": {k: len(v) for k, v in results["ops"].items()},
+                "failed": [op for op, _ in failures],
+            }
+        )
+    )
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,9 @@
 """Zero-shot image classification, as transformers' pipeline does it for SigLIP: sigmoid scores, not softmax.
 
 Images are EXIF-transposed and converted to RGB, processed by the checkpoint's own image processor (its saved
-patch_size / max_num_patches, not the Processor's defaults), and the texts `template.format(label)` are padded
-to 64 tokens with truncation. Scores are sorted descending with a stable sort, so ties keep the label order.
+patch_size, checked against config.json, and max_num_patches, not the Processor's default of 256 patches), and the
+texts `template.format(label)` are padded to 64 tokens with truncation. Scores are sorted descending with a stable
+sort, so ties keep the label order.
 """
 
 from __future__ import annotations

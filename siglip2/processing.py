@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .image_utils import get_image_size_for_max_num_patches, positive_int, resize_uint8, tensor_to_rgb, to_rgb_uint8
-from .loading import CheckpointError, atomic_write_text, resolve_dir
+from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -124,7 +124,10 @@ class _ImageProcessor:
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Self:
         """Read `preprocessor_config.json` from a directory or hub id; `kwargs` (backend too) override it."""
         hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only") if k in kwargs}
-        d = read_preprocessor_config(resolve_dir(name_or_path, **hub))
+        directory = resolve_dir(name_or_path, **hub)
+        d = read_preprocessor_config(directory)
+        if "patch_size" in cls._defaults:
+            d = _with_model_patch_size(directory, d, kwargs)
         d.update(kwargs)
         return cls(**d)
 
@@ -163,6 +166,45 @@ class _ImageProcessor:
         if a.shape[:2] == tuple(size):
             return a
         return np.asarray(PIL.Image.fromarray(a).resize((size[1], size[0]), resample=int(self.resample)))
+
+
+def model_patch_size(directory: str) -> int | None:
+    """The vision tower's patch_size from `directory`'s config.json (a dual encoder's vision_config, or a vision
+    model's own), or None when there is no config.json or it names none."""
+    path = checkpoint_file(directory, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    vision = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else None
+    value = vision.get("patch_size") if isinstance(vision, dict) else None
+    if value is None:
+        return None
+    try:
+        return positive_int(f"{path}: patch_size", value)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from e
+
+
+def _with_model_patch_size(directory: str, d: dict, kwargs: dict) -> dict:
+    """A NaFlex preprocessor config whose patch_size is the model's (config.json): filled in when the file has none
+    (never a silent 16), refused when the two files disagree (the model cannot read such pixel_values). A
+    `patch_size` passed by the caller wins over both, as in transformers."""
+    P = model_patch_size(directory)
+    if P is None or "patch_size" in kwargs:
+        return d
+    if "patch_size" not in d:
+        return dict(d, patch_size=P)
+    if d["patch_size"] != P:
+        raise CheckpointError(
+            f"{directory}: {PREPROCESSOR_CONFIG} has patch_size {d['patch_size']!r} but config.json's vision tower "
+            f"has patch_size {P}; the model's patch embedding reads {P}x{P} patches (fix one of the files, or pass "
+            f"patch_size= explicitly)"
+        )
+    return d
 
 
 def read_preprocessor_config(directory: str) -> dict:
@@ -373,5 +415,7 @@ def image_processor_from_pretrained(
     d = read_preprocessor_config(directory)
     kind = str(d.get("image_processor_type", ""))
     cls = Siglip2ImageProcessor if ("Siglip2" in kind or "max_num_patches" in d) else SiglipImageProcessor
+    if cls is Siglip2ImageProcessor:
+        d = _with_model_patch_size(directory, d, kwargs)
     d.update(kwargs)
     return cls(**d)

@@ -315,10 +315,14 @@ class Siglip2Tokenizer:
 
 class Siglip2Processor:
     """Images + text -> the model's keys. Defaults as transformers' Siglip2Processor: text padded to 64 with
-    truncation; images at max_num_patches=256, patch_size=16 (overriding the image processor's saved ones)."""
+    truncation; images at max_num_patches=256 (overriding the image processor's saved one). The patch size is the
+    image processor's own (preprocessor_config.json, checked against config.json by `from_pretrained`), not a
+    fixed 16: transformers 5.24's combined call passes patch_size=16 whatever the checkpoint, which a model with
+    another patch size then rejects. An explicit `patch_size=` is used as given, as in transformers."""
 
     text_defaults: ClassVar[dict] = {"padding": "max_length", "truncation": True, "max_length": 64}
-    image_defaults: ClassVar[dict] = {"max_num_patches": 256, "patch_size": 16}
+    # patch_size None: the image processor's own
+    image_defaults: ClassVar[dict] = {"max_num_patches": 256, "patch_size": None}
 
     def __init__(
         self, image_processor: Siglip2ImageProcessor | SiglipImageProcessor, tokenizer: Siglip2Tokenizer

@@ -23,6 +23,7 @@ if _WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without pytest-xdist installed, pytest must not reject it
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core, at most 8 (each imports torch and transformers, ~0.5 GB, and more
     workers only add contention on the torchrun and AOT tests, which start their own processes), 2 with CUDA

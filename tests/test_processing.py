@@ -261,6 +261,99 @@ def test_resize_uint8_is_pillow_exact(resample):
         assert np.array_equal(ref, out), ((h, w), (oh, ow))
 
 
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """patch size -> a tiny local NaFlex checkpoint (config.json, preprocessor_config.json with that patch size and
+    16 patches, tokenizer files), as tests/tiny.py saves it."""
+    from tiny import save_pipeline_checkpoint
+
+    out = {}
+    for P in (8, 14, 16):
+        d = tmp_path_factory.mktemp(f"ckpt-p{P}")
+        save_pipeline_checkpoint(d, patch=P)
+        out[P] = d
+    return out
+
+
+def _rgb(h, w, seed):
+    return PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _hf_processor(d):
+    from transformers import AutoTokenizer, Siglip2ImageProcessorPil
+    from transformers import Siglip2Processor as HFProcessor
+
+    ip = Siglip2ImageProcessorPil.from_pretrained(d)
+    return HFProcessor(image_processor=ip, tokenizer=AutoTokenizer.from_pretrained(d))
+
+
+@pytest.mark.parametrize("P", [8, 14, 16])
+def test_combined_call_uses_the_checkpoint_patch_size(checkpoints, P):
+    """processor(images=..., text=...) patchifies with the checkpoint's patch size, as transformers' image processor
+    does. (transformers 5.24's combined call passes its class default patch_size=16 whatever the checkpoint: it
+    matches ours only when told the patch size.)"""
+    from siglip2.tokenization import Siglip2Processor
+
+    d = checkpoints[P]
+    images, texts = [_rgb(37, 90, 0), _rgb(120, 64, 1)], ["A photo of a Cat.", "a dog"]
+    ours, hf = Siglip2Processor.from_pretrained(d), _hf_processor(d)
+    for kw in ({}, {"max_num_patches": 64}):
+        a = ours(images=images, text=texts, **kw)
+        M = kw.get("max_num_patches", 256)  # the combined call's default budget, as transformers'
+        assert a["pixel_values"].shape == (2, M, 3 * P * P)
+        _assert_same(a, hf.image_processor(images, max_num_patches=M, return_tensors="pt"))
+        b = hf(images=images, text=texts, return_tensors="pt", patch_size=P, **kw)
+        assert sorted(a.keys()) == sorted(b.keys())
+        _assert_same(a, b)
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        _assert_same(ours(images=images, **kw), a)  # images alone: the same
+
+
+def test_explicit_patch_size_is_honoured_as_in_transformers(checkpoints):
+    """A patch_size argument wins over the checkpoint's, as in transformers (the model then refuses the input)."""
+    from siglip2.tokenization import Siglip2Processor
+
+    d = checkpoints[8]
+    images = [_rgb(45, 61, 2)]
+    a = Siglip2Processor.from_pretrained(d)(images=images, text=["a cat"], patch_size=4, max_num_patches=64)
+    b = _hf_processor(d)(images=images, text=["a cat"], patch_size=4, max_num_patches=64, return_tensors="pt")
+    assert a["pixel_values"].shape == (1, 64, 48)
+    _assert_same(a, b)
+
+
+def test_patch_size_comes_from_the_checkpoint_never_a_silent_16(checkpoints, tmp_path):
+    """Every loader reads the checkpoint's patch size; a preprocessor_config without one gets config.json's (not the
+    class default, 16), one that disagrees with config.json is refused unless patch_size= is passed."""
+    import shutil
+
+    from siglip2.loading import CheckpointError
+    from siglip2.pipeline import embed
+    from siglip2.tokenization import Siglip2Processor
+
+    loaders = (image_processor_from_pretrained, Siglip2ImageProcessor.from_pretrained)
+    for P, d in checkpoints.items():
+        assert [load(d).patch_size for load in loaders] == [P, P]
+        assert Siglip2Processor.from_pretrained(d).image_processor.patch_size == P
+    d = tmp_path / "ckpt"
+    shutil.copytree(checkpoints[8], d)
+    path = d / "preprocessor_config.json"
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in cfg.items() if k != "patch_size"}))
+    assert [load(d).patch_size for load in loaders] == [8, 8]
+    assert Siglip2Processor.from_pretrained(d).image_processor.patch_size == 8
+    out = embed([_rgb(30, 40, 3)], ["a cat"], model=str(d))  # the pipeline: the model accepts what it gets
+    assert out["image_embeds"].shape == (1, 32) and out["text_embeds"].shape == (1, 32)
+    path.write_text(json.dumps(dict(cfg, patch_size=16)))
+    for load in loaders:
+        with pytest.raises(CheckpointError, match=r"patch_size 16 but config\.json's vision tower has patch_size 8"):
+            load(d)
+        assert load(d, patch_size=4).patch_size == 4
+    with pytest.raises(CheckpointError, match="patch_size 16"):
+        Siglip2Processor.from_pretrained(d)
+    with pytest.raises(CheckpointError, match="patch_size 16"):
+        embed([_rgb(30, 40, 3)], model=str(d))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("max_num_patches", [256, 1024])
 def test_torch_path_on_cuda_matches_pil(max_num_patches):

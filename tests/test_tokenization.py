@@ -193,7 +193,8 @@ def _image_processor_dir(path, P=4, M=16):
 
 
 def test_processor_matches_transformers(tmp_path):
-    """Processor defaults (64 tokens, 256 patches of 16) beat the saved P=4/M=16, as upstream."""
+    """Processor defaults (64 tokens, 256 patches) beat the saved M=16, as upstream; the patch size stays the saved
+    P=4 (transformers' combined call passes 16 unless told: tests/test_processing.py)."""
     import PIL.Image
     from transformers import Siglip2ImageProcessorPil
     from transformers import Siglip2Processor as HFProcessor
@@ -210,11 +211,11 @@ def test_processor_matches_transformers(tmp_path):
     for kw in ({}, {"max_num_patches": 64}):
         a, b = (
             ours(images=images, text=texts, **kw),
-            ref(images=images, text=texts, return_tensors="pt", **kw),
+            ref(images=images, text=texts, return_tensors="pt", patch_size=4, **kw),
         )
         assert sorted(a.keys()) == sorted(b.keys())
         for k in b:
             assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
             assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=0), k
-    assert ours(images=images)["pixel_values"].shape == (2, 256, 768)
+    assert ours(images=images)["pixel_values"].shape == (2, 256, 4 * 4 * 3)
     assert ours(text="a cat")["input_ids"].shape == (1, 64)

@@ -1,0 +1,61 @@
+"""bench/run.py fails loudly: a benchmark that does not import or raises makes the exit status 1, after a summary
+that names it and why; its row says so in the results (issue 24: a failed benchmark used to exit 0)."""
+
+import os
+import sys
+import types
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+
+
+@pytest.fixture
+def run_module(monkeypatch):
+    import run
+
+    monkeypatch.setattr(run.common, "measured_copy_gbps", lambda device: 0.0)  # the header's copy probe: not tested
+    return run
+
+
+def _broken(monkeypatch, run, how):
+    mod = types.ModuleType("bench_broken")
+    mod.__doc__ = "A benchmark that breaks."
+
+    def fail(args):
+        raise RuntimeError("the kernel exploded")
+
+    mod.run = fail  # type: ignore[attr-defined]
+    if how == "raises":
+        monkeypatch.setitem(sys.modules, "bench_broken", mod)
+        monkeypatch.setitem(run.OPS, "loss", "bench_broken")
+    else:
+        monkeypatch.setitem(run.OPS, "loss", "bench_module_that_does_not_exist")
+
+
+@pytest.mark.parametrize("how", ["raises", "does-not-import"])
+def test_failed_benchmark_exits_nonzero_with_summary(run_module, monkeypatch, tmp_path, capsys, how):
+    import json
+
+    _broken(monkeypatch, run_module, how)
+    status = run_module.main(["--ops", "loss", "--no-plots", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "1 of 1 benchmarks FAILED" in err and "loss:" in err
+    assert ("the kernel exploded" if how == "raises" else "bench_module_that_does_not_exist") in err
+    rows = json.loads((tmp_path / "results.json").read_text())["ops"]["loss"]
+    assert rows and rows[0]["note"].startswith("benchmark failed")
+
+
+def test_skipped_provider_rows_are_listed(run_module, monkeypatch, tmp_path, capsys):
+    mod = types.ModuleType("bench_partial")
+    mod.__doc__ = "A benchmark with a provider that cannot run here."
+    mod.run = lambda args: [  # type: ignore[attr-defined]
+        {"case": "c", "provider": "ours", "ms": 1.0},
+        {"case": "c", "provider": "theirs", "note": "skipped: their package is not installed"},
+    ]
+    monkeypatch.setitem(sys.modules, "bench_partial", mod)
+    monkeypatch.setitem(run_module.OPS, "loss", "bench_partial")
+    assert run_module.main(["--ops", "loss", "--no-plots", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "1 rows skipped" in err and "theirs: skipped: their package is not installed" in err
