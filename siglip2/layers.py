@@ -225,7 +225,9 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
         if packed is None:
             # transformers' path: nn.MultiheadAttention math (q pre-scaled, softmax in the model dtype)
             B, L = hidden.shape[:2]
-            probe = self.probe.expand(B, -1, -1)
+            # repeat (a copy), as transformers: F.linear of an expanded (stride-0) probe skips the fused bias GEMM
+            # and rounds the q projection twice in bf16 (matmul, then + bias), one bf16 ulp off transformers
+            probe = self.probe.repeat(B, 1, 1)
             mask = _additive_mask(attention_mask, probe.dtype)
             if mask is not None:
                 mask = mask.expand(-1, self.num_heads, 1, -1).reshape(B * self.num_heads, 1, L)

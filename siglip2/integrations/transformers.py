@@ -44,9 +44,12 @@ from torch import nn
 from siglip2.kernels import padded_attention, sigmoid_loss
 
 BACKEND = "siglip2_triton"
-# transformers versions whose SigLIP / SigLIP2 module layout and attention dispatch this was written against
-# (5.0 flattened the vision towers and introduced the attention/mask interfaces used here); tested: see README
-SUPPORTED = ((5, 0), (6, 0))
+# transformers versions whose SigLIP / SigLIP2 module layout and attention dispatch this works with: 5.0 introduced
+# the attention/mask interfaces used here, and 5.6 flattened the SigLIP2 towers (Siglip2VisionTransformer and
+# Siglip2TextTransformer are gone: Siglip2Model.vision_model is a Siglip2VisionModel taking pixel_attention_mask),
+# the layout the packed tower forwards follow. 5.5.0 fails the parity tests, 5.6.0 passes them (bisected
+# 2026-12-05). CI runs the transformers-facing tests under the newest release and again under the lower bound.
+SUPPORTED = ((5, 6), (6, 0))
 
 _state = {"impl": "auto"}
 _warned: set[str] = set()
