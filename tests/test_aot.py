@@ -68,6 +68,7 @@ def _run(tier):
     )
 
 
+@pytest.mark.slow  # ~3 min of compiling on 2 cores with a cold Triton cache
 def test_aot_siglip2_shapes():
     _run("ci")
 

@@ -270,6 +270,7 @@ def test_triton_kernels_run_in_embed_dataset(folder_run, checkpoint, folder, tmp
         assert _same_up_to_storage(img[n], ref[n]), n
 
 
+@pytest.mark.slow  # torchrun: two more Python processes
 def test_torchrun_two_ranks_match_one_process(folder_run, checkpoint, folder, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TRITON_INTERPRET="0")

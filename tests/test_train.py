@@ -103,6 +103,7 @@ def _zero_shot_accuracy(ckpt, shapes):
     return (pred == truth).float().mean().item()
 
 
+@pytest.mark.slow  # a convergence run (~25 s)
 def test_convergence_zero_shot_beats_chance(shapes, tmp_path, one_thread):
     out = tmp_path / "run"
     res = train(_cfg(shapes, out, steps=360, batch_size=24, lr=4e-3, warmup=30, log_every=30, weight_decay=0.0))

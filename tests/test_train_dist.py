@@ -181,6 +181,7 @@ def shapes(tmp_path_factory):
     return {"data": make_dataset(str(root), 64, seed=0, name="train"), "tok": str(root / "tok")}
 
 
+@pytest.mark.slow  # torchrun: two ranks, five jobs
 def test_ddp_and_fsdp2_match_one_process_and_resume(shapes, tmp_path):
     from siglip2.__main__ import main
 
