@@ -77,7 +77,7 @@ def _synthetic_photo(rng, h=480, w=640):
 
 def bench_decode(args) -> list[dict]:
     from siglip2 import data
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     torch.set_num_threads(1)
     paths = make_photos(args.cache)
@@ -129,8 +129,8 @@ def bench_decode(args) -> list[dict]:
 def _random_model(
     hidden=768, layers=12, heads=12, inter=3072, patch=16, num_patches=256, dtype=torch.float32, device="cpu", seed=0
 ):
-    from siglip2.configuration import Siglip2Config
     from siglip2.fast import Siglip2Model
+    from siglip2.models.configuration import Siglip2Config
 
     torch.manual_seed(seed)
     text = dict(
@@ -156,13 +156,13 @@ def _random_model(
 
 def bench_fidelity(args) -> list[dict]:
     from siglip2 import data
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     paths = make_photos(args.cache)
     M = args.max_num_patches
     if args.model:
         from siglip2.pipeline import load_model
-        from siglip2.processing import image_processor_from_pretrained
+        from siglip2.processing.image_processing import image_processor_from_pretrained
 
         model, d = load_model(args.model, device="cpu")
         ip, weights = image_processor_from_pretrained(d), args.model
@@ -197,8 +197,8 @@ def bench_e2e(args) -> list[dict]:
     settings and prefetcher. With one worker the wall time should approach max(decode + preprocess, model)
     instead of their sum."""
     from siglip2.data import open_source
-    from siglip2.embed_dataset import _as_iterable_dataset, _Prefetch, _Stream, plan_units
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.embed_dataset.cli import _as_iterable_dataset, _Prefetch, _Stream, plan_units
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     torch.set_num_threads(1)
     d = os.path.join(args.cache, "e2e")
@@ -293,7 +293,7 @@ def bench_gpu(args) -> list[dict]:
     256 patches, synthetic 1024x768 JPEGs; images/s from the CLI's wall time, and the model alone."""
     import PIL.Image
 
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     work = tempfile.mkdtemp(prefix="bench-data-gpu-")
     imgs = os.path.join(work, "imgs")

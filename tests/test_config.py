@@ -7,7 +7,7 @@ import pytest
 import transformers
 
 import siglip2
-from siglip2.configuration import _Config
+from siglip2.models.configuration import _Config
 
 PAIRS = [
     (siglip2.Siglip2TextConfig, transformers.Siglip2TextConfig),

@@ -103,8 +103,8 @@ def test_decode_errors_are_named(tmp_path):
 def test_collate_matches_processor_and_tokenizer(tmp_path):
     from test_tokenization import make_tokenizer_dir
 
-    from siglip2.processing import Siglip2ImageProcessor
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     ip = Siglip2ImageProcessor(patch_size=4, max_num_patches=16)
     rng = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def test_collate_matches_processor_and_tokenizer(tmp_path):
 
 
 def test_fast_decode_keeps_the_exact_naflex_size(tmp_path):
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     # a smooth photo-like JPEG, large against the budget, with an EXIF rotation
     y, x = np.mgrid[0:600, 0:1000]

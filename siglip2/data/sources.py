@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import PIL.Image
     import torch
 
-    from .processing import Siglip2ImageProcessor
+    from ..processing.image_processing import Siglip2ImageProcessor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif")
 WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "jfif")
@@ -254,7 +254,7 @@ def decode_image(
     import PIL.Image
     import PIL.ImageOps
 
-    from .image_utils import pil_to_rgb
+    from ..processing.image_utils import pil_to_rgb
 
     if isinstance(ref, Record):
         key = ref.key if key is None else key
@@ -289,7 +289,7 @@ def decode_image(
 
 
 def _target(h: int, w: int, patch_size: int, max_num_patches: int) -> tuple[int, int]:
-    from .image_utils import get_image_size_for_max_num_patches
+    from ..processing.image_utils import get_image_size_for_max_num_patches
 
     return get_image_size_for_max_num_patches(h, w, patch_size, max_num_patches)
 
@@ -304,7 +304,7 @@ def _as_pil(img: Any, name: str) -> PIL.Image.Image:
     import PIL.Image
     import torch
 
-    from .image_utils import to_rgb_uint8
+    from ..processing.image_utils import to_rgb_uint8
 
     rgb = to_rgb_uint8(img, name)
     if isinstance(rgb, PIL.Image.Image):
@@ -348,7 +348,7 @@ def naflex_collate(
     """
     import torch
 
-    from .processing import Siglip2ImageProcessor
+    from ..processing.image_processing import Siglip2ImageProcessor
 
     if not samples:
         raise ValueError("samples: got an empty batch")

@@ -8,8 +8,8 @@
 One process, or every rank of `torchrun --nproc-per-node W -m siglip2 train ...`: DDP by default, FSDP2 with
 `--fsdp`. The loss is the global-batch SigLIP loss: `DistributedSigmoidLoss` (a ring, each rank holding only its own
 blocks) across ranks, the fused `sigmoid_loss` in one process. `--batch-size` and `--tokens-per-batch` are per rank;
-the log shows the global batch. `--warmup` is in steps. Batches follow `siglip2.train_data.BatchPlan`; checkpoints
-and resume follow `siglip2.train_utils`. `train(TrainConfig(...))` is the same run from Python.
+the log shows the global batch. `--warmup` is in steps. Batches follow `siglip2.train.data.BatchPlan`; checkpoints
+and resume follow `siglip2.train.model`. `train(TrainConfig(...))` is the same run from Python.
 """
 
 from __future__ import annotations
@@ -176,10 +176,10 @@ def _build(cfg, device):
     processors to save_pretrained) for cfg.model."""
     import torch
 
-    from .fast import Siglip2Model
-    from .processing import Siglip2ImageProcessor, image_processor_from_pretrained
-    from .tokenization import Siglip2Tokenizer
-    from .train_utils import SIZES, size_config
+    from ..fast import Siglip2Model
+    from ..processing.image_processing import Siglip2ImageProcessor, image_processor_from_pretrained
+    from ..processing.tokenization import Siglip2Tokenizer
+    from .model import SIZES, size_config
 
     if cfg.model in SIZES and not os.path.isdir(cfg.model):
         if not cfg.tokenizer:
@@ -199,11 +199,11 @@ def _build(cfg, device):
             for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
         ]
         return model, tok, ip, [f for f in files if os.path.exists(f)] + [ip]  # ip: written as preprocessor_config
-    from .loading import resolve_dir
+    from ..checkpoints.loading import resolve_dir
 
     d = resolve_dir(cfg.model)
     if cfg.dry_run:  # the plan needs shapes only
-        from .configuration import Siglip2Config
+        from ..models.configuration import Siglip2Config
 
         with torch.device("meta"):
             model = Siglip2Model(Siglip2Config.from_pretrained(d))
@@ -225,9 +225,9 @@ def train(cfg: TrainConfig) -> dict:
     """Run (or, with dry_run, plan) a training job; returns a summary dict (steps, final loss, checkpoint)."""
     import torch
 
-    from . import train_utils as U
-    from .data import FileSource, open_source
-    from .train_data import BatchPlan, CaptionedSamples, Collate, PlanSampler, WebDatasetBatches
+    from ..data import FileSource, open_source
+    from . import model as U
+    from .data import BatchPlan, CaptionedSamples, Collate, PlanSampler, WebDatasetBatches
 
     if cfg.batch_size is None and cfg.tokens_per_batch is None:
         cfg.batch_size = 32
@@ -271,7 +271,7 @@ def train(cfg: TrainConfig) -> dict:
         print(f"siglip2 train: --resume: no checkpoint in {cfg.out} yet, starting from step 0", file=sys.stderr)
     model, tok, ip, proc_files = _build(cfg, device)
     if resume_dir:  # exact fp32 weights of the checkpoint
-        from .fast import Siglip2Model
+        from ..fast import Siglip2Model
 
         model = Siglip2Model.from_pretrained(os.path.join(resume_dir, "model"), device=device)
     if not cfg.dry_run:
@@ -373,7 +373,7 @@ def _loop(
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
 
-    from . import train_utils as U
+    from . import model as U
 
     dist_loss = DistributedSigmoidLoss(impl=cfg.kernel_impl) if world > 1 else None
     params = [p for p in module.parameters() if p.requires_grad]
@@ -462,7 +462,7 @@ def _loop(
 
 
 def _dry_run(cfg, model, plan, world, total) -> dict:
-    from .train_utils import activation_bytes
+    from .model import activation_bytes
 
     n_params = sum(p.numel() for p in model.parameters())
     vis = model.vision_model.parameters()

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .data import FileSource, WebDatasetSource
+    from ..data import FileSource, WebDatasetSource
 
 RUN_FILE, MANIFEST, ERRORS = "run.json", "manifest.json", "errors.jsonl"
 STOP_AFTER_ENV = "SIGLIP2_EMBED_DATASET_STOP_AFTER"  # test hook: interrupt after writing this many units
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_MODEL
+    from ..pipeline import DEFAULT_MODEL
 
     p.add_argument("input", metavar="INPUT", help="folder, .txt list, .csv/.tsv/.jsonl table, or webdataset .tar(s)")
     p.add_argument("--out", required=True, help="output directory")
@@ -73,7 +73,7 @@ class Unit:
 
 
 def plan_units(source: FileSource | WebDatasetSource, shard_size: int) -> list[Unit]:
-    from .data import FileSource
+    from ..data import FileSource
 
     if isinstance(source, FileSource):
         n = len(source)
@@ -98,7 +98,7 @@ class _Stream:
 
         info = torch.utils.data.get_worker_info()
         wid, k = (info.id, info.num_workers) if info else (0, 1)
-        from .data import FileSource
+        from ..data import FileSource
 
         if isinstance(self.source, FileSource):
             chunks = [
@@ -118,7 +118,7 @@ class _Stream:
             yield self._process(u, True, prev or [], _take(errors))  # always one last item: marks the unit done
 
     def _process(self, unit, last, records, errors):
-        from .data import SampleError, decode_image, iter_token_batches, naflex_collate, num_patches
+        from ..data import SampleError, decode_image, iter_token_batches, naflex_collate, num_patches
 
         P = int(self.ip.patch_size)
         good = []
@@ -227,7 +227,7 @@ def _sha256_file(path: str) -> str:
 
 
 def _keys_digest(source) -> str:
-    from .data import FileSource
+    from ..data import FileSource
 
     h = hashlib.sha256()
     for x in (r.key for r in source) if isinstance(source, FileSource) else source.shards:
@@ -237,7 +237,7 @@ def _keys_digest(source) -> str:
 
 def _check_run(out: str, run: dict, rank: int) -> None:
     """Record the run's arguments in out/run.json, or refuse when a different run is there."""
-    from .loading import atomic_write_text
+    from ..checkpoints.loading import atomic_write_text
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out: {out!r} is a file; give a directory")
@@ -272,7 +272,7 @@ def _save_unit(out: str, unit: Unit, buf: dict, run_hash: str, store_dtype, dims
     import torch
     from safetensors.torch import save_file
 
-    from .loading import atomic_write_text
+    from ..checkpoints.loading import atomic_write_text
 
     def save(prefix, rows, keys, dim, extra):
         emb = torch.cat(rows).to("cpu", store_dtype) if rows else torch.zeros(0, dim, dtype=store_dtype)
@@ -317,10 +317,10 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from .data import FileSource, open_source, world_info
-    from .pipeline import _pooled, load_model
-    from .processing import Siglip2ImageProcessor, image_processor_from_pretrained
-    from .tokenization import Siglip2Tokenizer
+    from ..data import FileSource, open_source, world_info
+    from ..pipeline import _pooled, load_model
+    from ..processing.image_processing import Siglip2ImageProcessor, image_processor_from_pretrained
+    from ..processing.tokenization import Siglip2Tokenizer
 
     for name in ("batch_size", "tokens_per_batch", "shard_size", "max_num_patches"):
         v = getattr(args, name)
@@ -478,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
 def _write_manifest(out, units, run_cfg, args, directory, dims) -> dict:
     from safetensors import safe_open
 
-    from .loading import atomic_write_text
+    from ..checkpoints.loading import atomic_write_text
 
     shards, errors, counts = [], [], {"inputs": 0, "images": 0, "texts": 0, "errors": 0}
     for u in units:

@@ -39,7 +39,7 @@ from .loading import (
 )
 
 if TYPE_CHECKING:
-    from .modeling import Siglip2PreTrainedModel
+    from ..models.modeling import Siglip2PreTrainedModel
 
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
 # temp files of interrupted saves: "<final name>.tmp-<8 hex>" (saves) or ".tmp-<pid>" (atomic_write_text)

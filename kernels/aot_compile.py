@@ -7,7 +7,7 @@ its bundled ptxas (`ptxas` for sm_8x/sm_90, `ptxas-blackwell` for sm_100/sm_120:
 triton 3.6, 12.9/13.3 under 3.8, 12.9/13.4 under 3.9). ptxas puts register spills in the stack frame, so a
 spill-free kernel has STACK == LOCAL == 0. `aot_run` compiles many cases in parallel subprocesses (the tests
 set TRITON_INTERPRET=1, under which helper @triton.jit functions cannot be compiled). The cases themselves,
-per op and per architecture, are built by kernels/_aot_cases.py; tests/test_aot.py is the test.
+per op and per architecture, are built by kernels/aot_cases.py; tests/test_aot.py is the test.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
     work = [_case_spec(c) for c in cases]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "from siglip2.kernels._aot import _aot_worker; _aot_worker()"
+    code = "from siglip2.kernels.aot_compile import _aot_worker; _aot_worker()"
     shards = [list(range(j, len(work), jobs)) for j in range(jobs)]
     results: list = [None] * len(work)
     with tempfile.TemporaryDirectory() as d:
@@ -263,12 +263,12 @@ def spill_table(results) -> str:
 
 
 def main(argv=None) -> int:
-    """`python -m siglip2.kernels._aot [--tier ci|siglip2|all] [--ccs 80,90] [--op attention] [--json out.json]`:
+    """`python -m siglip2.kernels.aot_compile [--tier ci|siglip2|all] [--ccs 80,90] [--op attention] [--json out.json]`:
     compile the launch-config tables for the given architectures; print every offender (--all: every case)."""
     import argparse
     import json
 
-    from . import _aot_cases
+    from . import aot_cases
     from ._configs import AOT_CCS
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     import triton
 
     ccs = tuple(int(c) for c in args.ccs.split(","))
-    cases = [c for c in _aot_cases.all_cases(ccs, args.tier) if args.op in (None, c["op"])]
+    cases = [c for c in aot_cases.all_cases(ccs, args.tier) if args.op in (None, c["op"])]
     t0 = time.perf_counter()
     res = aot_run(cases, args.jobs)
     wall = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 
 Hub ids go through huggingface_hub and fetch only config, safetensors, preprocessor and tokenizer files.
 
-Saving (siglip2/saving.py) is crash-safe: at every instant of `save_pretrained` the directory loads through
+Saving (siglip2/checkpoints/saving.py) is crash-safe: at every instant of `save_pretrained` the directory loads through
 `from_pretrained` as either the previous checkpoint or the new one. A save commits its new files (written under
 temp names) with a journal, `.save-journal.json`; the readers here follow it (`pending_save`, `checkpoint_file`),
 so a save interrupted between its commit and its end still loads as the new checkpoint, and the next save into the
@@ -330,7 +330,7 @@ def parse_size(size) -> int:
 
 
 def save_pretrained(model, save_directory, *, max_shard_size=5 * 2**30) -> None:
-    """Crash-safe `save_pretrained`, see siglip2/saving.py."""
+    """Crash-safe `save_pretrained`, see siglip2/checkpoints/saving.py."""
     from .saving import save_pretrained
 
     save_pretrained(model, save_directory, max_shard_size=max_shard_size)

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from .image_utils import positive_int
-from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
-from .processing import (
+from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
+from .image_processing import (
     BatchFeature,
     Device,
     Images,
@@ -29,6 +28,7 @@ from .processing import (
     SiglipImageProcessor,
     image_processor_from_pretrained,
 )
+from .image_utils import positive_int
 
 if TYPE_CHECKING:
     import tokenizers

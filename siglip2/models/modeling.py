@@ -24,7 +24,7 @@ from torch import nn
 # type checker can follow only by the package name (typings/siglip2/kernels), never by a relative path
 from siglip2.kernels import sigmoid_loss
 
-from . import loading
+from ..checkpoints import loading
 from .configuration import (
     ConfigLike,
     Siglip2Config,
@@ -123,7 +123,7 @@ class Siglip2PreTrainedModel(nn.Module):
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = 5 * 2**30) -> None:
-        from .saving import save_pretrained
+        from ..checkpoints.saving import save_pretrained
 
         save_pretrained(self, save_directory, max_shard_size=max_shard_size)
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
-from .loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
+from ..checkpoints.loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
 if TYPE_CHECKING:
     from typing_extensions import Self, dataclass_transform
@@ -176,7 +176,7 @@ class _Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        from .saving import finish_pending_save
+        from ..checkpoints.saving import finish_pending_save
 
         text = self.to_json_string()  # serialized before the directory is touched
         directory = os.fspath(save_directory)

@@ -1,6 +1,6 @@
 """The ahead-of-time compile cases: every launch-config table entry of every op, per target architecture.
 
-A case (see kernels/_aot.py `aot_run`) is one kernel specialization as a real launch would build it, for one
+A case (see kernels/aot_compile.py `aot_run`) is one kernel specialization as a real launch would build it, for one
 `sm_<cc>`: the config comes from the table of that cc's family (kernels/_configs.py), and the "default" table
 is compiled for every cc too (it is what an unknown architecture gets). Each case carries `required`: True for
 the shapes SigLIP2 runs (attention head dims 64, 72 and 96 (g-opt/16's vision tower) in fp16 and bf16: varlen,
@@ -37,7 +37,7 @@ def _families(cc):
 
 
 def _attn_signature(fn, constexprs, dtype):
-    from ._aot import _jit_function
+    from .aot_compile import _jit_function
 
     ptr = "*" + _TY[dtype]
     return {
@@ -433,7 +433,7 @@ def _in_ci(c) -> bool:
     aligned, P=14 "pointers"), and its adjoint for batches of up to 32 images; the loss with and without its
     positive diagonal and gradient tile. The "default" table's attention entries, on the architectures whose own
     table differs, in bf16 varlen; D 96 in bf16 varlen only. Every other variant compiles in the full sweep
-    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels._aot`)."""
+    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels.aot_compile`)."""
     if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
         return c["dtype"] == "bf16" and c["layout"] == "varlen"
     if c["op"] == "attention" and c["head_dim"] == 96:  # g-opt's D 96 in bf16 varlen; the rest: tier "siglip2"

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .loading import atomic_write_text
+from ..checkpoints.loading import atomic_write_text
 
 # Random-init sizes (SigLIP2 shapes; vocab_size follows the tokenizer). "tiny" is for tests and smoke runs.
 SIZES = {
@@ -61,7 +61,7 @@ SIZES = {
 
 
 def size_config(size: str, vocab_size: int):
-    from .configuration import Siglip2Config
+    from ..models.configuration import Siglip2Config
 
     if size not in SIZES:
         raise ValueError(f"--model: {size!r} is neither a checkpoint directory nor a size ({', '.join(SIZES)})")
@@ -139,7 +139,7 @@ def _checkpointed(forward, *args):
 
 
 def encoder_layers(model):
-    from .layers import Siglip2EncoderLayer
+    from ..models.layers import Siglip2EncoderLayer
 
     return [m for m in model.modules() if isinstance(m, Siglip2EncoderLayer)]
 

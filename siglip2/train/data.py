@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import SampleError, decode_image, naflex_collate, shard_for_rank
+from ..data import SampleError, decode_image, naflex_collate, shard_for_rank
 
 
 @dataclass(frozen=True)
