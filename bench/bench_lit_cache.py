@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     from shapes import make_dataset
     from test_tokenization import make_tokenizer_dir
 
-    from siglip2.train.loop import TrainConfig, train
+    from siglip2.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")

@@ -72,7 +72,7 @@ def make_data(directory, n=256, seed=0):
     import csv
 
     import PIL.Image
-    from bench_data import _synthetic_photo
+    from bench_data import synthetic_photo
 
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     from shapes import CLASSES
@@ -85,7 +85,7 @@ def make_data(directory, n=256, seed=0):
     for i in range(n):
         h, w = [(480, 640), (640, 480), (360, 640), (512, 512)][i % 4]
         path = f"img/{i:05d}.jpg"
-        PIL.Image.fromarray(_synthetic_photo(rng, h, w)).save(os.path.join(directory, path), quality=90)
+        PIL.Image.fromarray(synthetic_photo(rng, h, w)).save(os.path.join(directory, path), quality=90)
         rows.append({"image": path, "caption": CLASSES[i % len(CLASSES)]})
     with open(table + ".tmp", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["image", "caption"])
@@ -131,10 +131,10 @@ def bench_step(args) -> dict:
     from siglip2.kernels.loss import DistributedSigmoidLoss
     from siglip2.train import model as U
     from siglip2.train.data import BatchPlan, CaptionedSamples, Collate, PlanSampler
-    from siglip2.train.loop import _setup_distributed
+    from siglip2.train.loop import setup_distributed
 
     torch.set_num_threads(args.threads)
-    rank, world, device = _setup_distributed(args.device)
+    rank, world, device = setup_distributed(args.device)
     seq_lens = tuple(int(x) for x in args.seq_lens.split(","))
     if args.global_batch:
         if args.global_batch % world:
@@ -322,9 +322,9 @@ def bench_ring(args) -> list[dict]:
     at a fixed local batch, for world sizes 1, 2, 4 .. W (subgroups of the launched ranks)."""
     import torch.distributed as dist
 
-    from siglip2.train.loop import _setup_distributed
+    from siglip2.train.loop import setup_distributed
 
-    rank, world, device = _setup_distributed(args.device)
+    rank, world, device = setup_distributed(args.device)
     if not dist.is_initialized():
         raise SystemExit("ring: run under torchrun (torchrun --nproc-per-node W bench/bench_train.py ring)")
     rows = []

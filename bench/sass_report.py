@@ -97,14 +97,14 @@ def reference_case(case: dict) -> dict:
     fn = sass_reference.KERNELS[case["kernel"]]
     ptr = "*" + case["dtype"]
     floats = {"lse", "delta"}
-    from siglip2.kernels.aot_compile import _jit_function
+    from siglip2.kernels.aot_compile import jit_function
 
     cx = dict(BLOCK_D=case["block_d"], BLOCK_DT=case["block_dt"], BLOCK_M=case["block_m"], BLOCK_N=case["block_n"])
     sig = {
         n: (
             "*fp32" if n in floats else "fp32" if n in ("qk_scale", "sm_scale") else "i32" if n in ("s_t", "T") else ptr
         )
-        for n in _jit_function(fn).arg_names
+        for n in jit_function(fn).arg_names
         if n not in cx
     }
     # pointers and the row stride 16-byte aligned, as the project's kernels know them (ALIGN, `_head_base`)

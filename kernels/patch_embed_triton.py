@@ -313,6 +313,8 @@ ADJ_MAX_CHUNKS = 32
 # The pixel dtypes the forward kernel is compiled for besides the weight's (tests/test_aot.py compiles both):
 # the processor's fp32 pixels are cast inside the kernel, anything else by the launcher.
 KERNEL_PIXEL_DTYPES = (torch.float32,)
+# The @triton.jit kernels the launchers start, by role (kernels/aot_cases.py compiles each of them).
+KERNELS = {"fwd": _patch_embed_fwd_kernel, "adjoint": _pos_adjoint_kernel}
 
 
 def block_g(G: int) -> int:

@@ -176,6 +176,10 @@ def _sigmoid_loss_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
+# The @triton.jit kernel the launcher starts (kernels/aot_cases.py compiles it).
+KERNELS = {"fwd": _sigmoid_loss_fwd_kernel}
+
+
 def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tuple:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher uses for `dtype` on `device`."""
     if interpreting():

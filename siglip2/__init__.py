@@ -19,7 +19,8 @@ from .models.configuration import (
 if TYPE_CHECKING:  # loaded lazily by __getattr__ below; imported here so type checkers see the names
     from .pipeline import embed, zero_shot_classify
     from .processing.image_processing import Siglip2ImageProcessor, SiglipImageProcessor
-    from .processing.tokenization import Siglip2Processor, Siglip2Tokenizer, SiglipProcessor
+    from .processing.processor import Siglip2Processor, SiglipProcessor
+    from .processing.tokenization import Siglip2Tokenizer
 
 __version__ = "0.1.0"
 
@@ -34,10 +35,14 @@ def __getattr__(name: str) -> Any:
         from .processing import image_processing
 
         return getattr(image_processing, name)
-    if name in ("Siglip2Tokenizer", "Siglip2Processor", "SiglipProcessor"):
+    if name == "Siglip2Tokenizer":
         from .processing import tokenization
 
         return getattr(tokenization, name)
+    if name in ("Siglip2Processor", "SiglipProcessor"):
+        from .processing import processor
+
+        return getattr(processor, name)
     raise AttributeError(f"module 'siglip2' has no attribute {name!r}")
 
 

@@ -23,7 +23,7 @@ from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
 
 if TYPE_CHECKING:
     from .models.modeling import Siglip2Model
-    from .processing.tokenization import Siglip2Processor
+    from .processing.processor import Siglip2Processor
 
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "embed an image collection (folder, list, table, webdataset) into shards",
     ),
     "profile": ("siglip2.profile.cli", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
-    "train": ("siglip2.train.loop", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
+    "train": ("siglip2.train.cli", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
 }
 
 HINT = (
@@ -107,7 +107,7 @@ def _load(args: argparse.Namespace) -> tuple[Siglip2Model, Siglip2Processor]:
     import torch
 
     from .pipeline import load_model
-    from .processing.tokenization import Siglip2Processor
+    from .processing.processor import Siglip2Processor
 
     device = _check_common(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None

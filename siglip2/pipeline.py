@@ -122,13 +122,13 @@ def _prepare(model: str | os.PathLike | nn.Module, processor: Any) -> tuple[Any,
     if isinstance(model, (str, os.PathLike)):
         model, directory = load_model(model)
         if processor is None:
-            from .processing.tokenization import Siglip2Processor
+            from .processing.processor import Siglip2Processor
 
             processor = Siglip2Processor.from_pretrained(directory)
     if processor is None:
         raise ValueError(
             "processor: required when `model` is a model object "
-            "(use siglip2.processing.tokenization.Siglip2Processor.from_pretrained(checkpoint_dir))"
+            "(use siglip2.Siglip2Processor.from_pretrained(checkpoint_dir))"
         )
     for attr in ("config", "dtype", "device"):
         if not hasattr(model, attr):
@@ -203,7 +203,7 @@ def zero_shot_classify(
     return results[0] if single else results
 
 
-def _pooled(out: Any) -> torch.Tensor:
+def pooled(out: Any) -> torch.Tensor:
     """get_*_features returns a tensor (4.x style) or an output with .pooler_output (5.x style)."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -233,14 +233,14 @@ def embed(
     if image_list:
         imgs, _ = load_images(image_list)
         chunks = [
-            _pooled(net.get_image_features(**_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)))
+            pooled(net.get_image_features(**_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)))
             for s in range(0, len(imgs), batch_size)
         ]
         out["image_embeds"] = torch.cat(chunks).float()
     if texts is not None and len(texts):
         texts = list(texts)
         chunks = [
-            _pooled(net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None)))
+            pooled(net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None)))
             for s in range(0, len(texts), batch_size)
         ]
         out["text_embeds"] = torch.cat(chunks).float()

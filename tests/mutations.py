@@ -103,7 +103,7 @@ MUTATIONS = [
     ),
     Mutation(
         "text-kernel-ignores-padding",
-        "siglip2/models/modeling.py",
+        "siglip2/models/towers.py",
         "mask = None if attention_mask is None else attention_mask.bool()",
         "mask = None",
         ["tests/test_modeling.py", "-k", "matches_transformers and triton"],
@@ -171,7 +171,7 @@ MUTATIONS = [
 
 
 def _copy_tree(dst: str) -> str:
-    """The package laid out as installed (kernels/ inside siglip2/), plus tests/ and pyproject.toml."""
+    """The package laid out as installed (kernels/ inside siglip2/), plus tests/, pyproject.toml and README.md."""
     pkg = os.path.join(dst, "pkg")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(os.path.join(ROOT, "siglip2"), os.path.join(pkg, "siglip2"), ignore=ignore)
@@ -181,6 +181,7 @@ def _copy_tree(dst: str) -> str:
     )
     shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(dst, "tests"), ignore=ignore)
     shutil.copy(os.path.join(ROOT, "pyproject.toml"), dst)
+    shutil.copy(os.path.join(ROOT, "README.md"), dst)  # tests/test_readme_example.py runs its examples
     return pkg
 
 

@@ -10,7 +10,7 @@ unknown architecture gets), each compiled as a real launch specializes it.
   too) with the same rules, and every other table entry at every head-dim class, aligned and unaligned, which
   fails only on a compile error or shared memory: their spills are printed as a table.
 Both run under whichever triton is importable; .ci/run runs this file under a second version (triton 3.8).
-Standalone: `python -m siglip2.kernels.aot_compile [--full] [--ccs 80,120] [--all]`.
+Standalone: `python -m siglip2.kernels.aot [--tier ci|siglip2|all] [--ccs 80,120] [--all]`.
 """
 
 import os
@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("triton")
 
+# private: kernels/_configs.py (the architecture families and their tables) is what these tests check
 from siglip2.kernels import _configs
 
 

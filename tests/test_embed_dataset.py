@@ -195,23 +195,13 @@ def test_webdataset_captions_tokens_per_batch_and_workers(shards, checkpoint, tm
 
 def test_token_batches_of_the_stream(folder):
     """The DataLoader stream under --tokens-per-batch: valid tokens per batch <= T, every good image once."""
-    from siglip2.data import open_source
-    from siglip2.embed_dataset.cli import _Stream, plan_units
+    from siglip2.data import NaFlexStream, open_source, plan_units
     from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     src = open_source(folder[0])
     for T, M in ((16, 16), (37, 16), (50, 9)):
-        s = _Stream(
-            src,
-            plan_units(src, 16),
-            Siglip2ImageProcessor(patch_size=4, max_num_patches=M),
-            M=M,
-            batch_size=None,
-            tokens=T,
-            fast=False,
-            dtype=None,
-            tokenizer=None,
-        )
+        ip = Siglip2ImageProcessor(patch_size=4, max_num_patches=M)
+        s = NaFlexStream(src, plan_units(src, 16), ip, max_num_patches=M, tokens_per_batch=T)
         items = list(s)
         batches = [b for it in items for b in it["batches"]]
         assert all(int(b["pixel_attention_mask"].sum()) == b["num_tokens"] <= T for b in batches)

@@ -376,6 +376,7 @@ def test_compile_traces_fast_vision_tower_fullgraph():
     """torch.compile(fullgraph=True) traces the whole packed tower through the kernels' custom ops. This checks
     tracing (no graph break, the Triton kernels still launch); the numbers are checked against transformers, not
     against eager of the same code, which would share any bug."""
+    # private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
     from siglip2.kernels._utils import interpreting
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -296,7 +296,7 @@ def test_combined_call_uses_the_checkpoint_patch_size(checkpoints, P):
     """processor(images=..., text=...) patchifies with the checkpoint's patch size, as transformers' image processor
     does. (transformers 5.24's combined call passes its class default patch_size=16 whatever the checkpoint: it
     matches ours only when told the patch size.)"""
-    from siglip2.processing.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d = checkpoints[P]
     images, texts = [_rgb(37, 90, 0), _rgb(120, 64, 1)], ["A photo of a Cat.", "a dog"]
@@ -315,7 +315,7 @@ def test_combined_call_uses_the_checkpoint_patch_size(checkpoints, P):
 
 def test_explicit_patch_size_is_honoured_as_in_transformers(checkpoints):
     """A patch_size argument wins over the checkpoint's, as in transformers (the model then refuses the input)."""
-    from siglip2.processing.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d = checkpoints[8]
     images = [_rgb(45, 61, 2)]
@@ -332,7 +332,7 @@ def test_patch_size_comes_from_the_checkpoint_never_a_silent_16(checkpoints, tmp
 
     from siglip2.checkpoints.loading import CheckpointError
     from siglip2.pipeline import embed
-    from siglip2.processing.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     loaders = (image_processor_from_pretrained, Siglip2ImageProcessor.from_pretrained)
     for P, d in checkpoints.items():

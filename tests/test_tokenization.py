@@ -199,7 +199,7 @@ def test_processor_matches_transformers(tmp_path):
     from transformers import Siglip2ImageProcessorPil
     from transformers import Siglip2Processor as HFProcessor
 
-    from siglip2.processing.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d = make_tokenizer_dir(tmp_path, "siglip2")
     _image_processor_dir(d)

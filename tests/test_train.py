@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from shapes import CLASSES, make_dataset
 from test_tokenization import make_tokenizer_dir
 
+from siglip2.train import TrainConfig, train
 from siglip2.train.data import BatchPlan
-from siglip2.train.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,7 @@ def test_resume_is_bit_exact(shapes, tmp_path, one_thread):
 
 def test_triton_kernels_train_like_reference(shapes, tmp_path, one_thread):
     pytest.importorskip("triton")
+    # private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
     from siglip2.kernels._utils import interpreting
 
     if not interpreting():
@@ -213,6 +214,7 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
         vocab_size=50,
         max_position_embeddings=64,
     )
+    # private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
     from siglip2.kernels._utils import interpreting
 
     if not interpreting():  # the reference attention materializes (L, L) scores, which the kernels never keep

@@ -17,7 +17,7 @@ from torch import nn
 from siglip2.kernels import naflex_patch_embed, padded_attention, reference, varlen_attention
 
 
-def _additive_mask(mask, dtype, query_len=None):
+def additive_mask(mask, dtype, query_len=None):
     """(B, L) 0/1 key mask -> (B, 1, 1|Lq, L) additive mask (0 / finfo.min); None when nothing is masked."""
     if mask is None or bool(mask.bool().all()):
         return None
@@ -226,7 +226,7 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
             # transformers' path: nn.MultiheadAttention math (q pre-scaled, softmax in the model dtype)
             B, L = hidden.shape[:2]
             probe = self.probe.expand(B, -1, -1)
-            mask = _additive_mask(attention_mask, probe.dtype)
+            mask = additive_mask(attention_mask, probe.dtype)
             if mask is not None:
                 mask = mask.expand(-1, self.num_heads, 1, -1).reshape(B * self.num_heads, 1, L)
             x = self.attention(probe, hidden, hidden, attn_mask=mask)[0][:, 0]

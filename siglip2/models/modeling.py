@@ -6,15 +6,15 @@ Every model runs with one of two impls:
   "triton"     packed NaFlex execution through siglip2.kernels: padding tokens are never computed, attention is
                varlen over `cu_seqlens`, the patch embedding and the position-grid resize are one fused op.
 `siglip2.reference` and `siglip2.fast` export these classes bound to each impl; `model.set_impl(...)` switches.
+This module holds the dual encoders (Siglip2Model, SiglipModel) and the classifier, and exports every model class:
+the towers live in towers.py, the shared base (from_pretrained, save_pretrained, init) in pretrained.py.
 In the packed impl the padded rows of `last_hidden_state`/`hidden_states` are zeros (transformers fills them with
 finite values that depend on the padding; every valid token and every pooled output is identical either way).
 """
 
 from __future__ import annotations
 
-import math
-import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,295 +24,22 @@ from torch import nn
 # type checker can follow only by the package name (typings/siglip2/kernels), never by a relative path
 from siglip2.kernels import sigmoid_loss
 
-from ..checkpoints import loading
-from .configuration import (
-    ConfigLike,
-    Siglip2Config,
-    Siglip2TextConfig,
-    Siglip2VisionConfig,
-    SiglipConfig,
-    SiglipTextConfig,
-    SiglipVisionConfig,
-    _Config,
-    config_from_any,
-)
-from .layers import (  # noqa: F401
-    Siglip2Attention,
-    Siglip2Encoder,
-    Siglip2EncoderLayer,
-    Siglip2MLP,
-    Siglip2MultiheadAttentionPoolingHead,
-    Siglip2TextEmbeddings,
-    Siglip2VisionEmbeddings,
-    SiglipVisionEmbeddings,
-    _additive_mask,
-)
-from .outputs import BaseModelOutputWithPooling, ImageClassifierOutput, Siglip2Output
-from .packing import PackedBatch
-from .validation import check_text_inputs, check_vision_inputs
+from .configuration import ConfigLike, Siglip2Config, SiglipConfig
+from .outputs import ImageClassifierOutput, Siglip2Output
+from .pretrained import IMPLS, Siglip2PreTrainedModel
+from .towers import Siglip2TextModel, Siglip2VisionModel, SiglipTextModel, SiglipVisionModel
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
-IMPLS = ("reference", "triton")
-
-
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
-
-
-class Siglip2PreTrainedModel(nn.Module):
-    """Shared plumbing: config, impl selection, from_pretrained/save_pretrained, transformers-like init."""
-
-    config_class: type[_Config] = Siglip2Config
-    config: Any  # an instance of `config_class`; each model class declares its exact config type
-    default_impl = "reference"
-    checkpoint_prefix: str | None = None
-
-    def __init__(self, config: ConfigLike, *, impl: str | None = None, kernel_impl: str = "auto") -> None:
-        super().__init__()
-        self.config = config_from_any(config, self.config_class)
-        self.impl, self.kernel_impl = "reference", "auto"
-        self._pending_impl = (impl or self.default_impl, kernel_impl)
-
-    def _finish_init(self) -> None:
-        self.set_impl(*self._pending_impl)
-        if not any(p.is_meta for p in self.parameters()):
-            self.apply(_init_weights)
-
-    def set_impl(self, impl: str, kernel_impl: str = "auto") -> Self:
-        """impl: "reference" | "triton"; kernel_impl: the `impl` the triton path passes to siglip2.kernels."""
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        for m in self.modules():
-            if isinstance(m, Siglip2PreTrainedModel):
-                m.impl, m.kernel_impl = impl, kernel_impl
-        return self
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        **kwargs: Any,
-    ) -> Self:
-        """Load from a directory or hub id (config.json + model.safetensors, or a sharded index)."""
-        return loading.load_pretrained(
-            cls,
-            name_or_path,
-            revision=revision,
-            dtype=dtype,
-            device=device,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            **kwargs,
-        )
-
-    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = 5 * 2**30) -> None:
-        from ..checkpoints.saving import save_pretrained
-
-        save_pretrained(self, save_directory, max_shard_size=max_shard_size)
-
-    @property
-    def _kernels(self) -> str | None:
-        """The `kernel_impl` the blocks get: None runs transformers' eager math (impl "reference")."""
-        return None if self.impl == "reference" else self.kernel_impl
-
-    def _flags(
-        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None, kwargs: dict
-    ) -> tuple[bool, bool, bool]:
-        if kwargs:
-            raise TypeError(f"{type(self).__name__}.forward got unexpected keyword arguments: {sorted(kwargs)}")
-        c = self.config
-        return (
-            c.output_attentions if output_attentions is None else output_attentions,
-            c.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            c.return_dict if return_dict is None else return_dict,
-        )
-
-
-@torch.no_grad()
-def _init_weights(m: nn.Module) -> None:
-    # transformers' initialisation, so randomly initialised models train like upstream ones
-    if isinstance(m, Siglip2VisionEmbeddings | SiglipVisionEmbeddings):
-        nn.init.normal_(m.position_embedding.weight, std=m.position_embedding.weight.shape[1] ** -0.5)
-    elif isinstance(m, Siglip2Attention):
-        for p in (m.q_proj, m.k_proj, m.v_proj, m.out_proj):
-            nn.init.xavier_uniform_(p.weight)
-            nn.init.zeros_(p.bias)
-    elif isinstance(m, Siglip2MLP):
-        for p in (m.fc1, m.fc2):
-            nn.init.xavier_uniform_(p.weight)
-            nn.init.normal_(p.bias, std=1e-6)
-    elif isinstance(m, Siglip2MultiheadAttentionPoolingHead):
-        nn.init.xavier_uniform_(m.probe)
-        nn.init.xavier_uniform_(m.attention.in_proj_weight)
-        nn.init.zeros_(m.attention.in_proj_bias)
-    elif isinstance(m, Siglip2TextEmbeddings):
-        nn.init.normal_(m.token_embedding.weight, std=m.token_embedding.weight.shape[1] ** -0.5)
-    elif isinstance(m, Siglip2Model):
-        nn.init.zeros_(m.logit_scale)
-        nn.init.zeros_(m.logit_bias)
-
-
-class Siglip2VisionModel(Siglip2PreTrainedModel):
-    config_class = Siglip2VisionConfig
-    config: Siglip2VisionConfig
-    checkpoint_prefix = "vision_model."
-    embeddings_class: type[nn.Module] = Siglip2VisionEmbeddings
-
-    def __init__(self, config: ConfigLike, **kw: Any) -> None:
-        super().__init__(config, **kw)
-        c = self.config
-        self.embeddings = self.embeddings_class(c)
-        self.encoder = Siglip2Encoder(c)
-        self.post_layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.use_head = c.vision_use_head
-        if self.use_head:
-            self.head = Siglip2MultiheadAttentionPoolingHead(c)
-        self._finish_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        pixel_attention_mask: torch.Tensor | None = None,
-        spatial_shapes: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        packed: PackedBatch | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling | tuple:
-        """transformers' arguments; `packed` (impl "triton"): a PackedBatch the caller built for these inputs (from
-        host-side shapes), which skips the entry's value checks and its host sync."""
-        out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        if self.impl == "reference":
-            packed = None
-        if packed is None:
-            shapes = check_vision_inputs(self.config, pixel_values, pixel_attention_mask, spatial_shapes)
-            if shapes is None:  # compiling: the shapes stay a device tensor
-                if spatial_shapes is None:  # (check_vision_inputs raised on this already)
-                    raise ValueError("spatial_shapes (B, 2) is required with NaFlex pixel_values")
-                shapes = spatial_shapes
-            if self.impl == "triton":
-                packed = PackedBatch.from_spatial_shapes(
-                    shapes, pixel_values.shape[1], self.post_layernorm.weight.device, pixel_attention_mask
-                )
-        if self.impl == "reference":
-            x = self.embeddings(pixel_values, spatial_shapes)
-        else:
-            x = self.embeddings(pixel_values, spatial_shapes, packed, self.kernel_impl)
-        return self._encode(x, pixel_attention_mask, packed, out_attn, out_hidden, return_dict)
-
-    def _encode(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        packed: PackedBatch | None,
-        out_attn: bool,
-        out_hidden: bool,
-        return_dict: bool,
-    ) -> BaseModelOutputWithPooling | tuple:
-        if packed is None:  # reference: padded, transformers' eager math
-            L = x.shape[1]
-            x, hidden, attns = self.encoder(x, _additive_mask(mask, x.dtype, L), None, None, out_hidden, out_attn)
-            last = self.post_layernorm(x)
-            pooled = self.head(last, mask) if self.use_head else None
-        else:  # packed: padding tokens never enter the encoder
-            x, hidden, _ = self.encoder(x, None, packed, self.kernel_impl, out_hidden)
-            x = self.post_layernorm(x)
-            pooled = self.head(x, None, packed, self.kernel_impl) if self.use_head else None
-            last, attns = packed.unpack(x), (() if out_attn else None)  # kernels never materialize attention weights
-        out = BaseModelOutputWithPooling(last, pooled, hidden, attns)
-        return out if return_dict else out.to_tuple()
-
-
-class SiglipVisionModel(Siglip2VisionModel):
-    """FixRes vision tower: (B, 3, H, W) pixels at the checkpoint's image_size, no padding."""
-
-    config_class = SiglipVisionConfig
-    config: SiglipVisionConfig  # FixRes: not a Siglip2VisionConfig
-    embeddings_class = SiglipVisionEmbeddings
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        interpolate_pos_encoding: bool = False,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling | tuple:
-        if interpolate_pos_encoding:
-            raise NotImplementedError("interpolate_pos_encoding (bicubic resize of the FixRes table) is not supported")
-        out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        check_vision_inputs(self.config, pixel_values, None, None, fixres=True)
-        packed = None
-        if self.impl == "triton":  # every image is the same full grid: shapes known on the host, nothing to sync
-            g = math.isqrt(self.config.num_patches)
-            packed = PackedBatch.from_spatial_shapes(
-                [(g, g)] * pixel_values.shape[0], g * g, self.post_layernorm.weight.device
-            )
-        x = self.embeddings(pixel_values, packed, self._kernels)
-        return self._encode(x, None, packed, out_attn, out_hidden, return_dict)
-
-
-class Siglip2TextModel(Siglip2PreTrainedModel):
-    config_class = Siglip2TextConfig
-    config: Siglip2TextConfig
-    checkpoint_prefix = "text_model."
-
-    def __init__(self, config: ConfigLike, **kw: Any) -> None:
-        super().__init__(config, **kw)
-        c = self.config
-        self.embeddings = Siglip2TextEmbeddings(c)
-        self.encoder = Siglip2Encoder(c)
-        self.final_layer_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        if c.projection_size is None:  # the config resolves None to hidden_size when built; set to None by hand since
-            raise ValueError("Siglip2TextConfig.projection_size must be an int, got None (call config.validate())")
-        self.head = nn.Linear(c.hidden_size, c.projection_size)
-        self._finish_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling | tuple:
-        out_attn, out_hidden, return_dict = self._flags(output_attentions, output_hidden_states, return_dict, kwargs)
-        input_ids = check_text_inputs(self.config, input_ids, attention_mask, position_ids)
-        input_ids = input_ids.reshape(-1, input_ids.shape[-1])
-        x = self.embeddings(input_ids, position_ids)
-        if self.impl == "reference":
-            mask = _additive_mask(attention_mask, x.dtype, x.shape[1])
-        else:
-            mask = None if attention_mask is None else attention_mask.bool()
-        x, hidden, attns = self.encoder(x, mask, None, self._kernels, out_hidden, out_attn)
-        if self.impl != "reference" and out_attn:
-            attns = ()
-        last = self.final_layer_norm(x)
-        # the pooled token is the last position, whatever it holds (usually <pad>): SigLIP was trained that way
-        pooled = self.head(last[:, -1, :])
-        out = BaseModelOutputWithPooling(last, pooled, hidden, attns)
-        return out if return_dict else out.to_tuple()
+__all__ = [
+    "IMPLS",
+    "Siglip2ForImageClassification",
+    "Siglip2Model",
+    "Siglip2PreTrainedModel",
+    "Siglip2TextModel",
+    "Siglip2VisionModel",
+    "SiglipModel",
+    "SiglipTextModel",
+    "SiglipVisionModel",
+]
 
 
 class Siglip2Model(Siglip2PreTrainedModel):
@@ -328,6 +55,13 @@ class Siglip2Model(Siglip2PreTrainedModel):
         self.logit_scale = nn.Parameter(torch.randn(1))
         self.logit_bias = nn.Parameter(torch.randn(1))
         self._finish_init()
+
+    @torch.no_grad()
+    def _init_weights(self, m: nn.Module) -> None:
+        super()._init_weights(m)
+        if isinstance(m, Siglip2Model):  # transformers starts the logit scale and bias at 0
+            nn.init.zeros_(m.logit_scale)
+            nn.init.zeros_(m.logit_bias)
 
     def get_text_features(
         self,
@@ -419,11 +153,6 @@ class Siglip2Model(Siglip2PreTrainedModel):
             loglik = F.logsigmoid((2 * eye - 1) * logits_per_text)
             return -torch.sum(loglik, dim=-1).mean()
         return sigmoid_loss(image_embeds, text_embeds, self.logit_scale, self.logit_bias, impl=self.kernel_impl)
-
-
-class SiglipTextModel(Siglip2TextModel):
-    config_class = SiglipTextConfig
-    config: SiglipTextConfig
 
 
 class SiglipModel(Siglip2Model):
