@@ -54,7 +54,7 @@ def make_photos(directory: str, size=(4000, 3000), names=PHOTOS, quality=90) -> 
     for name in names:
         p = os.path.join(directory, f"{name}-{size[0]}x{size[1]}.jpg")
         if not os.path.exists(p):
-            a = getattr(skimage, name)() if skimage else _synthetic_photo(rng)
+            a = getattr(skimage, name)() if skimage else synthetic_photo(rng)
             a = a[0] if isinstance(a, tuple) else a  # stereo_motorcycle: (left, right, disparity)
             a = a if a.ndim == 3 else np.repeat(a[..., None], 3, -1)
             img = PIL.Image.fromarray(a[..., :3]).resize(size, PIL.Image.BICUBIC)
@@ -64,7 +64,7 @@ def make_photos(directory: str, size=(4000, 3000), names=PHOTOS, quality=90) -> 
     return paths
 
 
-def _synthetic_photo(rng, h=480, w=640):
+def synthetic_photo(rng, h=480, w=640):
     """Smooth color gradients, a few soft blobs and texture: JPEG-compressible like a photo, not like noise."""
     y, x = np.mgrid[0:h, 0:w] / max(h, w)
     a = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)), np.sin(4 * (x + y))], -1)
@@ -77,7 +77,7 @@ def _synthetic_photo(rng, h=480, w=640):
 
 def bench_decode(args) -> list[dict]:
     from siglip2 import data
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     torch.set_num_threads(1)
     paths = make_photos(args.cache)
@@ -129,8 +129,8 @@ def bench_decode(args) -> list[dict]:
 def _random_model(
     hidden=768, layers=12, heads=12, inter=3072, patch=16, num_patches=256, dtype=torch.float32, device="cpu", seed=0
 ):
-    from siglip2.configuration import Siglip2Config
     from siglip2.fast import Siglip2Model
+    from siglip2.models.configuration import Siglip2Config
 
     torch.manual_seed(seed)
     text = dict(
@@ -156,13 +156,13 @@ def _random_model(
 
 def bench_fidelity(args) -> list[dict]:
     from siglip2 import data
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     paths = make_photos(args.cache)
     M = args.max_num_patches
     if args.model:
         from siglip2.pipeline import load_model
-        from siglip2.processing import image_processor_from_pretrained
+        from siglip2.processing.image_processing import image_processor_from_pretrained
 
         model, d = load_model(args.model, device="cpu")
         ip, weights = image_processor_from_pretrained(d), args.model
@@ -193,12 +193,11 @@ def bench_fidelity(args) -> list[dict]:
 
 
 def bench_e2e(args) -> list[dict]:
-    """Stage times (serial) and pipeline wall times with 0 / 1 workers, using embed-dataset's own stream, loader
-    settings and prefetcher. With one worker the wall time should approach max(decode + preprocess, model)
-    instead of their sum."""
-    from siglip2.data import open_source
-    from siglip2.embed_dataset import _as_iterable_dataset, _Prefetch, _Stream, plan_units
-    from siglip2.processing import Siglip2ImageProcessor
+    """Stage times (serial) and pipeline wall times with 0 / 1 workers, through the streaming pipeline that
+    embed-dataset runs (siglip2.data: NaFlexStream, its DataLoader, DevicePrefetcher). With one worker the wall
+    time should approach max(decode + preprocess, model) instead of their sum."""
+    from siglip2.data import DevicePrefetcher, NaFlexStream, open_source, plan_units
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     torch.set_num_threads(1)
     d = os.path.join(args.cache, "e2e")
@@ -210,15 +209,15 @@ def bench_e2e(args) -> list[dict]:
     model = _random_model(hidden=256, layers=4, heads=4, inter=1024)  # sized so model ~ decode + preprocess
     units = plan_units(src, len(src))
 
-    class Timed(_Stream):  # stamps when each chunk's decode + preprocess ran (in whichever process ran it)
-        def _process(self, *a):
+    class Timed(NaFlexStream):  # stamps when each chunk's decode + preprocess ran (in whichever process ran it)
+        def process_chunk(self, *a):
             t0 = time.time()
-            item = super()._process(*a)
+            item = super().process_chunk(*a)
             item["busy"] = (t0, time.time())
             return item
 
     def stream(fast=False):
-        return Timed(src, units, ip, M=M, batch_size=B, tokens=None, fast=fast, dtype=None, tokenizer=None)
+        return Timed(src, units, ip, max_num_patches=M, batch_size=B, fast_decode=fast)
 
     from siglip2 import data
 
@@ -255,12 +254,10 @@ def bench_e2e(args) -> list[dict]:
         {"stage": "model", "s": t_model},
     ]
     for workers in (0, 1):
-        loader = torch.utils.data.DataLoader(
-            _as_iterable_dataset(stream()), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
-        )
+        loader = stream().loader(num_workers=workers, prefetch_factor=4)
         wait, busy, model_spans = 0.0, [], []
         t = time.perf_counter()
-        it = iter(_Prefetch(loader, dev))
+        it = iter(DevicePrefetcher(loader, dev))
         with torch.no_grad():
             while True:
                 t1 = time.time()
@@ -293,7 +290,7 @@ def bench_gpu(args) -> list[dict]:
     256 patches, synthetic 1024x768 JPEGs; images/s from the CLI's wall time, and the model alone."""
     import PIL.Image
 
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     work = tempfile.mkdtemp(prefix="bench-data-gpu-")
     imgs = os.path.join(work, "imgs")

@@ -53,7 +53,7 @@ def _cases(quick: bool):
 def run(args) -> list[dict]:
     import PIL.Image
 
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     try:
         from transformers import Siglip2ImageProcessorPil

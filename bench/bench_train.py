@@ -1,4 +1,4 @@
-"""Benchmark: the training step of `siglip2 train` (siglip2/train.py), on CPU or GPU.
+"""Benchmark: the training step of `siglip2 train` (siglip2/train/loop.py), on CPU or GPU.
 
   python bench/bench_train.py step        # small model (256 wide, 4 + 4 layers, patch 16), 256 patches, batch 8,
                                           # photo-like JPEGs through the training loader: median ms of data wait,
@@ -58,8 +58,8 @@ PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
 def _config(size, vocab):
-    from siglip2.configuration import Siglip2Config
-    from siglip2.train_utils import SIZES
+    from siglip2.models.configuration import Siglip2Config
+    from siglip2.train.model import SIZES
 
     s = dict(SMALL if size == "small" else SIZES[size])
     text = {k: v for k, v in s.items() if k not in ("patch_size", "num_patches")}
@@ -72,7 +72,7 @@ def make_data(directory, n=256, seed=0):
     import csv
 
     import PIL.Image
-    from bench_data import _synthetic_photo
+    from bench_data import synthetic_photo
 
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     from shapes import CLASSES
@@ -85,7 +85,7 @@ def make_data(directory, n=256, seed=0):
     for i in range(n):
         h, w = [(480, 640), (640, 480), (360, 640), (512, 512)][i % 4]
         path = f"img/{i:05d}.jpg"
-        PIL.Image.fromarray(_synthetic_photo(rng, h, w)).save(os.path.join(directory, path), quality=90)
+        PIL.Image.fromarray(synthetic_photo(rng, h, w)).save(os.path.join(directory, path), quality=90)
         rows.append({"image": path, "caption": CLASSES[i % len(CLASSES)]})
     with open(table + ".tmp", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["image", "caption"])
@@ -99,7 +99,7 @@ def _tokenizer(directory):
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     from test_tokenization import make_tokenizer_dir
 
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     d = os.path.join(directory, "tok")
     if not os.path.exists(os.path.join(d, "tokenizer.json")):
@@ -127,14 +127,14 @@ def _synthetic_batches(n, m, patch, vocab, device, seed=0):
 
 
 def bench_step(args) -> dict:
-    from siglip2 import train_utils as U
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
-    from siglip2.train import _setup_distributed
-    from siglip2.train_data import BatchPlan, CaptionedSamples, Collate, PlanSampler
+    from siglip2.train import model as U
+    from siglip2.train.data import BatchPlan, CaptionedSamples, Collate, PlanSampler
+    from siglip2.train.loop import setup_distributed
 
     torch.set_num_threads(args.threads)
-    rank, world, device = _setup_distributed(args.device)
+    rank, world, device = setup_distributed(args.device)
     seq_lens = tuple(int(x) for x in args.seq_lens.split(","))
     if args.global_batch:
         if args.global_batch % world:
@@ -165,7 +165,7 @@ def bench_step(args) -> dict:
         batches = _synthetic_batches(args.batch_size, max(seq_lens), P, vocab, device)
     else:
         from siglip2.data import open_source
-        from siglip2.processing import Siglip2ImageProcessor
+        from siglip2.processing.image_processing import Siglip2ImageProcessor
 
         source = open_source(make_data(work, args.num_images))
         collate = Collate(Siglip2ImageProcessor(patch_size=P, max_num_patches=max(seq_lens)), tok)
@@ -322,9 +322,9 @@ def bench_ring(args) -> list[dict]:
     at a fixed local batch, for world sizes 1, 2, 4 .. W (subgroups of the launched ranks)."""
     import torch.distributed as dist
 
-    from siglip2.train import _setup_distributed
+    from siglip2.train.loop import setup_distributed
 
-    rank, world, device = _setup_distributed(args.device)
+    rank, world, device = setup_distributed(args.device)
     if not dist.is_initialized():
         raise SystemExit("ring: run under torchrun (torchrun --nproc-per-node W bench/bench_train.py ring)")
     rows = []
@@ -437,7 +437,7 @@ def main():
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "siglip2-bench-train"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)  # before environment(), which reports the thread count
-    from siglip2._timing import environment
+    from siglip2.profile.timing import environment
 
     rows = {"step": lambda a: [bench_step(a)], "buckets": bench_buckets, "ring": bench_ring}[args.what](args)
     rows = [r for r in rows if r is not None]

@@ -4,17 +4,17 @@ Every op benchmark (bench/bench_<op>.py) exposes `run(args) -> list[dict]`; benc
 prints one table per op and writes bench/results/<device>-<date>/results.json (+ .md).
 Each row carries: op, case, provider, mode, ms (median), and where defined tflops / gbps, pct_peak,
 peak_mem_mb and speedup (vs. the op's named baseline, same run). The timing method itself (bench_ms, peak_mem_mb,
-environment) is siglip2/_timing.py, shared with `siglip2 profile`.
+environment) is siglip2/profile/timing.py, shared with `siglip2 profile`.
 """
 
 from __future__ import annotations
 
 import torch
 
-# The timing method lives in the package (siglip2/_timing.py) so that `siglip2 profile` measures exactly as the
+# The timing method lives in the package (siglip2/profile/timing.py) so that `siglip2 profile` measures exactly as the
 # benchmarks do; these names are re-exported for the bench modules.
-from siglip2._timing import bench_ms as _bench_ms
-from siglip2._timing import environment, peak_mem_mb  # noqa: F401
+from siglip2.profile.timing import bench_ms as _bench_ms
+from siglip2.profile.timing import environment, peak_mem_mb  # noqa: F401
 
 _progress = None  # bench/run.py's progress bar: called after every timed measurement
 
@@ -25,7 +25,7 @@ def set_progress(callback) -> None:
 
 
 def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> float:
-    """siglip2._timing.bench_ms (median ms; do_bench on CUDA, perf_counter on CPU), ticking run.py's progress."""
+    """siglip2.profile.timing.bench_ms (median ms; do_bench on CUDA, perf_counter on CPU), ticking run.py's progress."""
     ms = _bench_ms(fn, warmup=warmup, rep=rep, device=device)
     if _progress is not None:
         _progress()

@@ -2,8 +2,8 @@
 
 A proxy, not a timing: it needs no GPU. For each attention kernel (forward, dK/dV, dQ), architecture and head dim,
 it compiles the launch the launcher makes (bf16, varlen, the config of that architecture's table) through the
-project's ahead-of-time harness (kernels/_aot.py, `triton.compile` for `sm_<cc>`), disassembles the cubin with the
-`cuobjdump -sass` Triton ships, finds the main key (dQ, forward) or query (dK/dV) loop as the largest span
+project's ahead-of-time harness (kernels/aot_compile.py, `triton.compile` for `sm_<cc>`), disassembles the cubin
+with the `cuobjdump -sass` Triton ships, finds the main key (dQ, forward) or query (dK/dV) loop as the largest span
 closed by a backward branch, and counts its instructions and opcodes. The same is done for the minimal kernel of
 the same kind in bench/sass_reference.py, compiled with the same tile config (BLOCK_M, BLOCK_N, warps, stages,
 head-dim split). At head dim 72 the reference is the unpadded 64 + 16 split (80 columns): the ratio then shows
@@ -97,14 +97,14 @@ def reference_case(case: dict) -> dict:
     fn = sass_reference.KERNELS[case["kernel"]]
     ptr = "*" + case["dtype"]
     floats = {"lse", "delta"}
-    from siglip2.kernels._aot import _jit_function
+    from siglip2.kernels.aot_compile import jit_function
 
     cx = dict(BLOCK_D=case["block_d"], BLOCK_DT=case["block_dt"], BLOCK_M=case["block_m"], BLOCK_N=case["block_n"])
     sig = {
         n: (
             "*fp32" if n in floats else "fp32" if n in ("qk_scale", "sm_scale") else "i32" if n in ("s_t", "T") else ptr
         )
-        for n in _jit_function(fn).arg_names
+        for n in jit_function(fn).arg_names
         if n not in cx
     }
     # pointers and the row stride 16-byte aligned, as the project's kernels know them (ALIGN, `_head_base`)
@@ -127,8 +127,8 @@ def report(ccs=(80, 86, 89, 90, 100, 120), head_dims=(64, 72), kernels=KERNELS, 
     """Compile every (kernel, cc, head dim) and its reference; return the JSON rows."""
     import triton
 
-    from siglip2.kernels._aot import aot_run
-    from siglip2.kernels._aot_cases import attention_kernel_case
+    from siglip2.kernels.aot_cases import attention_kernel_case
+    from siglip2.kernels.aot_compile import aot_run
 
     # the compile subprocesses import the reference kernels by module name
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)

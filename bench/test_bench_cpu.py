@@ -30,7 +30,7 @@ def images():
 @pytest.mark.parametrize("backend", ["pil", "torch"])
 @pytest.mark.parametrize("max_num_patches", [256, 1024])
 def test_processor(benchmark, images, backend, max_num_patches):
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     proc = Siglip2ImageProcessor(backend=backend)
     inputs = images if backend == "pil" else [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in images]
@@ -41,7 +41,7 @@ def test_processor(benchmark, images, backend, max_num_patches):
 
 
 def _naflex_batch(B, M, seed=0):
-    from siglip2.image_utils import get_image_size_for_max_num_patches
+    from siglip2.processing.image_utils import get_image_size_for_max_num_patches
 
     P, K = TOWER["patch_size"], 3 * TOWER["patch_size"] ** 2
     g = torch.Generator().manual_seed(seed)

@@ -100,7 +100,7 @@ def varlen_attention(
     softmax_scale: defaults to D ** -0.5. Returns (total_q, H, D) in q's dtype; queries whose sequence has no
     keys get zeros. Sequences may have different query and key lengths (e.g. one pooling probe per image).
     check_values=False skips the value checks of cu_seqlens against the max_seqlens (one host sync): for callers
-    that built them on the host, as the model does once per forward (siglip2.packing.PackedBatch).
+    that built them on the host, as the model does once per forward (siglip2.models.packing.PackedBatch).
     """
     op = "varlen_attention"
     _check_qkv(q, k, v, 3, op)

@@ -912,7 +912,7 @@ def _attn_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
@@ -924,12 +924,12 @@ def head_dim_split(head_dim: int, mode: str = "split") -> tuple[int, int]:
     round up to 32 or 64 (40 -> 64): they are not SigLIP2 sizes, and fewer tile classes keep the set of
     compiled configs small. "pad" always uses one power-of-two tile (72 -> 128), for measuring the choice.
     """
-    full = max(32, _next_pow2(head_dim))
+    full = max(32, next_pow2(head_dim))
     if mode not in ("split", "pad"):
         raise ValueError(f"head_dim_mode must be 'split' or 'pad', got {mode!r}")
     if mode == "pad" or head_dim <= 64:
         return full, 0
-    tail = max(16, _next_pow2(head_dim - 64))
+    tail = max(16, next_pow2(head_dim - 64))
     return (full, 0) if 64 + tail >= full else (64, tail)
 
 
@@ -1039,6 +1039,7 @@ def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int, family: str = IN
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, BLOCK_M2=bm2, BLOCK_N2=bn2, num_warps2=w2, num_stages=s)
 
 
+# The @triton.jit kernels the launchers start, by role (kernels/aot_cases.py compiles each of them).
 KERNELS = {
     "fwd": _attn_fwd_kernel,
     "dkdv": _attn_bwd_dkdv_kernel,
@@ -1221,7 +1222,7 @@ def attention_bwd(
             s_lh=la.args["s_lh"],
             L_Q=la.args["L_Q"],
             HEAD_DIM=la.D,
-            BLOCK_DP=_next_pow2(bd + bdt),
+            BLOCK_DP=next_pow2(bd + bdt),
             BLOCK_M=pm,
             IS_VARLEN=la.is_varlen,
             ALIGN=align,

@@ -252,7 +252,7 @@ def _pos_adjoint_kernel(
 # of the launch (dtype class "16bit" (bf16/fp16: tensor-core dots) or "fp32" (IEEE FMA dots): `dtype_class`).
 # Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
 # == LOCAL == 0) and within the family's shared memory per block, under triton 3.8 and 3.9, in every variant a
-# launch can specialize (kernels/_aot_cases.py; tests/test_aot.py, all of them with SIGLIP2_AOT_FULL=1); among
+# launch can specialize (kernels/aot_cases.py; tests/test_aot.py, all of them with SIGLIP2_AOT_FULL=1); among
 # those, the largest tile. Throughput tuning on real GPUs is owed: no GPU has timed these.
 # fwd: key (weight dtype class, aligned) -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 # "aligned": K and D multiples of 16 and 16-byte aligned pointers (NaFlex P=16: K = 768). Triton then
@@ -313,6 +313,8 @@ ADJ_MAX_CHUNKS = 32
 # The pixel dtypes the forward kernel is compiled for besides the weight's (tests/test_aot.py compiles both):
 # the processor's fp32 pixels are cast inside the kernel, anything else by the launcher.
 KERNEL_PIXEL_DTYPES = (torch.float32,)
+# The @triton.jit kernels the launchers start, by role (kernels/aot_cases.py compiles each of them).
+KERNELS = {"fwd": _patch_embed_fwd_kernel, "adjoint": _pos_adjoint_kernel}
 
 
 def block_g(G: int) -> int:

@@ -40,7 +40,7 @@ G_BUFFER_BYTES = 512 * 2**20
 # dtype class (`dtype_class`: "16bit" runs tensor-core dots, "fp32" IEEE FMA dots to match eager fp32).
 # Rule for every entry: it compiles for every architecture of its family with no register spills (ptxas STACK
 # == LOCAL == 0) and within the family's shared memory per block, under triton 3.8 and 3.9, in every variant a
-# launch can specialize (dtype, EVEN_K, HAS_POS, STORE_G: kernels/_aot_cases.py; tests/test_aot.py, all of them
+# launch can specialize (dtype, EVEN_K, HAS_POS, STORE_G: kernels/aot_cases.py; tests/test_aot.py, all of them
 # with SIGLIP2_AOT_FULL=1); among those, the largest tile. Throughput tuning on real GPUs is owed: no GPU has
 # timed these.
 # key -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
@@ -174,6 +174,10 @@ def _sigmoid_loss_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------
+
+
+# The @triton.jit kernel the launcher starts (kernels/aot_cases.py compiles it).
+KERNELS = {"fwd": _sigmoid_loss_fwd_kernel}
 
 
 def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tuple:

@@ -6,7 +6,8 @@ Importing this package needs neither Triton nor a GPU.
 
 from typing import TYPE_CHECKING, Any
 
-from .configuration import (
+from .checkpoints.loading import CheckpointError
+from .models.configuration import (
     Siglip2Config,
     Siglip2TextConfig,
     Siglip2VisionConfig,
@@ -14,12 +15,12 @@ from .configuration import (
     SiglipTextConfig,
     SiglipVisionConfig,
 )
-from .loading import CheckpointError
 
 if TYPE_CHECKING:  # loaded lazily by __getattr__ below; imported here so type checkers see the names
     from .pipeline import embed, zero_shot_classify
-    from .processing import Siglip2ImageProcessor, SiglipImageProcessor
-    from .tokenization import Siglip2Processor, Siglip2Tokenizer, SiglipProcessor
+    from .processing.image_processing import Siglip2ImageProcessor, SiglipImageProcessor
+    from .processing.processor import Siglip2Processor, SiglipProcessor
+    from .processing.tokenization import Siglip2Tokenizer
 
 __version__ = "0.1.0"
 
@@ -31,13 +32,17 @@ def __getattr__(name: str) -> Any:
 
         return getattr(pipeline, name)
     if name in ("Siglip2ImageProcessor", "SiglipImageProcessor"):
-        from . import processing
+        from .processing import image_processing
 
-        return getattr(processing, name)
-    if name in ("Siglip2Tokenizer", "Siglip2Processor", "SiglipProcessor"):
-        from . import tokenization
+        return getattr(image_processing, name)
+    if name == "Siglip2Tokenizer":
+        from .processing import tokenization
 
         return getattr(tokenization, name)
+    if name in ("Siglip2Processor", "SiglipProcessor"):
+        from .processing import processor
+
+        return getattr(processor, name)
     raise AttributeError(f"module 'siglip2' has no attribute {name!r}")
 
 

@@ -18,22 +18,22 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .loading import CheckpointError
+from .checkpoints.loading import CheckpointError
 from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
 
 if TYPE_CHECKING:
-    from .modeling import Siglip2Model
-    from .tokenization import Siglip2Processor
+    from .models.modeling import Siglip2Model
+    from .processing.processor import Siglip2Processor
 
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed-dataset": (
-        "siglip2.embed_dataset",
+        "siglip2.embed_dataset.cli",
         "embed an image collection (folder, list, table, webdataset) into shards",
     ),
-    "profile": ("siglip2.profile", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
-    "train": ("siglip2.train", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
+    "profile": ("siglip2.profile.cli", "what each NaFlex max_num_patches does to your images: shapes, padding, speed"),
+    "train": ("siglip2.train.cli", "contrastive training / fine-tuning (DDP or FSDP2 under torchrun)"),
 }
 
 HINT = (
@@ -107,7 +107,7 @@ def _load(args: argparse.Namespace) -> tuple[Siglip2Model, Siglip2Processor]:
     import torch
 
     from .pipeline import load_model
-    from .tokenization import Siglip2Processor
+    from .processing.processor import Siglip2Processor
 
     device = _check_common(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -4,14 +4,14 @@
 A drop-in for transformers: `from siglip2.fast import Siglip2Model`. The kernels run compiled on CUDA tensors; on
 CPU the same packed path runs the kernels' PyTorch references (or the Triton interpreter with TRITON_INTERPRET=1).
 `register()` / `patch_transformers(model)` bring the same kernels into a model loaded with transformers
-(siglip2.integrations.transformers). Each class subclasses its `siglip2.modeling` class (isinstance holds).
+(siglip2.integrations.transformers). Each class subclasses its `siglip2.models.modeling` class (isinstance holds).
 """
 
 from __future__ import annotations
 
-from . import modeling
 from .integrations.transformers import patch_transformers, register, unpatch_transformers
-from .packing import PackedBatch
+from .models import modeling
+from .models.packing import PackedBatch
 
 
 class Siglip2Model(modeling.Siglip2Model):

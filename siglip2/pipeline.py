@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .loading import CheckpointError, resolve_dir
+from .checkpoints.loading import CheckpointError, resolve_dir
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .modeling import Siglip2Model
-    from .processing import Images
+    from .models.modeling import Siglip2Model
+    from .processing.image_processing import Images
 
 DEFAULT_MODEL = "google/siglip2-base-patch16-naflex"
 DEFAULT_TEMPLATE = "This is a photo of {}."
@@ -33,7 +33,7 @@ _WHY_MAX = f" (SigLIP2 NaFlex uses up to 1024; memory grows with its square, so 
 
 def check_max_num_patches(value: object, name: str = "max_num_patches") -> int | None:
     """None (the checkpoint's own budget) or an int in [1, MAX_NUM_PATCHES]."""
-    from .image_utils import positive_int
+    from .processing.image_utils import positive_int
 
     return None if value is None else positive_int(name, value, MAX_NUM_PATCHES, _WHY_MAX)
 
@@ -73,7 +73,7 @@ def load_model(
     **hub_kwargs: Any,
 ) -> tuple[Siglip2Model, str]:
     """Our fast model class for the checkpoint's model_type: Siglip2Model (NaFlex) or SiglipModel (FixRes)."""
-    from .tokenization import checkpoint_model_type
+    from .processing.tokenization import checkpoint_model_type
 
     d = resolve_dir(name_or_path, **hub_kwargs)
     model_type = checkpoint_model_type(d)
@@ -99,7 +99,7 @@ def load_images(images: Images) -> tuple[list, bool]:
     import PIL.Image
     import PIL.ImageOps
 
-    from .image_utils import open_image, pil_to_rgb
+    from .processing.image_utils import open_image, pil_to_rgb
 
     if isinstance(images, (list, tuple)) or (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4):
         items, single = list(images), False
@@ -122,13 +122,13 @@ def _prepare(model: str | os.PathLike | nn.Module, processor: Any) -> tuple[Any,
     if isinstance(model, (str, os.PathLike)):
         model, directory = load_model(model)
         if processor is None:
-            from .tokenization import Siglip2Processor
+            from .processing.processor import Siglip2Processor
 
             processor = Siglip2Processor.from_pretrained(directory)
     if processor is None:
         raise ValueError(
             "processor: required when `model` is a model object "
-            "(use siglip2.tokenization.Siglip2Processor.from_pretrained(checkpoint_dir))"
+            "(use siglip2.Siglip2Processor.from_pretrained(checkpoint_dir))"
         )
     for attr in ("config", "dtype", "device"):
         if not hasattr(model, attr):
@@ -139,7 +139,7 @@ def _prepare(model: str | os.PathLike | nn.Module, processor: Any) -> tuple[Any,
 
 
 def _image_inputs(processor: Any, images: list, model: Any, max_num_patches: int | None) -> dict[str, torch.Tensor]:
-    from .processing import Siglip2ImageProcessor
+    from .processing.image_processing import Siglip2ImageProcessor
 
     kw = (
         {"max_num_patches": max_num_patches}
@@ -183,7 +183,7 @@ def zero_shot_classify(
     labels = list(candidate_labels)
     if not labels or not all(isinstance(label, str) for label in labels):
         raise ValueError(f"candidate_labels: expected a non-empty list of strings, got {candidate_labels!r}")
-    from .image_utils import positive_int
+    from .processing.image_utils import positive_int
 
     check_template(template)
     batch_size = positive_int("batch_size", batch_size)
@@ -203,7 +203,7 @@ def zero_shot_classify(
     return results[0] if single else results
 
 
-def _pooled(out: Any) -> torch.Tensor:
+def pooled(out: Any) -> torch.Tensor:
     """get_*_features returns a tensor (4.x style) or an output with .pooler_output (5.x style)."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -220,7 +220,7 @@ def embed(
     normalize: bool = True,
 ) -> dict[str, torch.Tensor]:
     """L2-normalized (or raw pooled) embeddings {"image_embeds": (I, D), "text_embeds": (T, D)}, float32."""
-    from .image_utils import positive_int
+    from .processing.image_utils import positive_int
 
     if isinstance(texts, str):
         texts = [texts]
@@ -233,14 +233,14 @@ def embed(
     if image_list:
         imgs, _ = load_images(image_list)
         chunks = [
-            _pooled(net.get_image_features(**_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)))
+            pooled(net.get_image_features(**_image_inputs(processor, imgs[s : s + batch_size], net, max_num_patches)))
             for s in range(0, len(imgs), batch_size)
         ]
         out["image_embeds"] = torch.cat(chunks).float()
     if texts is not None and len(texts):
         texts = list(texts)
         chunks = [
-            _pooled(net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None)))
+            pooled(net.get_text_features(**_text_inputs(processor, texts[s : s + batch_size], net, None)))
             for s in range(0, len(texts), batch_size)
         ]
         out["text_embeds"] = torch.cat(chunks).float()

@@ -1,13 +1,13 @@
 """The SigLIP2 / SigLIP model classes bound to the "reference" impl: pure PyTorch, padded with masks,
 transformers' numerics. Same module tree and state dicts as `siglip2.fast`.
 
-Each class is a subclass of its `siglip2.modeling` class (isinstance holds) whose default impl is "reference";
+Each class is a subclass of its `siglip2.models.modeling` class (isinstance holds) whose default impl is "reference";
 they are spelled out so that IDEs and type checkers resolve `from siglip2.reference import Siglip2Model`.
 """
 
 from __future__ import annotations
 
-from . import modeling
+from .models import modeling
 
 
 class Siglip2Model(modeling.Siglip2Model):

@@ -44,7 +44,7 @@ MUTATIONS = [
     ),
     Mutation(
         "pooling-head-drops-q-bias",
-        "siglip2/layers.py",
+        "siglip2/models/layers.py",
         "q = F.linear(self.probe.reshape(1, D), w[:D], b[:D])",
         "q = F.linear(self.probe.reshape(1, D), w[:D])",
         ["tests/test_modeling.py", "-k", "matches_transformers and triton"],
@@ -52,14 +52,14 @@ MUTATIONS = [
     # the fused bias in the order k, q, v: both the autograd path and the inference cache read `ps`
     Mutation(
         "qkv-bias-order-swapped",
-        "siglip2/layers.py",
+        "siglip2/models/layers.py",
         "            self.q_proj.bias,\n            self.k_proj.bias,\n            self.v_proj.bias,\n        )",
         "            self.k_proj.bias,\n            self.q_proj.bias,\n            self.v_proj.bias,\n        )",
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
     ),
     Mutation(
         "pooling-head-drops-kv-bias",
-        "siglip2/layers.py",
+        "siglip2/models/layers.py",
         "k, v = F.linear(hidden, w[D:], b[D:])",
         "k, v = F.linear(hidden, w[D:])",
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
@@ -67,14 +67,14 @@ MUTATIONS = [
     # a correct result from the wrong path: only the Triton launch counts can see these
     Mutation(
         "text-tower-on-reference",
-        "siglip2/layers.py",
+        "siglip2/models/layers.py",
         "v.transpose(1, 2), mask, self.scale, impl=kernel_impl",
         'v.transpose(1, 2), mask, self.scale, impl="reference"',
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
     ),
     Mutation(
         "loss-on-reference",
-        "siglip2/modeling.py",
+        "siglip2/models/modeling.py",
         "self.logit_scale, self.logit_bias, impl=self.kernel_impl)",
         'self.logit_scale, self.logit_bias, impl="reference")',
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
@@ -95,7 +95,7 @@ MUTATIONS = [
     ),
     Mutation(
         "packed-path-skips-last-layer",
-        "siglip2/layers.py",
+        "siglip2/models/layers.py",
         "        for layer in self.layers:\n            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
         "        for layer in (self.layers[:-1] if packed is not None else self.layers):\n"
         "            x, w = layer(x, mask, packed, kernel_impl, output_attentions)",
@@ -103,14 +103,14 @@ MUTATIONS = [
     ),
     Mutation(
         "text-kernel-ignores-padding",
-        "siglip2/modeling.py",
+        "siglip2/models/towers.py",
         "mask = None if attention_mask is None else attention_mask.bool()",
         "mask = None",
         ["tests/test_modeling.py", "-k", "matches_transformers and triton"],
     ),
     Mutation(
         "unpack-inverted",
-        "siglip2/packing.py",
+        "siglip2/models/packing.py",
         "return out.masked_scatter(self.valid[..., None], x)",
         "return out.masked_scatter(~self.valid[..., None], x[: int((~self.valid).sum())])",
         ["tests/test_modeling.py", "-k", "triton"],
@@ -155,14 +155,14 @@ MUTATIONS = [
     # the locked tower's cache keyed by the sample alone: a later batch reads another image's embedding
     Mutation(
         "image-cache-serves-stale-rows",
-        "siglip2/train_utils.py",
+        "siglip2/train/model.py",
         "        return torch.stack([self.store[k] for k in keys])",
         "        return torch.stack([self.store[k] for k in keys][::-1])",
         ["tests/test_train.py", "-k", "embedding_cache"],
     ),
     Mutation(
         "entry-check-skipped",
-        "siglip2/validation.py",
+        "siglip2/models/validation.py",
         "    if not host[0]:\n",
         "    if True:\n",
         ["tests/test_validation.py"],
@@ -171,13 +171,17 @@ MUTATIONS = [
 
 
 def _copy_tree(dst: str) -> str:
-    """The package laid out as installed (kernels/ inside siglip2/), plus tests/ and pyproject.toml."""
+    """The package laid out as installed (kernels/ inside siglip2/), plus tests/, pyproject.toml and README.md."""
     pkg = os.path.join(dst, "pkg")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(os.path.join(ROOT, "siglip2"), os.path.join(pkg, "siglip2"), ignore=ignore)
-    shutil.copytree(os.path.join(ROOT, "kernels"), os.path.join(pkg, "siglip2", "kernels"), ignore=ignore)
+    # siglip2/kernels/ (its __init__) is already there: kernels/*.py join it, as a wheel lays them out
+    shutil.copytree(
+        os.path.join(ROOT, "kernels"), os.path.join(pkg, "siglip2", "kernels"), ignore=ignore, dirs_exist_ok=True
+    )
     shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(dst, "tests"), ignore=ignore)
     shutil.copy(os.path.join(ROOT, "pyproject.toml"), dst)
+    shutil.copy(os.path.join(ROOT, "README.md"), dst)  # tests/test_readme_example.py runs its examples
     return pkg
 
 

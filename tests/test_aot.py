@@ -1,16 +1,16 @@
 """Ahead-of-time compile of every launch-config table for sm_80, 86, 89, 90, 100 and 120 (no GPU needed).
 
-The compute capability comes from the compile target (kernels/_aot.py), never from this machine. The cases
-(kernels/_aot_cases.py) are the table entries of each architecture's family plus the "default" table (what an
+The compute capability comes from the compile target (kernels/aot_compile.py), never from this machine. The cases
+(kernels/aot_cases.py) are the table entries of each architecture's family plus the "default" table (what an
 unknown architecture gets), each compiled as a real launch specializes it.
-- `test_aot_siglip2_shapes` (CI): the CI tier of the shapes SigLIP2 runs (kernels/_aot_cases.py `_in_ci`:
+- `test_aot_siglip2_shapes` (CI): the CI tier of the shapes SigLIP2 runs (kernels/aot_cases.py `_in_ci`:
   bf16 in every layout, fp16 varlen; D 96 bf16 varlen). Fails on a compile error, on shared memory over the
   architecture's per-block limit, and on any register spill (STACK or LOCAL > 0).
 - `test_aot_all_configs` (`SIGLIP2_AOT_FULL=1`, ~30 min on 2 cores): every SigLIP2 shape (fp16 in every layout
   too) with the same rules, and every other table entry at every head-dim class, aligned and unaligned, which
   fails only on a compile error or shared memory: their spills are printed as a table.
 Both run under whichever triton is importable; .ci/run runs this file under a second version (triton 3.8).
-Standalone: `python -m siglip2.kernels._aot [--full] [--ccs 80,120] [--all]`.
+Standalone: `python -m siglip2.kernels.aot [--tier ci|siglip2|all] [--ccs 80,120] [--all]`.
 """
 
 import os
@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("triton")
 
+# private: kernels/_configs.py (the architecture families and their tables) is what these tests check
 from siglip2.kernels import _configs
 
 
@@ -46,8 +47,8 @@ def test_check_tables_names_the_missing_entry():
 def _run(tier):
     import triton
 
-    from siglip2.kernels._aot import aot_run, spill_table
-    from siglip2.kernels._aot_cases import all_cases
+    from siglip2.kernels.aot_cases import all_cases
+    from siglip2.kernels.aot_compile import aot_run, spill_table
 
     res = aot_run(all_cases(tier=tier))
     fail = [

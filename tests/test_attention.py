@@ -26,6 +26,7 @@ try:
     import triton
     import triton.language as tl
 
+    # private: the interpreter's bf16 rounding helper, tested on its own inside a kernel of this test
     from siglip2.kernels.attention_triton import _cast
 
     @triton.jit
@@ -38,6 +39,7 @@ except ImportError:  # the validation tests run without triton
 
 @pytest.fixture(autouse=True)
 def _nan_fill(monkeypatch):
+    # private: the NaN-fill test switch (its environment variable is read once, at import)
     from siglip2.kernels import _utils
 
     monkeypatch.setattr(_utils, "NAN_FILL", True)
@@ -80,7 +82,7 @@ def _per_sequence(q, k, v, do, lens_q, lens_k, scale, dtype):
         if lq == 0 or lk == 0:
             continue  # outputs of queries without keys stay 0, and nothing flows back
         qi, ki, vi = (t[s].transpose(0, 1).clone().requires_grad_() for t, s in ((q, sq), (k, sk), (v, sk)))
-        oi = R._attend(qi, ki, vi, scale)
+        oi = R._attend(qi, ki, vi, scale)  # private: the reference's one-sequence attention, the oracle per sequence
         gi = torch.autograd.grad(oi, (qi, ki, vi), do[sq].transpose(0, 1))
         out[sq] = oi.detach().transpose(0, 1)
         for g, gs, s in zip(grads, gi, (sq, sk, sk)):
@@ -144,6 +146,7 @@ def test_varlen_strided_inputs():
 def test_varlen_unaligned_strides(dtype):
     """The launcher tells the kernels (ALIGN) that strides are 16-byte multiples only when they are: q, k, v cut
     from a (total, H, 73) buffer (strides 73 H, 73) take the unhinted kernels, contiguous ones the hinted."""
+    # private: the launcher's alignment rule, which this test checks against the strides it is given
     from siglip2.kernels.attention_triton import _stride_align
 
     lens, H, D = [7, 50, 21], 2, 72

@@ -7,7 +7,7 @@ import pytest
 import transformers
 
 import siglip2
-from siglip2.configuration import _Config
+from siglip2.models.configuration import BaseConfig
 
 PAIRS = [
     (siglip2.Siglip2TextConfig, transformers.Siglip2TextConfig),
@@ -20,7 +20,7 @@ PAIRS = [
 @pytest.mark.parametrize("ours, theirs", PAIRS, ids=[p[0].__name__ for p in PAIRS])
 def test_defaults_match_transformers(ours, theirs):
     o, t = ours().to_dict(), theirs().to_dict()
-    model_fields = {f.name for f in dataclasses.fields(ours)} - {f.name for f in dataclasses.fields(_Config)}
+    model_fields = {f.name for f in dataclasses.fields(ours)} - {f.name for f in dataclasses.fields(BaseConfig)}
     for name in model_fields:
         assert o[name] == t[name], f"{ours.__name__}.{name}: {o[name]!r} != transformers {t[name]!r}"
     assert o["model_type"] == t["model_type"]

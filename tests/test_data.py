@@ -1,5 +1,5 @@
 """siglip2.data without a model: sources and keys, decode errors, NaFlex collate against the processor, fast decode,
-rank sharding and token batching.
+rank sharding and token batching, and the streaming pipeline (units, NaFlexStream, its DataLoader, DevicePrefetcher).
 
 Run: `pytest tests/test_data.py` (~3 s).
 """
@@ -103,8 +103,8 @@ def test_decode_errors_are_named(tmp_path):
 def test_collate_matches_processor_and_tokenizer(tmp_path):
     from test_tokenization import make_tokenizer_dir
 
-    from siglip2.processing import Siglip2ImageProcessor
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     ip = Siglip2ImageProcessor(patch_size=4, max_num_patches=16)
     rng = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def test_collate_matches_processor_and_tokenizer(tmp_path):
 
 
 def test_fast_decode_keeps_the_exact_naflex_size(tmp_path):
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     # a smooth photo-like JPEG, large against the budget, with an EXIF rotation
     y, x = np.mgrid[0:600, 0:1000]
@@ -180,3 +180,74 @@ def test_token_batches_never_exceed_budget_and_cover_once():
         data.pack_by_tokens([5, 20], 16)
     with pytest.raises(ValueError, match="tokens_per_batch"):
         data.pack_by_tokens([5], 0)
+
+
+def _stream_folder(tmp_path):
+    """Seven PNGs of different sizes; 3.png, 4.png and 5.png are not images (unit 1 of three-input units)."""
+    for i in range(7):
+        if i in (3, 4, 5):
+            (tmp_path / f"{i}.png").write_text("not an image")
+        else:
+            _save(tmp_path / f"{i}.png", 8 + 2 * i, 12, seed=i)
+    return data.open_source(tmp_path)
+
+
+def _summary(items):
+    return [
+        (it["unit"], it["last"], it["n_inputs"], [e[0] for e in it["errors"]], [b["keys"] for b in it["batches"]])
+        for it in items
+    ]
+
+
+def test_stream_units_items_errors_and_batches(tmp_path):
+    """plan_units cuts a source into units; NaFlexStream yields one item per chunk, in order, bad files as errors
+    of their item, every unit closed by one last item (also a unit whose every image is bad), and each batch is
+    naflex_collate of the decoded images, with its valid-token count."""
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+
+    src = _stream_folder(tmp_path)
+    units = data.plan_units(src, 3)
+    assert units == [data.Unit(0, 0, 3), data.Unit(1, 3, 6), data.Unit(2, 6, 7)] and units[1].name == "00001"
+    ip = Siglip2ImageProcessor(patch_size=4, max_num_patches=16)
+    items = list(data.NaFlexStream(src, units, ip, max_num_patches=16, batch_size=2))
+    assert _summary(items) == [
+        (0, False, 2, [], [["0.png", "1.png"]]),
+        (0, True, 1, [], [["2.png"]]),
+        (1, False, 2, ["3.png", "4.png"], []),
+        (1, True, 1, ["5.png"], []),
+        (2, True, 1, [], [["6.png"]]),
+    ]
+    first = items[0]["batches"][0]
+    want = data.naflex_collate([(k, data.decode_image(src[i])) for i, k in enumerate(first["keys"])], ip)
+    assert torch.equal(first["pixel_values"], want["pixel_values"]) and first["num_tokens"] == int(
+        want["pixel_attention_mask"].sum()
+    )
+    for kw in ({}, {"batch_size": 2, "tokens_per_batch": 16}):
+        with pytest.raises(ValueError, match="batch_size / tokens_per_batch"):
+            data.NaFlexStream(src, units, ip, max_num_patches=16, **kw)
+
+
+def test_stream_through_a_loader_worker_and_the_prefetcher(tmp_path):
+    """The stream's DataLoader (one worker) yields the items the stream yields in-process; DevicePrefetcher
+    flattens them into StreamBatch(item, batch, first, last), on CPU without copies: an item without batches comes
+    once with batch None, an item with several batches marks its first and its last."""
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+
+    src = _stream_folder(tmp_path)
+    ip = Siglip2ImageProcessor(patch_size=4, max_num_patches=16)
+    stream = data.NaFlexStream(src, data.plan_units(src, 3), ip, max_num_patches=16, tokens_per_batch=32)
+    items = list(stream)
+    assert _summary(list(stream.loader(num_workers=1))) == _summary(items)
+    assert any(len(it["batches"]) > 1 for it in items) and any(not it["batches"] for it in items)
+    entries = list(data.DevicePrefetcher(stream.loader(), torch.device("cpu")))
+    assert all(isinstance(e, data.StreamBatch) for e in entries)
+    want = []
+    for it in items:
+        n = len(it["batches"])
+        want += (
+            [(it["unit"], None, True, True)]
+            if n == 0
+            else [(it["unit"], b["keys"], i == 0, i == n - 1) for i, b in enumerate(it["batches"])]
+        )
+    assert [(e.item["unit"], e.batch and e.batch["keys"], e.first, e.last) for e in entries] == want
+    assert list(torch.utils.data.DataLoader(data.as_iterable_dataset(range(3)), batch_size=None)) == [0, 1, 2]

@@ -33,7 +33,7 @@ def _reference_kernels():
 def checkpoint(tmp_path_factory):
     from tiny import PIPELINE, our_model
 
-    from siglip2.modeling import Siglip2Model
+    from siglip2.models.modeling import Siglip2Model
 
     d = tmp_path_factory.mktemp("tiny-siglip2")
     our_model(Siglip2Model, **dict(PIPELINE, heads=2, layers=1)).save_pretrained(d)
@@ -155,7 +155,7 @@ def test_folder_matches_embed_and_logs_errors(folder_run, checkpoint, folder, ca
 def test_resume_after_interrupt_is_identical_and_other_args_refused(
     folder_run, checkpoint, folder, tmp_path, monkeypatch, capsys
 ):
-    from siglip2.embed_dataset import STOP_AFTER_ENV
+    from siglip2.embed_dataset.cli import STOP_AFTER_ENV
 
     out = tmp_path / "out"
     monkeypatch.setenv(STOP_AFTER_ENV, "1")
@@ -195,23 +195,13 @@ def test_webdataset_captions_tokens_per_batch_and_workers(shards, checkpoint, tm
 
 def test_token_batches_of_the_stream(folder):
     """The DataLoader stream under --tokens-per-batch: valid tokens per batch <= T, every good image once."""
-    from siglip2.data import open_source
-    from siglip2.embed_dataset import _Stream, plan_units
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.data import NaFlexStream, open_source, plan_units
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     src = open_source(folder[0])
     for T, M in ((16, 16), (37, 16), (50, 9)):
-        s = _Stream(
-            src,
-            plan_units(src, 16),
-            Siglip2ImageProcessor(patch_size=4, max_num_patches=M),
-            M=M,
-            batch_size=None,
-            tokens=T,
-            fast=False,
-            dtype=None,
-            tokenizer=None,
-        )
+        ip = Siglip2ImageProcessor(patch_size=4, max_num_patches=M)
+        s = NaFlexStream(src, plan_units(src, 16), ip, max_num_patches=M, tokens_per_batch=T)
         items = list(s)
         batches = [b for it in items for b in it["batches"]]
         assert all(int(b["pixel_attention_mask"].sum()) == b["num_tokens"] <= T for b in batches)

@@ -64,6 +64,16 @@ def test_wheel_ships_the_package_under_siglip2(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"siglip2/kernels/__init__.py", "siglip2/kernels/attention.py", "siglip2/kernels/py.typed"} <= names
     assert not any(n.startswith("kernels/") for n in names)
+    # every module of every subpackage (pyproject lists the packages one by one)
+    ours = {
+        os.path.relpath(os.path.join(d, f), ROOT).replace(os.sep, "/")
+        for top in ("siglip2", "kernels")
+        for d, _, files in os.walk(os.path.join(ROOT, top))
+        for f in files
+        if f.endswith(".py")
+    }
+    want = {("siglip2/" + n if n.startswith("kernels/") else n) for n in ours}
+    assert want <= names, sorted(want - names)
 
 
 def test_suite_collects_without_xdist():

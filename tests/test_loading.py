@@ -11,7 +11,7 @@ import transformers
 from tiny import hf_model, hf_siglip2, our_model, tiny_config_dict
 
 import siglip2.reference as ref
-from siglip2.loading import CheckpointError
+from siglip2.checkpoints.loading import CheckpointError
 
 
 def _assert_same_tensors(a: dict, b: dict):
@@ -188,7 +188,7 @@ def test_unknown_from_pretrained_keyword(hf_dir):
 def test_interrupted_save_journal_is_followed_then_completed(tmp_path):
     """A save stopped after its commit (journal written, nothing renamed yet) loads as the new checkpoint, and the
     next config or model save completes it first."""
-    import siglip2.saving as saving
+    import siglip2.checkpoints.saving as saving
 
     old, new = our_model(ref.Siglip2Model, seed=0), our_model(ref.Siglip2Model, seed=1)
     old.save_pretrained(tmp_path)

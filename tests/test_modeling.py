@@ -25,7 +25,7 @@ from tiny import hf_model, hf_siglip2, naflex_inputs, text_inputs
 
 import siglip2.fast as fast
 import siglip2.reference as ref
-from siglip2.packing import PackedBatch
+from siglip2.models.packing import PackedBatch
 
 ATOL = 1e-5
 ATTN, PATCH, LOSS = "_attn_fwd_kernel", "_patch_embed_fwd_kernel", "_sigmoid_loss_fwd_kernel"
@@ -325,7 +325,7 @@ def test_backward_matches_transformers(impl):
 def test_set_impl_and_bound_classes():
     hf = hf_siglip2()
     m = fast.Siglip2Model(hf.config)
-    from siglip2 import modeling
+    from siglip2.models import modeling
 
     assert m.impl == "triton" and m.vision_model.impl == "triton"
     assert type(m).__module__ == "siglip2.fast" and type(m).__name__ == "Siglip2Model"
@@ -576,6 +576,7 @@ def test_compile_traces_fast_vision_tower_fullgraph():
     """torch.compile(fullgraph=True) traces the whole packed tower through the kernels' custom ops. This checks
     tracing (no graph break, the Triton kernels still launch); the numbers are checked against transformers, not
     against eager of the same code, which would share any bug."""
+    # private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
     from siglip2.kernels._utils import interpreting
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"

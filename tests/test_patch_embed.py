@@ -25,6 +25,7 @@ NAMES = ("pixel_values", "weight", "bias", "pos_embed")
 @pytest.fixture(autouse=True)
 def _nan_outputs(monkeypatch):
     # the launchers allocate outputs with NaN, so an element a kernel forgets to write fails the test
+    # (private: the test switch; its environment variable is read once, at import)
     from siglip2.kernels import _utils
 
     monkeypatch.setattr(_utils, "NAN_FILL", True)

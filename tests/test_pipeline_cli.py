@@ -76,7 +76,7 @@ def _assert_results_close(ours, ref, atol=1e-5):
 
 def test_pipeline_with_transformers_model_matches_hf_pipeline(checkpoint, images):
     from siglip2.pipeline import zero_shot_classify
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d, model = checkpoint
     ours = zero_shot_classify(images, LABELS, model=model, processor=Siglip2Processor.from_pretrained(d))
@@ -169,7 +169,7 @@ def test_cli_classify_and_embed(checkpoint, images, tmp_path):
     assert img.shape == (1, 32) and txt.shape == (2, 32)
     assert torch.allclose(img.norm(dim=-1), torch.ones(1), atol=1e-5)
     assert not [f for f in out.parent.iterdir() if ".tmp" in f.name]
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     proc = Siglip2Processor.from_pretrained(d)
     with torch.no_grad():
@@ -257,7 +257,7 @@ def test_fixres_checkpoint_pipeline(tmp_path, images):
 @pytest.mark.gpu
 def test_pipeline_on_cuda(checkpoint, images):
     from siglip2.pipeline import load_model, zero_shot_classify
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d, _ = checkpoint
     model, _ = load_model(d, device="cuda")

@@ -12,8 +12,12 @@ import PIL.Image
 import pytest
 import torch
 
-from siglip2.image_utils import get_image_size_for_max_num_patches, resize_uint8
-from siglip2.processing import Siglip2ImageProcessor, SiglipImageProcessor, image_processor_from_pretrained
+from siglip2.processing.image_processing import (
+    Siglip2ImageProcessor,
+    SiglipImageProcessor,
+    image_processor_from_pretrained,
+)
+from siglip2.processing.image_utils import get_image_size_for_max_num_patches, resize_uint8
 
 TOL = 1e-5
 PHOTOS = [
@@ -221,7 +225,7 @@ def test_save_and_load_roundtrip(tmp_path):
     img = np.random.default_rng(5).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     _assert_same(q(img), hf(img, return_tensors="pt"))
     (tmp_path / "preprocessor_config.json").write_text("{broken")
-    from siglip2.loading import CheckpointError
+    from siglip2.checkpoints.loading import CheckpointError
 
     with pytest.raises(CheckpointError, match="not valid JSON"):
         Siglip2ImageProcessor.from_pretrained(tmp_path)
@@ -292,7 +296,7 @@ def test_combined_call_uses_the_checkpoint_patch_size(checkpoints, P):
     """processor(images=..., text=...) patchifies with the checkpoint's patch size, as transformers' image processor
     does. (transformers 5.24's combined call passes its class default patch_size=16 whatever the checkpoint: it
     matches ours only when told the patch size.)"""
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d = checkpoints[P]
     images, texts = [_rgb(37, 90, 0), _rgb(120, 64, 1)], ["A photo of a Cat.", "a dog"]
@@ -311,7 +315,7 @@ def test_combined_call_uses_the_checkpoint_patch_size(checkpoints, P):
 
 def test_explicit_patch_size_is_honoured_as_in_transformers(checkpoints):
     """A patch_size argument wins over the checkpoint's, as in transformers (the model then refuses the input)."""
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d = checkpoints[8]
     images = [_rgb(45, 61, 2)]
@@ -326,9 +330,9 @@ def test_patch_size_comes_from_the_checkpoint_never_a_silent_16(checkpoints, tmp
     class default, 16), one that disagrees with config.json is refused unless patch_size= is passed."""
     import shutil
 
-    from siglip2.loading import CheckpointError
+    from siglip2.checkpoints.loading import CheckpointError
     from siglip2.pipeline import embed
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     loaders = (image_processor_from_pretrained, Siglip2ImageProcessor.from_pretrained)
     for P, d in checkpoints.items():

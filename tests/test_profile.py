@@ -69,8 +69,8 @@ def _run(argv):
 
 def test_profile_files_synthetic_tiny_config(image_dir, tmp_path, capsys):
     from siglip2.pipeline import load_images
-    from siglip2.processing import Siglip2ImageProcessor
-    from siglip2.profile_stats import collect_paths, synthetic_sizes
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+    from siglip2.profile.stats import collect_paths, synthetic_sizes
 
     out_json, plots = tmp_path / "p.json", tmp_path / "plots"
     rc = _run(
@@ -229,8 +229,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_profile_model_drift(tiny_checkpoint, image_dir, tmp_path):
     from siglip2.pipeline import load_images
-    from siglip2.processing import Siglip2ImageProcessor
-    from siglip2.profile_stats import collect_paths
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+    from siglip2.profile.stats import collect_paths
     from siglip2.reference import Siglip2VisionModel
 
     out = tmp_path / "m.json"
@@ -283,7 +283,7 @@ def test_profile_model_drift(tiny_checkpoint, image_dir, tmp_path):
 
 def test_synthetic_distribution_matches_its_stated_source():
     """5% / 95% quantiles of pixels and height/width ratio are the COCO figures quoted in profile_stats."""
-    from siglip2.profile_stats import COCO_PIXELS_P05_P95, COCO_RATIO_P05_P95, synthetic_sizes
+    from siglip2.profile.stats import COCO_PIXELS_P05_P95, COCO_RATIO_P05_P95, synthetic_sizes
 
     hw = np.array(synthetic_sizes(20000, seed=1), dtype=np.float64)
     px, ratio = hw[:, 0] * hw[:, 1], hw[:, 0] / hw[:, 1]
@@ -294,7 +294,7 @@ def test_synthetic_distribution_matches_its_stated_source():
 
 
 def test_recommendation_rules():
-    from siglip2.profile_report import recommend
+    from siglip2.profile.report import recommend
 
     def e(m, cos=None, ips=None):
         d = {"max_num_patches": m, "timing": {"packed": {"images_per_s": ips}} if ips else None}

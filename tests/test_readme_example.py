@@ -183,6 +183,7 @@ def _why_not_run(launcher, argv, args):
 
 
 def test_readme_bash_commands(workdir, monkeypatch, capsys):
+    # private: the CLI's argument parser, to check that each README command parses before it runs
     from siglip2.__main__ import _parser, main
 
     d = workdir(14)  # a patch size other than 16: every command must take the checkpoint's

@@ -24,8 +24,8 @@ from tiny import hf_model, our_model, tiny_config_dict
 
 import siglip2.reference as ref
 from siglip2 import fast
-from siglip2.configuration import Siglip2TextConfig, Siglip2VisionConfig
-from siglip2.loading import CheckpointError
+from siglip2.checkpoints.loading import CheckpointError
+from siglip2.models.configuration import Siglip2TextConfig, Siglip2VisionConfig
 
 # every model here comes from tests/tiny.py (one place for tiny configs; parameters perturbed)
 SMALL = dict(hidden=32, heads=2, layers=1, intermediate=40)
@@ -303,7 +303,7 @@ def test_bad_config_json_names_file_and_field(tmp_path):
     ],
 )
 def test_processor_sizes(kw, exc, match):
-    from siglip2.processing import Siglip2ImageProcessor
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
 
     img = np.zeros((8, 8, 3), dtype=np.uint8)
     with pytest.raises(exc, match=match):
@@ -313,7 +313,7 @@ def test_processor_sizes(kw, exc, match):
 
 
 def test_fixres_processor_size():
-    from siglip2.processing import SiglipImageProcessor
+    from siglip2.processing.image_processing import SiglipImageProcessor
 
     with pytest.raises(ValueError, match=r"size\['height'\] must be an int >= 1, got 0"):
         SiglipImageProcessor(size={"height": 0, "width": 4})
@@ -408,7 +408,7 @@ def tok_dir(tmp_path_factory):
 
 
 def test_tokenizer_empty_list_and_bad_max_length(tok_dir):
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     tok = Siglip2Tokenizer.from_pretrained(tok_dir)
     assert tok([], padding="max_length", max_length=64)["input_ids"].shape == (0, 64)
@@ -432,7 +432,7 @@ def test_tokenizer_empty_list_and_bad_max_length(tok_dir):
     ],
 )
 def test_malformed_tokenizer_json_names_the_file(tmp_path, tok_dir, content, match):
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     shutil.copytree(tok_dir, tmp_path / "t")
     (tmp_path / "t" / "tokenizer.json").write_text(content)

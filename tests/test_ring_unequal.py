@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from siglip2.kernels import reference
+
+# private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
 from siglip2.kernels._utils import interpreting
 from siglip2.kernels.loss import DistributedSigmoidLoss
 

@@ -22,7 +22,7 @@ MAX_RATIO = 1.10
 
 @pytest.mark.parametrize("head_dim", [64, 72])
 def test_forward_loop_within_ratio_of_minimal_kernel(head_dim):
-    from siglip2.kernels._aot import cuobjdump_path
+    from siglip2.kernels.aot_compile import cuobjdump_path
 
     if not os.path.exists(cuobjdump_path()):
         pytest.skip(f"no cuobjdump at {cuobjdump_path()} (it ships with triton's NVIDIA backend)")

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from numerics import assert_close_to_oracle, max_err
 
 from siglip2.kernels import reference
+
+# private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
 from siglip2.kernels._utils import interpreting
 from siglip2.kernels.loss import DistributedSigmoidLoss, sigmoid_loss
 
@@ -86,6 +88,7 @@ def _check(impl, n, d, scale, bias, dtype, **kw):
 @pytest.fixture
 def nan_fill(monkeypatch):
     pytest.importorskip("triton")
+    # private: the NaN-fill test switch (its environment variable is read once, at import)
     from siglip2.kernels import _utils, sigmoid_loss_triton
 
     monkeypatch.setattr(_utils, "NAN_FILL", True)  # every launcher output starts as NaN

@@ -114,7 +114,7 @@ def _hf_tokenizer(path):
     ],
 )
 def test_ids_match_transformers(tmp_path, model_type, kwargs):
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     d = make_tokenizer_dir(tmp_path, model_type)
     ours, ref = Siglip2Tokenizer.from_pretrained(d), _hf_tokenizer(d)
@@ -128,7 +128,7 @@ def test_ids_match_transformers(tmp_path, model_type, kwargs):
 
 
 def test_lowercase_eos_truncation_and_padding_side(tmp_path):
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     d = make_tokenizer_dir(tmp_path / "a", "siglip2")
     tok = Siglip2Tokenizer.from_pretrained(d)
@@ -153,8 +153,8 @@ def test_lowercase_eos_truncation_and_padding_side(tmp_path):
 
 
 def test_save_roundtrip_and_errors(tmp_path):
-    from siglip2.loading import CheckpointError
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.checkpoints.loading import CheckpointError
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     tok = Siglip2Tokenizer.from_pretrained(make_tokenizer_dir(tmp_path / "a", "siglip2"))
     tok.save_pretrained(tmp_path / "b")
@@ -199,7 +199,7 @@ def test_processor_matches_transformers(tmp_path):
     from transformers import Siglip2ImageProcessorPil
     from transformers import Siglip2Processor as HFProcessor
 
-    from siglip2.tokenization import Siglip2Processor
+    from siglip2.processing.processor import Siglip2Processor
 
     d = make_tokenizer_dir(tmp_path, "siglip2")
     _image_processor_dir(d)

@@ -28,7 +28,7 @@ from shapes import CLASSES, make_dataset
 from test_tokenization import make_tokenizer_dir
 
 from siglip2.train import TrainConfig, train
-from siglip2.train_data import BatchPlan
+from siglip2.train.data import BatchPlan
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,8 @@ def _zero_shot_accuracy(ckpt, shapes):
 
     from siglip2.data import decode_image
     from siglip2.fast import Siglip2Model
-    from siglip2.processing import Siglip2ImageProcessor
-    from siglip2.tokenization import Siglip2Tokenizer
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
+    from siglip2.processing.tokenization import Siglip2Tokenizer
 
     model = Siglip2Model.from_pretrained(os.path.join(ckpt, "model")).set_impl("triton", "reference").eval()
     tok = Siglip2Tokenizer.from_pretrained(os.path.join(ckpt, "model"), model_type="siglip2")
@@ -140,6 +140,7 @@ def test_resume_is_bit_exact(shapes, tmp_path, one_thread):
 
 def test_triton_kernels_train_like_reference(shapes, tmp_path, one_thread):
     pytest.importorskip("triton")
+    # private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
     from siglip2.kernels._utils import interpreting
 
     if not interpreting():
@@ -187,8 +188,8 @@ def test_plan_buckets_budgets_and_mixed():
 
 
 def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
-    from siglip2 import train_utils as U
-    from siglip2.configuration import Siglip2TextConfig
+    from siglip2.models.configuration import Siglip2TextConfig
+    from siglip2.train import model as U
 
     summary = train(
         _cfg(
@@ -214,6 +215,7 @@ def test_dry_run_estimate_matches_saved_activations(shapes, tmp_path, capsys):
         vocab_size=50,
         max_position_embeddings=64,
     )
+    # private: the kernels' own rule for when Triton runs on CPU (TRITON_INTERPRET), not part of their API
     from siglip2.kernels._utils import interpreting
 
     if not interpreting():  # the reference attention materializes (L, L) scores, which the kernels never keep
@@ -254,8 +256,8 @@ def _init_params(shapes):
     import math
 
     from siglip2.fast import Siglip2Model
-    from siglip2.tokenization import Siglip2Tokenizer
-    from siglip2.train_utils import size_config
+    from siglip2.processing.tokenization import Siglip2Tokenizer
+    from siglip2.train.model import size_config
 
     tok = Siglip2Tokenizer.from_pretrained(shapes["tok"], model_type="siglip2")
     torch.manual_seed(0)
@@ -308,7 +310,7 @@ def test_lock_image_embedding_cache(shapes, tmp_path, one_thread):
     runs once per image), and the run matches the uncached one to fp32 rounding."""
     kw = {"data": shapes["test"], "steps": 12, "batch_size": 16, "seq_lens": (16,), "lock_image": True}
     calls = []
-    from siglip2 import layers
+    from siglip2.models import layers
 
     hook = layers.Siglip2EncoderLayer.forward
 

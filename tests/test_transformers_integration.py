@@ -180,7 +180,7 @@ def _compare(got, want, exact):
 def _backend_registered():
     register(impl="triton")
     yield
-    integ._state["impl"] = "auto"
+    integ._state["impl"] = "auto"  # private: undo register(impl="triton"), which has no public undo
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -279,7 +279,7 @@ def test_non_padding_masks_fall_back_to_sdpa():
     causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None].expand(2, 1, 5, 5)
     bias = torch.randn(2, 1, 5, 5, generator=g)
     for mask, kwargs in ((causal, {}), (bias, {}), (None, {"is_causal": True})):
-        integ._warned.clear()
+        integ._warned.clear()  # private: the warn-once memory, so that each case warns again
         with pytest.warns(UserWarning, match="sdpa"):
             got = integ.siglip2_triton_attention(module, q, k, v, mask, scaling=0.3, **kwargs)[0]
         want = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3, **kwargs)[0]

@@ -18,9 +18,10 @@ transformers is imported only when one of these functions is called):
    custom backend name without one gets no mask at all and would attend to padding).
 
 2. `patch_transformers(model)` goes further for every SigLIP2 / SigLIP vision or text tower found anywhere in
-   `model` (a dual encoder, a classifier, or a VLM's `vision_tower`): the tower's forward runs `siglip2.modeling`'s
-   packed path (fused patch embedding + position resize, varlen attention over `cu_seqlens`, the varlen pooling
-   head) on the tower's *own* parameters, and a dual encoder's `return_loss=True` uses the fused sigmoid loss.
+   `model` (a dual encoder, a classifier, or a VLM's `vision_tower`): the tower's forward runs
+   `siglip2.models.modeling`'s packed path (fused patch embedding + position resize, varlen attention over
+   `cu_seqlens`, the varlen pooling head) on the tower's *own* parameters, and a dual encoder's
+   `return_loss=True` uses the fused sigmoid loss.
    It only sets an instance `forward`: the module tree, the state dict, parameter identity, hooks and
    `save_pretrained` stay untouched, and gradients flow to the same parameters. `unpatch_transformers(model)`
    removes exactly what was set. Calls that ask for attention weights (`output_attentions=True`) run the original
@@ -187,7 +188,7 @@ def register(impl: str = "auto") -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The module patch: transformers towers run siglip2.modeling's packed path on their own parameters
+# 2. The module patch: transformers towers run siglip2.models.modeling's packed path on their own parameters
 # ----------------------------------------------------------------------------------------------
 
 
@@ -210,7 +211,7 @@ def _tower_kinds() -> dict[type, tuple[type[nn.Module] | None, str]]:
     from transformers.models.siglip import modeling_siglip as s1
     from transformers.models.siglip2 import modeling_siglip2 as s2
 
-    from .. import modeling as m
+    from ..models import modeling as m
 
     return {
         s2.Siglip2VisionModel: (m.Siglip2VisionModel, "vision"),

@@ -1,6 +1,6 @@
 """What a NaFlex budget does to a set of images, without running a model: inputs, shapes, padding, FLOPs.
 
-Used by `siglip2 profile` (siglip2/profile.py). Everything here is computed from image sizes alone: a file's size
+Used by `siglip2 profile` (siglip2/profile/cli.py). Everything here is computed from image sizes alone: a file's size
 is read from its header (plus the EXIF orientation), so scanning a large folder decodes no pixels. The NaFlex grid
 of each image comes from the processor's own `target_size` (transformers' binary search), so the grids are exactly
 the `spatial_shapes` the processor returns.
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .configuration import Siglip2VisionConfig
-    from .processing import Siglip2ImageProcessor
+    from ..models.configuration import Siglip2VisionConfig
+    from ..processing.image_processing import Siglip2ImageProcessor
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 

@@ -1,20 +1,12 @@
-"""`siglip2 train`: contrastive (SigLIP) training and fine-tuning of `siglip2.fast.Siglip2Model`.
-
-  siglip2 train --data SOURCE --model ID_OR_DIR_OR_SIZE --out DIR [--steps N | --epochs E] [--batch-size B]
-                [--seq-lens 128,256,576,784,1024] [--tokens-per-batch T] [--mixed-budgets] [--lr ...] [--warmup ...]
-                [--precision bf16] [--grad-checkpointing] [--fsdp] [--lock-image [--cache-image-embeddings]] [--resume]
-                [--log-every K] [--save-every K] [--dry-run]
-
-One process, or every rank of `torchrun --nproc-per-node W -m siglip2 train ...`: DDP by default, FSDP2 with
-`--fsdp`. The loss is the global-batch SigLIP loss: `DistributedSigmoidLoss` (a ring, each rank holding only its own
-blocks) across ranks, the fused `sigmoid_loss` in one process. `--batch-size` and `--tokens-per-batch` are per rank;
-the log shows the global batch. `--warmup` is in steps. Batches follow `siglip2.train_data.BatchPlan`; checkpoints
-and resume follow `siglip2.train_utils`. `train(TrainConfig(...))` is the same run from Python.
+"""The training run of `siglip2 train`: `train(TrainConfig(...))` (the command line's options, as fields) sets up
+the process group, builds or loads the model, tokenizer and image processor, plans the batches, and runs the loop:
+the global-batch SigLIP loss (`DistributedSigmoidLoss` across ranks, the fused `sigmoid_loss` in one process),
+clipping, AdamW with a warm-up + cosine schedule, logging (log.jsonl, optionally TensorBoard) and crash-safe
+checkpoints (checkpointing.py). cli.py is the command line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -22,11 +14,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-TEXT_TOKENS = 64  # captions are padded / truncated to SigLIP2's 64 tokens (siglip2.data.naflex_collate)
-
 
 @dataclass
 class TrainConfig:
+    """The options of `siglip2 train`, one field per flag (cli.py maps the parsed flags onto them)."""
+
     data: str
     model: str
     out: str
@@ -64,94 +56,8 @@ class TrainConfig:
     progress: bool = True
 
 
-def add_arguments(p) -> None:
-    a = p.add_argument
-    a(
-        "--data",
-        required=True,
-        help="captioned source: CSV/TSV/JSONL table (image + caption columns), or "
-        "webdataset .tar shards with .txt captions",
-    )
-    a(
-        "--model",
-        required=True,
-        help="checkpoint directory or hub id to fine-tune, or a size to train from random "
-        "init: tiny, base, large, so400m (then --tokenizer DIR)",
-    )
-    a("--out", required=True, help="output directory (checkpoints, log.jsonl)")
-    a("--tokenizer", default=None, help="directory with tokenizer.json for a random-init size")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--epochs", type=float, default=None)
-    a("--batch-size", type=int, default=None, help="per rank (default 32 unless --tokens-per-batch is given)")
-    a(
-        "--tokens-per-batch",
-        type=int,
-        default=None,
-        help="per-rank patch budget: the batch size of a step is this // its max_num_patches",
-    )
-    a("--seq-lens", default="256", help="comma-separated max_num_patches buckets, one drawn per step")
-    a("--mixed-budgets", action="store_true", help="draw a budget per sample instead of per step (packed batches)")
-    a(
-        "--count-text-tokens",
-        action="store_true",
-        help="charge each caption's text tokens (its padded length, 64) against --tokens-per-batch as well",
-    )
-    a("--lr", type=float, default=1e-4)
-    a("--min-lr-ratio", type=float, default=0.0, help="final lr as a fraction of --lr (cosine)")
-    a("--warmup", type=int, default=0, help="linear warm-up steps")
-    a("--weight-decay", type=float, default=0.1)
-    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off, the norm is still logged)")
-    a("--precision", choices=["fp32", "bf16"], default="fp32")
-    a("--grad-checkpointing", action="store_true", help="recompute each encoder layer in backward")
-    a("--fsdp", action="store_true", help="FSDP2 (fully_shard per encoder layer, then the root) instead of DDP")
-    a("--lock-image", action="store_true", help="freeze the vision tower (locked-image tuning)")
-    a(
-        "--cache-image-embeddings",
-        action="store_true",
-        help="with --lock-image: keep the frozen tower's embedding of every image (per max_num_patches) in CPU "
-        "memory and reuse it in later epochs (one process or DDP; not with --fsdp)",
-    )
-    a("--compile", action="store_true", help="torch.compile each encoder layer")
-    a("--kernel-impl", choices=["auto", "triton", "reference"], default="auto")
-    a("--resume", action="store_true", help="continue from OUT/latest")
-    a(
-        "--stop-after",
-        type=int,
-        default=None,
-        help="checkpoint and exit after this step (the schedule still spans --steps); continue with --resume",
-    )
-    a("--log-every", type=int, default=10)
-    a("--save-every", type=int, default=0, help="checkpoint every K steps (and always at the end)")
-    a("--keep-last", type=int, default=2, help="checkpoints to keep")
-    a("--workers", type=int, default=2, help="data loader workers per rank")
-    a("--seed", type=int, default=0)
-    a("--device", default=None)
-    a("--report-to", default="", help="'tensorboard' to also write TensorBoard events under OUT/tb")
-    a("--dry-run", action="store_true", help="print the plan (parameters, tokens, activation memory) and exit")
-
-
-def run(args) -> int:
-    cfg = TrainConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    )
-    cfg.seq_lens = _parse_lens(args.seq_lens)
-    cfg.report_to = tuple(s for s in args.report_to.split(",") if s)
-    train(cfg)
-    return 0
-
-
-def _parse_lens(s) -> tuple:
-    try:
-        lens = tuple(int(x) for x in str(s).split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--seq-lens: expected comma-separated integers, got {s!r}") from None
-    if not lens or min(lens) <= 0:
-        raise ValueError(f"--seq-lens: expected positive integers, got {s!r}")
-    return lens
-
-
-def _setup_distributed(device_arg):
+def setup_distributed(device_arg):
+    """(rank, world size, device): a process group under torchrun (nccl on CUDA, else gloo), one GPU per rank."""
     import torch
     import torch.distributed as dist
 
@@ -176,10 +82,10 @@ def _build(cfg, device):
     processors to save_pretrained) for cfg.model."""
     import torch
 
-    from .fast import Siglip2Model
-    from .processing import Siglip2ImageProcessor, image_processor_from_pretrained
-    from .tokenization import Siglip2Tokenizer
-    from .train_utils import SIZES, size_config
+    from ..fast import Siglip2Model
+    from ..processing.image_processing import Siglip2ImageProcessor, image_processor_from_pretrained
+    from ..processing.tokenization import Siglip2Tokenizer
+    from .model import SIZES, size_config
 
     if cfg.model in SIZES and not os.path.isdir(cfg.model):
         if not cfg.tokenizer:
@@ -199,11 +105,11 @@ def _build(cfg, device):
             for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
         ]
         return model, tok, ip, [f for f in files if os.path.exists(f)] + [ip]  # ip: written as preprocessor_config
-    from .loading import resolve_dir
+    from ..checkpoints.loading import resolve_dir
 
     d = resolve_dir(cfg.model)
     if cfg.dry_run:  # the plan needs shapes only
-        from .configuration import Siglip2Config
+        from ..models.configuration import Siglip2Config
 
         with torch.device("meta"):
             model = Siglip2Model(Siglip2Config.from_pretrained(d))
@@ -225,9 +131,10 @@ def train(cfg: TrainConfig) -> dict:
     """Run (or, with dry_run, plan) a training job; returns a summary dict (steps, final loss, checkpoint)."""
     import torch
 
-    from . import train_utils as U
-    from .data import FileSource, open_source
-    from .train_data import BatchPlan, CaptionedSamples, Collate, PlanSampler, WebDatasetBatches
+    from ..data import FileSource, open_source
+    from . import checkpointing as C
+    from . import model as U
+    from .data import TEXT_TOKENS, BatchPlan, CaptionedSamples, Collate, PlanSampler, WebDatasetBatches
 
     if cfg.batch_size is None and cfg.tokens_per_batch is None:
         cfg.batch_size = 32
@@ -246,7 +153,7 @@ def train(cfg: TrainConfig) -> dict:
     source = open_source(cfg.data)
     if isinstance(source, FileSource) and not source.has_captions:
         raise ValueError(f"--data: {cfg.data!r} has no captions (a caption or text column is needed to train)")
-    rank, world, device = _setup_distributed(None if cfg.dry_run else cfg.device)
+    rank, world, device = setup_distributed(None if cfg.dry_run else cfg.device)
     if cfg.count_text_tokens and cfg.tokens_per_batch is None:
         raise ValueError("--count-text-tokens: needs --tokens-per-batch (the budget the text tokens count against)")
     plan = BatchPlan(
@@ -266,12 +173,12 @@ def train(cfg: TrainConfig) -> dict:
         total = plan.steps_for(int(cfg.epochs * len(source)))
     else:
         raise ValueError("--epochs: webdataset shards have no known length; give --steps")
-    resume_dir = U.latest_checkpoint(cfg.out) if cfg.resume else None
+    resume_dir = C.latest_checkpoint(cfg.out) if cfg.resume else None
     if cfg.resume and resume_dir is None and rank == 0:
         print(f"siglip2 train: --resume: no checkpoint in {cfg.out} yet, starting from step 0", file=sys.stderr)
     model, tok, ip, proc_files = _build(cfg, device)
     if resume_dir:  # exact fp32 weights of the checkpoint
-        from .fast import Siglip2Model
+        from ..fast import Siglip2Model
 
         model = Siglip2Model.from_pretrained(os.path.join(resume_dir, "model"), device=device)
     if not cfg.dry_run:
@@ -281,7 +188,7 @@ def train(cfg: TrainConfig) -> dict:
                 t.data = t.data.clone()
     model.set_impl("triton", cfg.kernel_impl)
     if cfg.dry_run:
-        return _dry_run(cfg, model, plan, world, total)
+        return U.dry_run(cfg, model, plan, world, total)
 
     image_cache = U.ImageEmbeddingCache() if cfg.cache_image_embeddings else None
     module = U.ContrastiveForward(model, cfg.lock_image, image_cache)
@@ -297,7 +204,7 @@ def train(cfg: TrainConfig) -> dict:
     )
     step, cursor, consumed = 0, 0, 0
     if resume_dir:
-        extra = U.load_training_state(resume_dir, module, optimizer, scheduler)
+        extra = C.load_training_state(resume_dir, module, optimizer, scheduler)
         step, cursor, consumed = extra["step"], extra["cursor"], extra.get("consumed", 0)
         if extra.get("world_size") != world:
             raise ValueError(
@@ -308,7 +215,7 @@ def train(cfg: TrainConfig) -> dict:
     log_path = os.path.join(cfg.out, "log.jsonl")
     if rank == 0:
         if resume_dir:
-            U.trim_log(log_path, step)
+            C.trim_log(log_path, step)
         elif os.path.exists(log_path):
             os.remove(log_path)
 
@@ -373,7 +280,7 @@ def _loop(
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
 
-    from . import train_utils as U
+    from . import checkpointing as C
 
     dist_loss = DistributedSigmoidLoss(impl=cfg.kernel_impl) if world > 1 else None
     params = [p for p in module.parameters() if p.requires_grad]
@@ -451,64 +358,11 @@ def _loop(
         stop = step == cfg.stop_after
         if step == total or stop or (cfg.save_every and step % cfg.save_every == 0):
             extra = {"step": step, "cursor": cursor, "consumed": consumed, "world_size": world}
-            U.save_checkpoint(cfg.out, step, module, model, optimizer, scheduler, extra, proc_files, cfg.keep_last)
+            C.save_checkpoint(cfg.out, step, module, model, optimizer, scheduler, extra, proc_files, cfg.keep_last)
         if stop:
             break
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.close()
-    return {"steps": step, "final_loss": last, "checkpoint": U.latest_checkpoint(cfg.out)}
-
-
-def _dry_run(cfg, model, plan, world, total) -> dict:
-    from .train_utils import activation_bytes
-
-    n_params = sum(p.numel() for p in model.parameters())
-    vis = model.vision_model.parameters()
-    trainable = n_params - (sum(p.numel() for p in vis) if cfg.lock_image else 0)
-    elem = 2 if cfg.precision == "bf16" else 4
-    rows = []
-    for m in plan.seq_lens:
-        n = plan.bucket_batch(m)
-        vt, tt = n * m, n * TEXT_TOKENS
-        act = {
-            ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
-            + activation_bytes(model.config.text_config, tt, elem, ck)
-            for ck in (False, True)
-        }
-        rows.append(
-            {
-                "max_num_patches": m,
-                "batch_per_rank": n,
-                "global_batch": n * world,
-                "image_tokens_per_rank": vt,
-                "text_tokens_per_rank": tt,
-                "activations_gb": act[False] / 2**30,
-                "activations_gb_checkpointed": act[True] / 2**30,
-            }
-        )
-    summary = {
-        "parameters": n_params,
-        "trainable_parameters": trainable,
-        "world_size": world,
-        "steps": total,
-        "precision": cfg.precision,
-        "buckets": rows,
-    }
-    print(
-        f"plan: {n_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), {world} rank(s), "
-        f"{total} steps, {cfg.precision}{', mixed budgets' if cfg.mixed_budgets else ''}"
-    )
-    print("max_num_patches  batch/rank  global  image tok/rank  text tok/rank  act GB  act GB (ckpt)")
-    for r in rows:
-        print(
-            f"{r['max_num_patches']:>15}  {r['batch_per_rank']:>10}  {r['global_batch']:>6}  "
-            f"{r['image_tokens_per_rank']:>14}  {r['text_tokens_per_rank']:>13}  {r['activations_gb']:>6.2f}  "
-            f"{r['activations_gb_checkpointed']:>13.2f}"
-        )
-    print(
-        "(activations: estimated bytes the encoders keep for backward, per rank; weights, optimizer state and "
-        "the loss are not included)"
-    )
-    return summary
+    return {"steps": step, "final_loss": last, "checkpoint": C.latest_checkpoint(cfg.out)}

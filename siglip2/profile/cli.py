@@ -6,9 +6,9 @@
 
 Per budget: the spatial_shapes histogram, aspect-ratio error, tokens per image, upsampled fraction, padding of the
 padded (transformers) and packed (ours) layouts, FLOPs per image, timing of padded vs packed execution (the bench
-harness's method, siglip2/_timing.py), and with --model the cosine of each image's embedding against the largest
-budget. Reading guide and JSON schema: docs/naflex.md. Shape statistics live in siglip2/profile_stats.py, the
-table and the recommendation in siglip2/profile_report.py, the PNGs in siglip2/profile_plots.py.
+harness's method, siglip2/profile/timing.py), and with --model the cosine of each image's embedding against the largest
+budget. Reading guide and JSON schema: docs/naflex.md. Shape statistics live in siglip2/profile/stats.py, the
+table and the recommendation in siglip2/report.py, the PNGs in siglip2/profile/plots.py.
 """
 
 from __future__ import annotations
@@ -132,14 +132,14 @@ def _device(name: str | None) -> torch.device:
 def load_model(args, device, dtype, need_weights: bool):
     """(our Siglip2VisionModel on device or None, its vision config, its image processor, a label).
     Without --model the weights are random and only built when something runs the model (`need_weights`)."""
-    from . import reference
-    from .configuration import Siglip2VisionConfig
-    from .processing import PREPROCESSOR_CONFIG, Siglip2ImageProcessor
-    from .profile_stats import NAMED_CONFIGS
+    from .. import reference
+    from ..models.configuration import Siglip2VisionConfig
+    from ..processing.image_processing import PREPROCESSOR_CONFIG, Siglip2ImageProcessor
+    from .stats import NAMED_CONFIGS
 
     model = None
     if args.model:
-        from .loading import resolve_dir
+        from ..checkpoints.loading import resolve_dir
 
         d = resolve_dir(args.model)
         model = reference.Siglip2VisionModel.from_pretrained(d, dtype=dtype, device=device)
@@ -201,7 +201,7 @@ def _transformers_twin(model, cfg, device, dtype):
 
 
 def _timing_auto(args, device, cfg, budgets, batch) -> tuple[bool, str | None]:
-    from .profile_stats import flops_per_image
+    from .stats import flops_per_image
 
     if args.timing is not None:
         return args.timing, None
@@ -222,7 +222,7 @@ def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
     """Time one batch (the grids in g_batch) padded to M rows, in every execution mode, with the bench method."""
     import torch
 
-    from ._timing import bench_ms, peak_mem_mb
+    from .timing import bench_ms, peak_mem_mb
 
     B = len(g_batch)
     K = cfg.num_channels * cfg.patch_size**2
@@ -262,8 +262,8 @@ def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progr
     import numpy as np
     import torch
 
-    from .pipeline import load_images as load_pixels
-    from .profile_stats import synthetic_pixels
+    from ..pipeline import load_images as load_pixels
+    from .stats import synthetic_pixels
 
     kernel_impl = "auto" if device.type == "cuda" else "reference"
     model.set_impl("triton", kernel_impl)
@@ -291,9 +291,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from . import profile_report
-    from ._timing import environment
-    from .profile_stats import grids, load_images, shape_stats
+    from . import report
+    from .stats import grids, load_images, shape_stats
+    from .timing import environment
 
     _check_args(args)
     if args.plots:
@@ -362,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
 
     env = environment()
     env.update(torch_device=str(device), dtype=str(dtype).removeprefix("torch."))
-    result = profile_report.assemble(
+    result = report.assemble(
         entries,
         env=env,
         model_label=model_label,
@@ -373,12 +373,12 @@ def run(args: argparse.Namespace) -> int:
         args=args,
         timing_note=timing_note,
     )
-    print(profile_report.table(result))
+    print(report.table(result))
     if args.json:
-        profile_report.write_json(result, args.json)
+        report.write_json(result, args.json)
         print(f"wrote {args.json}")
     if args.plots:
-        from .profile_plots import write_plots
+        from .plots import write_plots
 
         for path in write_plots(result, tokens_per_budget, drift, args.plots):
             print(f"wrote {path}")

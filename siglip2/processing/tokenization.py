@@ -1,5 +1,4 @@
-"""Gemma tokenizer for SigLIP2 (`Siglip2Tokenizer`) and the image+text processors (`Siglip2Processor`,
-`SiglipProcessor`).
+"""Gemma tokenizer for SigLIP2 (`Siglip2Tokenizer`); the image + text processors are in processor.py.
 
 The tokenizer is rebuilt from a checkpoint's tokenizer.json the way transformers 5 does it: the BPE vocabulary
 and merges (byte fallback, fused unknowns), normalizer Replace(" ", "▁"), pre-tokenizer Split(" "), and the
@@ -14,21 +13,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
+from .image_processing import BatchFeature
 from .image_utils import positive_int
-from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
-from .processing import (
-    BatchFeature,
-    Device,
-    Images,
-    Siglip2ImageProcessor,
-    SiglipImageProcessor,
-    image_processor_from_pretrained,
-)
 
 if TYPE_CHECKING:
     import tokenizers
@@ -123,82 +115,16 @@ class Siglip2Tokenizer:
     def _build(
         cls, d: str, data: dict, cfg: dict, smap: dict, model_type: str | None, lowercase: bool | None
     ) -> Siglip2Tokenizer:
-        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-        from tokenizers.models import BPE
-
+        """tokenizer.json's BPE model, transformers 5's normalizer / pre-tokenizer / decoder, the added tokens, the
+        post-processor; `d` names the directory in errors."""
         specials = {k: _token_str(cfg.get(k, smap.get(k, DEFAULT_SPECIALS[k]))) for k in SPECIAL_KEYS}
         if lowercase is None:
             model_type = model_type or checkpoint_model_type(d)
             lowercase = model_type == "siglip2" if model_type else cfg.get("tokenizer_class") == "Siglip2Tokenizer"
-        model = data.get("model", {})
-        if not isinstance(model, dict) or model.get("type") != "BPE":
-            got = model.get("type") if isinstance(model, dict) else model
-            raise CheckpointError(f"{d}/tokenizer.json: expected a BPE (Gemma) model, got {got!r}")
-        vocab = model.get("vocab")
-        if not isinstance(vocab, dict) or not vocab:
-            raise CheckpointError(
-                f"{d}/tokenizer.json: the BPE model has no vocab (expected a non-empty "
-                f"'vocab' object of token -> id, got {type(vocab).__name__})"
-            )
-        merges: list[tuple[str, str]] = []
-        for m in model.get("merges", []):
-            pair = m.split(" ") if isinstance(m, str) else list(m)
-            if len(pair) != 2:
-                raise CheckpointError(f"{d}/tokenizer.json: a BPE merge must be two tokens, got {m!r}")
-            merges.append((pair[0], pair[1]))
-        tok = Tokenizer(
-            BPE(
-                vocab=vocab,
-                merges=merges,
-                fuse_unk=True,
-                unk_token=specials["unk_token"],
-                dropout=None,
-                byte_fallback=True,
-            )
-        )
-        tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-        replace = normalizers.Replace(" ", "▁")
-        tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), replace]) if lowercase else replace
-        # added tokens: tokenizer_config's table (as transformers), then tokenizer.json's, then specials
-        added, seen = [], set()
-        entries = sorted(((int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()), key=lambda x: x[0])
-        entries += [(t.get("id"), t) for t in data.get("added_tokens", [])]
-        for _, t in entries:
-            if t["content"] in seen:
-                continue
-            seen.add(t["content"])
-            added.append(
-                AddedToken(
-                    t["content"],
-                    single_word=t.get("single_word", False),
-                    lstrip=t.get("lstrip", False),
-                    rstrip=t.get("rstrip", False),
-                    normalized=t.get("normalized", False),
-                    special=t.get("special", True),
-                )
-            )
-        added += [AddedToken(s, special=True, normalized=False) for s in specials.values() if s and s not in seen]
-        tok.add_special_tokens([t for t in added if t.special])
-        tok.add_tokens([t for t in added if not t.special])
-        if "add_bos_token" in cfg or "add_eos_token" in cfg or not data.get("post_processor"):
-            bos, eos = specials["bos_token"], specials["eos_token"]
-            add_bos, add_eos = bool(cfg.get("add_bos_token", False)), bool(cfg.get("add_eos_token", False))
-            if (add_bos and bos is None) or (add_eos and eos is None):
-                raise CheckpointError(
-                    f"{d}/tokenizer_config.json: add_bos_token={add_bos}, add_eos_token={add_eos} "
-                    f"need the token, got bos_token={bos!r}, eos_token={eos!r}"
-                )
-            first = [bos] if add_bos and bos is not None else []
-            last = [eos] if add_eos and eos is not None else []
-            single = " ".join([f"{t}:0" for t in first] + ["$A:0"] + [f"{t}:0" for t in last])
-            pair = " ".join([single] + [f"{t}:1" for t in first] + ["$B:1"] + [f"{t}:1" for t in last])
-            sp = [(t, tok.token_to_id(t)) for t in first + last]
-            tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=sp)
-        else:
-            tok.post_processor = Tokenizer.from_str(
-                json.dumps({**data, "model": {**model, "vocab": {}, "merges": []}, "added_tokens": []})
-            ).post_processor
+        tok = _bpe_tokenizer(d, data.get("model", {}), specials["unk_token"])
+        _set_pipeline(tok, lowercase)
+        _add_tokens(tok, cfg, data, specials)
+        tok.post_processor = _post_processor(d, tok, data, cfg, specials)
         mml = cfg.get("model_max_length")
         return cls(
             tok,
@@ -246,6 +172,22 @@ class Siglip2Tokenizer:
         texts = [text] if single else list(text) if isinstance(text, (list, tuple)) else None
         if texts is None or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"text: expected a string or a list of strings, got {type(text).__name__}")
+        padding, max_length = self._check_call(padding, truncation, max_length, return_tensors)
+        self._configure_backend(padding, truncation, max_length)
+        enc = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in enc]
+        want_mask = (
+            ("attention_mask" in self.model_input_names) if return_attention_mask is None else return_attention_mask
+        )
+        out = {"input_ids": ids}
+        if want_mask:
+            out["attention_mask"] = [e.attention_mask for e in enc]
+        return BatchFeature(_as_tensors(out, return_tensors, single, padding, max_length))
+
+    def _check_call(
+        self, padding: bool | str | None, truncation: bool | str | None, max_length: int | None, return_tensors: Any
+    ) -> tuple[str, int | None]:
+        """The padding strategy's name and the max_length to use (the config's model_max_length when needed)."""
         padding = {True: "longest", False: "do_not_pad", None: "do_not_pad"}.get(padding, padding)
         if padding not in ("longest", "max_length", "do_not_pad"):
             raise ValueError(f"padding: expected True/False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
@@ -260,6 +202,10 @@ class Siglip2Tokenizer:
                     "max_length: needed with padding='max_length' or truncation=True "
                     "(the tokenizer config sets no model_max_length); SigLIP2 uses 64"
                 )
+        return str(padding), max_length
+
+    def _configure_backend(self, padding: str, truncation: bool | str | None, max_length: int | None) -> None:
+        """Truncation and padding of the `tokenizers` backend for this call."""
         be = self.backend
         if truncation and truncation not in ("do_not_truncate",):
             if max_length is None:  # set above from model_max_length (or raised there) whenever truncation is on
@@ -276,31 +222,6 @@ class Siglip2Tokenizer:
                 pad_token=self.specials["pad_token"],
                 length=max_length if padding == "max_length" else None,
             )
-        enc = be.encode_batch(texts, add_special_tokens=add_special_tokens)
-        ids = [e.ids for e in enc]
-        want_mask = (
-            ("attention_mask" in self.model_input_names) if return_attention_mask is None else return_attention_mask
-        )
-        out = {"input_ids": ids}
-        if want_mask:
-            out["attention_mask"] = [e.attention_mask for e in enc]
-        if return_tensors is not None and not ids:  # no texts: (0, max_length) with max_length padding, else (0, 0)
-            width = max_length if padding == "max_length" and max_length is not None else 0  # not None: checked above
-            out = {k: torch.zeros(0, width, dtype=torch.int64) for k in out}
-            if return_tensors == "np":
-                out = {k: v.numpy() for k, v in out.items()}
-        elif return_tensors is not None:
-            if len({len(x) for x in ids}) > 1:
-                raise ValueError(
-                    "text: sequences have different lengths; pass padding=True or 'max_length' to return tensors"
-                )
-            out = {
-                k: (torch.tensor(v, dtype=torch.int64) if return_tensors == "pt" else np.asarray(v, dtype=np.int64))
-                for k, v in out.items()
-            }
-        elif single:
-            out = {k: v[0] for k, v in out.items()}
-        return BatchFeature(out)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         if isinstance(ids, torch.Tensor):
@@ -313,73 +234,113 @@ class Siglip2Tokenizer:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
 
-class Siglip2Processor:
-    """Images + text -> the model's keys. Defaults as transformers' Siglip2Processor: text padded to 64 with
-    truncation; images at max_num_patches=256 (overriding the image processor's saved one). The patch size is the
-    image processor's own (preprocessor_config.json, checked against config.json by `from_pretrained`), not a
-    fixed 16: transformers 5.24's combined call passes patch_size=16 whatever the checkpoint, which a model with
-    another patch size then rejects. An explicit `patch_size=` is used as given, as in transformers."""
+# ----------------------------------------------------------------------------------------------
+# Building the backend from tokenizer.json (Siglip2Tokenizer._build's steps)
+# ----------------------------------------------------------------------------------------------
 
-    text_defaults: ClassVar[dict] = {"padding": "max_length", "truncation": True, "max_length": 64}
-    # patch_size None: the image processor's own
-    image_defaults: ClassVar[dict] = {"max_num_patches": 256, "patch_size": None}
 
-    def __init__(
-        self, image_processor: Siglip2ImageProcessor | SiglipImageProcessor, tokenizer: Siglip2Tokenizer
-    ) -> None:
-        self.image_processor, self.tokenizer = image_processor, tokenizer
+def _bpe_tokenizer(d: str, model: Any, unk_token: str | None) -> tokenizers.Tokenizer:
+    """A `tokenizers.Tokenizer` with tokenizer.json's BPE vocabulary and merges (byte fallback, fused unknowns)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
 
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | os.PathLike, *, backend: str = "pil", **hub_kwargs: Any
-    ) -> Siglip2Processor:
-        d = resolve_dir(name_or_path, **hub_kwargs)
-        ip = image_processor_from_pretrained(d, backend=backend)
-        tok = Siglip2Tokenizer.from_pretrained(d)
-        if cls is Siglip2Processor and not isinstance(ip, Siglip2ImageProcessor):
-            cls = SiglipProcessor
-        return cls(ip, tok)
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        got = model.get("type") if isinstance(model, dict) else model
+        raise CheckpointError(f"{d}/tokenizer.json: expected a BPE (Gemma) model, got {got!r}")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise CheckpointError(
+            f"{d}/tokenizer.json: the BPE model has no vocab (expected a non-empty "
+            f"'vocab' object of token -> id, got {type(vocab).__name__})"
+        )
+    merges: list[tuple[str, str]] = []
+    for m in model.get("merges", []):
+        pair = m.split(" ") if isinstance(m, str) else list(m)
+        if len(pair) != 2:
+            raise CheckpointError(f"{d}/tokenizer.json: a BPE merge must be two tokens, got {m!r}")
+        merges.append((pair[0], pair[1]))
+    return Tokenizer(
+        BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=unk_token, dropout=None, byte_fallback=True)
+    )
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        self.image_processor.save_pretrained(save_directory)
-        self.tokenizer.save_pretrained(save_directory)
 
-    def __call__(
-        self,
-        images: Images | None = None,
-        text: str | Sequence[str] | None = None,
-        *,
-        return_tensors: str = "pt",
-        backend: str | None = None,
-        device: Device = None,
-        **kwargs: Any,
-    ) -> BatchFeature:
-        if images is None and text is None:
-            raise ValueError("Siglip2Processor: pass images=..., text=... or both")
-        out = BatchFeature()
-        text_kw = {k: kwargs.pop(k, v) for k, v in self.text_defaults.items()}
-        for k in ("return_attention_mask", "add_special_tokens"):
-            if k in kwargs:
-                text_kw[k] = kwargs.pop(k)
-        image_kw = {k: kwargs.pop(k, v) for k, v in self.image_defaults.items()}
-        if kwargs:
-            raise TypeError(f"Siglip2Processor: unexpected keyword arguments {sorted(kwargs)}")
-        if text is not None:
-            out.update(self.tokenizer(text, return_tensors=return_tensors, **text_kw))
-        if images is not None:
-            if not isinstance(self.image_processor, Siglip2ImageProcessor):
-                image_kw = {}
-            out.update(
-                self.image_processor(images, return_tensors=return_tensors, backend=backend, device=device, **image_kw)
+def _set_pipeline(tok: tokenizers.Tokenizer, lowercase: bool) -> None:
+    """transformers 5's Gemma pipeline: normalizer (lowercase for NaFlex) + Replace(" ", "▁"), Split(" "), decoder."""
+    from tokenizers import decoders, normalizers, pre_tokenizers
+
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    replace = normalizers.Replace(" ", "▁")
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), replace]) if lowercase else replace
+
+
+def _add_tokens(tok: tokenizers.Tokenizer, cfg: dict, data: dict, specials: dict) -> None:
+    """Added tokens: tokenizer_config's table (as transformers), then tokenizer.json's, then the specials."""
+    from tokenizers import AddedToken
+
+    added, seen = [], set()
+    entries = sorted(((int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()), key=lambda x: x[0])
+    entries += [(t.get("id"), t) for t in data.get("added_tokens", [])]
+    for _, t in entries:
+        if t["content"] in seen:
+            continue
+        seen.add(t["content"])
+        added.append(
+            AddedToken(
+                t["content"],
+                single_word=t.get("single_word", False),
+                lstrip=t.get("lstrip", False),
+                rstrip=t.get("rstrip", False),
+                normalized=t.get("normalized", False),
+                special=t.get("special", True),
             )
-        return out
+        )
+    added += [AddedToken(s, special=True, normalized=False) for s in specials.values() if s and s not in seen]
+    tok.add_special_tokens([t for t in added if t.special])
+    tok.add_tokens([t for t in added if not t.special])
 
-    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
-        return self.tokenizer.batch_decode(*args, **kwargs)
+
+def _post_processor(d: str, tok: tokenizers.Tokenizer, data: dict, cfg: dict, specials: dict) -> Any:
+    """From tokenizer_config's add_bos/eos_token flags (as transformers 5), else tokenizer.json's own."""
+    from tokenizers import Tokenizer, processors
+
+    if "add_bos_token" in cfg or "add_eos_token" in cfg or not data.get("post_processor"):
+        bos, eos = specials["bos_token"], specials["eos_token"]
+        add_bos, add_eos = bool(cfg.get("add_bos_token", False)), bool(cfg.get("add_eos_token", False))
+        if (add_bos and bos is None) or (add_eos and eos is None):
+            raise CheckpointError(
+                f"{d}/tokenizer_config.json: add_bos_token={add_bos}, add_eos_token={add_eos} "
+                f"need the token, got bos_token={bos!r}, eos_token={eos!r}"
+            )
+        first = [bos] if add_bos and bos is not None else []
+        last = [eos] if add_eos and eos is not None else []
+        single = " ".join([f"{t}:0" for t in first] + ["$A:0"] + [f"{t}:0" for t in last])
+        pair = " ".join([single] + [f"{t}:1" for t in first] + ["$B:1"] + [f"{t}:1" for t in last])
+        sp = [(t, tok.token_to_id(t)) for t in first + last]
+        return processors.TemplateProcessing(single=single, pair=pair, special_tokens=sp)
+    model = data.get("model", {})
+    return Tokenizer.from_str(
+        json.dumps({**data, "model": {**model, "vocab": {}, "merges": []}, "added_tokens": []})
+    ).post_processor
 
 
-class SiglipProcessor(Siglip2Processor):
-    """FixRes processor: transformers' SiglipProcessor has no text padding defaults."""
-
-    text_defaults: ClassVar[dict] = {"padding": False, "truncation": None, "max_length": None}
-    image_defaults: ClassVar[dict] = {}
+def _as_tensors(out: dict, return_tensors: str | None, single: bool, padding: str, max_length: int | None) -> dict:
+    """Lists of ids (and masks) as int64 tensors ("pt"), arrays ("np"), or lists (one text: its own list)."""
+    ids = out["input_ids"]
+    if return_tensors is not None and not ids:  # no texts: (0, max_length) with max_length padding, else (0, 0)
+        width = max_length if padding == "max_length" and max_length is not None else 0  # not None: checked above
+        out = {k: torch.zeros(0, width, dtype=torch.int64) for k in out}
+        if return_tensors == "np":
+            out = {k: v.numpy() for k, v in out.items()}
+    elif return_tensors is not None:
+        if len({len(x) for x in ids}) > 1:
+            raise ValueError(
+                "text: sequences have different lengths; pass padding=True or 'max_length' to return tensors"
+            )
+        out = {
+            k: (torch.tensor(v, dtype=torch.int64) if return_tensors == "pt" else np.asarray(v, dtype=np.int64))
+            for k, v in out.items()
+        }
+    elif single:
+        out = {k: v[0] for k, v in out.items()}
+    return out

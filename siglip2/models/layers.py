@@ -17,7 +17,7 @@ from torch import nn
 from siglip2.kernels import naflex_patch_embed, padded_attention, reference, varlen_attention
 
 
-def _additive_mask(mask, dtype, query_len=None):
+def additive_mask(mask, dtype, query_len=None):
     """(B, L) 0/1 key mask -> (B, 1, 1|Lq, L) additive mask (0 / finfo.min); None when nothing is masked."""
     if mask is None or bool(mask.bool().all()):
         return None
@@ -228,7 +228,7 @@ class Siglip2MultiheadAttentionPoolingHead(nn.Module):
             # repeat (a copy), as transformers: F.linear of an expanded (stride-0) probe skips the fused bias GEMM
             # and rounds the q projection twice in bf16 (matmul, then + bias), one bf16 ulp off transformers
             probe = self.probe.repeat(B, 1, 1)
-            mask = _additive_mask(attention_mask, probe.dtype)
+            mask = additive_mask(attention_mask, probe.dtype)
             if mask is not None:
                 mask = mask.expand(-1, self.num_heads, 1, -1).reshape(B * self.num_heads, 1, L)
             x = self.attention(probe, hidden, hidden, attn_mask=mask)[0][:, 0]

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import SampleError, decode_image, naflex_collate, shard_for_rank
+from ..data import SampleError, decode_image, naflex_collate, shard_for_rank
+
+TEXT_TOKENS = 64  # captions are padded / truncated to SigLIP2's 64 tokens (siglip2.data.naflex_collate)
 
 
 @dataclass(frozen=True)

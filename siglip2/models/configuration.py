@@ -1,8 +1,9 @@
 """Dataclass configs with every field and default of transformers' SigLIP2 / SigLIP configs.
 
 `Siglip2*Config` (model_type "siglip2", NaFlex) and `Siglip*Config` (model_type "siglip", the FixRes checkpoints).
-`from_dict`/`to_dict`/`from_pretrained`/`save_pretrained` read and write real `config.json` files and keep unknown keys;
-a transformers config object is accepted wherever a config is.
+Configs are data: `from_dict`/`to_dict` convert to and from a config.json dict (unknown keys kept) and validate
+every field; `from_pretrained`/`save_pretrained` hand the dict to siglip2.checkpoints, which reads and writes the
+file. A transformers config object is accepted wherever a config is. `BaseConfig` holds the fields every config has.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
-from .loading import CONFIG_NAME, CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
+from ..checkpoints.loading import CONFIG_NAME, read_config_json, resolve_dir
+from ..checkpoints.saving import save_config_json
 
 if TYPE_CHECKING:
     from typing_extensions import Self, dataclass_transform
@@ -34,7 +36,7 @@ class _HasToDict(Protocol):
 # What models and `config_from_any` accept: a config object (ours or transformers') or a config.json dict.
 ConfigLike: TypeAlias = "dict[str, Any] | _HasToDict"
 _C = TypeVar("_C", bound=type)
-_T = TypeVar("_T", bound="_Config")
+_T = TypeVar("_T", bound="BaseConfig")
 
 
 @dataclass_transform(field_specifiers=(field,))
@@ -95,7 +97,9 @@ _COMMON = ("output_attentions", "output_hidden_states", "return_dict", "problem_
 
 
 @_config
-class _Config:
+class BaseConfig:
+    """The fields every config has (transformers' PreTrainedConfig fields that the forward pass reads)."""
+
     model_type: ClassVar[str] = ""
     sub_configs: ClassVar[dict] = {}
     output_attentions: bool = False
@@ -165,7 +169,7 @@ class _Config:
             if f.name == "extra":
                 continue
             v = getattr(self, f.name)
-            out[f.name] = v.to_dict() if isinstance(v, _Config) else v
+            out[f.name] = v.to_dict() if isinstance(v, BaseConfig) else v
         out["dtype"] = dtype_name(out.get("dtype"))  # set by hand to a torch dtype: written as transformers does
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = self.label2id
@@ -176,28 +180,15 @@ class _Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        from .saving import finish_pending_save
-
-        text = self.to_json_string()  # serialized before the directory is touched
-        directory = os.fspath(save_directory)
-        os.makedirs(directory, exist_ok=True)
-        finish_pending_save(directory)  # else an interrupted model save's journal would shadow this file
-        atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
+        """Write config.json into a directory (atomically; an interrupted model save there is completed first)."""
+        save_config_json(save_directory, self.to_json_string())  # serialized before the directory is touched
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Self:
         """Read `config.json` from a directory or hub id. A sub-config class reads its part of a full config."""
         directory = resolve_dir(name_or_path, **hub_kwargs)
         path = os.path.join(directory, CONFIG_NAME)
-        try:
-            with open(checkpoint_file(directory, CONFIG_NAME)) as f:
-                d = json.load(f)
-        except FileNotFoundError as e:
-            raise CheckpointError(f"no config.json in {directory!r}") from e
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{path}: expected a JSON object, got a {type(d).__name__}")
+        d = read_config_json(directory)
         key = getattr(cls, "base_config_key", None)
         if key and d.get("model_type") != cls.model_type and key in d:
             d = d[key]
@@ -208,7 +199,7 @@ class _Config:
 
 
 @_config
-class _TowerConfig(_Config):
+class _TowerConfig(BaseConfig):
     """Fields every encoder tower has."""
 
     hidden_size: int = 768
@@ -284,7 +275,7 @@ class Siglip2VisionConfig(_VisionConfig):
 
 
 @_config
-class Siglip2Config(_Config):
+class Siglip2Config(BaseConfig):
     model_type: ClassVar[str] = "siglip2"
     sub_configs: ClassVar[dict] = {"text_config": Siglip2TextConfig, "vision_config": Siglip2VisionConfig}
     text_config: Any = None
@@ -341,7 +332,7 @@ def config_from_any(cfg: ConfigLike, cls: type[_T]) -> _T:
     """Accept our config, a transformers config, or a dict, and return an instance of `cls`."""
     if isinstance(cfg, cls):
         return cfg
-    if isinstance(cfg, _Config):
+    if isinstance(cfg, BaseConfig):
         # a full config handed to a tower class: take the tower's part
         key = getattr(cls, "base_config_key", None)
         if key and hasattr(cfg, key):

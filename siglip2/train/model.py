@@ -1,27 +1,18 @@
-"""Pieces of `siglip2 train`: model sizes and construction, the contrastive forward, DDP / FSDP2 wrapping,
-activation checkpointing, the optimizer and schedule, crash-safe checkpoints, and the dry-run memory estimate.
-
-Checkpoints: `OUT/checkpoint-<step>/model/` is a `save_pretrained` directory (+ tokenizer and preprocessor files,
-so it is directly usable by `siglip2 classify`), and `OUT/checkpoint-<step>/state/` holds the optimizer, scheduler,
-step, data position and every rank's RNG through torch.distributed.checkpoint (sharded under FSDP2). A checkpoint
-is written under a temporary name, renamed into place when complete, and only then named by `OUT/latest`; a crash
-at any point leaves the previous checkpoint as the one `--resume` reads.
+"""The model side of `siglip2 train`: random-init sizes, the contrastive forward (with the locked-image
+embedding cache), DDP / FSDP2 wrapping, activation checkpointing, the optimizer's parameter groups and schedule,
+and the dry-run plan with its activation-memory estimate. Checkpoints and resume: checkpointing.py.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import shutil
-import warnings
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .loading import atomic_write_text
+from .data import TEXT_TOKENS
 
 # Random-init sizes (SigLIP2 shapes; vocab_size follows the tokenizer). "tiny" is for tests and smoke runs.
 SIZES = {
@@ -61,7 +52,7 @@ SIZES = {
 
 
 def size_config(size: str, vocab_size: int):
-    from .configuration import Siglip2Config
+    from ..models.configuration import Siglip2Config
 
     if size not in SIZES:
         raise ValueError(f"--model: {size!r} is neither a checkpoint directory nor a size ({', '.join(SIZES)})")
@@ -139,7 +130,7 @@ def _checkpointed(forward, *args):
 
 
 def encoder_layers(model):
-    from .layers import Siglip2EncoderLayer
+    from ..models.layers import Siglip2EncoderLayer
 
     return [m for m in model.modules() if isinstance(m, Siglip2EncoderLayer)]
 
@@ -197,145 +188,6 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _rng_state() -> dict:
-    import random
-
-    import numpy as np
-
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def full_model_state(module) -> dict:
-    """The unsharded fp32 state dict of the wrapped training module (collective under FSDP2), keys of the model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
-
-
-EXTRA_KEYS = ("step", "cursor", "consumed", "world_size")
-
-
-def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, extra, processor_files, keep_last):
-    """Write OUT/checkpoint-<step> crash-safely (see the module docstring); every rank must call it."""
-    import torch.distributed.checkpoint.state_dict_saver as dcp_saver
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    name = f"checkpoint-{step:08d}"
-    final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp-{name}")
-    rank = _rank()
-    model_sd = full_model_state(module)
-    if rank == 0:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        _save_model(base_model, model_sd, os.path.join(tmp, "model"), processor_files)
-    _barrier()
-    state = {
-        "optim": get_optimizer_state_dict(module, optimizer),
-        "scheduler": scheduler.state_dict(),
-        "extra": {k: int(extra[k]) for k in EXTRA_KEYS},
-        f"rng_rank{rank}": _rng_state(),
-    }
-    with warnings.catch_warnings():  # one process: DCP says it assumes so
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp_saver.save(state, checkpoint_id=os.path.join(tmp, "state"))
-    _barrier()
-    if rank == 0:
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(os.path.join(out_dir, "latest"), name + "\n")
-        old = sorted(d for d in os.listdir(out_dir) if d.startswith("checkpoint-") and d != name)
-        for d in old[: max(0, len(old) - (keep_last - 1))] if keep_last > 0 else []:
-            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
-    _barrier()
-    return final
-
-
-def _save_model(base_model, state, directory, processor_files):
-    """save_pretrained of the full state (a meta copy of the model takes the gathered tensors without copying)."""
-    with torch.device("meta"):
-        shell = type(base_model)(base_model.config)
-    shell.load_state_dict(state, assign=True, strict=True)
-    shell.save_pretrained(directory)
-    for src in processor_files:
-        if hasattr(src, "save_pretrained"):
-            src.save_pretrained(directory)
-        else:
-            shutil.copy2(src, os.path.join(directory, os.path.basename(src)))
-
-
-def latest_checkpoint(out_dir) -> str | None:
-    try:
-        with open(os.path.join(out_dir, "latest")) as f:
-            name = f.read().strip()
-    except FileNotFoundError:
-        return None
-    path = os.path.join(out_dir, name)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--resume: {out_dir}/latest names {name!r}, which does not exist")
-    return path
-
-
-def load_training_state(path, module, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and this rank's RNG from `path/state`; returns the saved `extra` dict."""
-    import torch.distributed.checkpoint.state_dict_loader as dcp_loader
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-    rank = _rank()
-    state = {
-        "optim": get_optimizer_state_dict(module, optimizer),
-        "scheduler": scheduler.state_dict(),
-        "extra": dict.fromkeys(EXTRA_KEYS, 0),
-        f"rng_rank{rank}": _rng_state(),
-    }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp_loader.load(state, checkpoint_id=os.path.join(path, "state"))
-    set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optim"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state[f"rng_rank{rank}"])
-    return state["extra"]
-
-
-def trim_log(path, step) -> None:
-    """Drop log.jsonl lines past the resumed step (they belong to the run that crashed after its last save)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(keep))
-
-
-# ----------------------------------------------------------------------------------------------
 # Dry-run plan
 # ----------------------------------------------------------------------------------------------
 
@@ -353,3 +205,55 @@ def activation_bytes(cfg, tokens: int, elem: int, checkpointing: bool) -> int:
     if checkpointing:
         return n * tokens * D * elem + per_layer
     return n * per_layer
+
+
+def dry_run(cfg, model, plan, world, total) -> dict:
+    """Print the plan of a run (parameters, batch per bucket, estimated activation memory); returns it."""
+    n_params = sum(p.numel() for p in model.parameters())
+    vis = model.vision_model.parameters()
+    trainable = n_params - (sum(p.numel() for p in vis) if cfg.lock_image else 0)
+    elem = 2 if cfg.precision == "bf16" else 4
+    rows = []
+    for m in plan.seq_lens:
+        n = plan.bucket_batch(m)
+        vt, tt = n * m, n * TEXT_TOKENS
+        act = {
+            ck: activation_bytes(model.config.vision_config, vt, elem, ck) * (not cfg.lock_image)
+            + activation_bytes(model.config.text_config, tt, elem, ck)
+            for ck in (False, True)
+        }
+        rows.append(
+            {
+                "max_num_patches": m,
+                "batch_per_rank": n,
+                "global_batch": n * world,
+                "image_tokens_per_rank": vt,
+                "text_tokens_per_rank": tt,
+                "activations_gb": act[False] / 2**30,
+                "activations_gb_checkpointed": act[True] / 2**30,
+            }
+        )
+    summary = {
+        "parameters": n_params,
+        "trainable_parameters": trainable,
+        "world_size": world,
+        "steps": total,
+        "precision": cfg.precision,
+        "buckets": rows,
+    }
+    print(
+        f"plan: {n_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), {world} rank(s), "
+        f"{total} steps, {cfg.precision}{', mixed budgets' if cfg.mixed_budgets else ''}"
+    )
+    print("max_num_patches  batch/rank  global  image tok/rank  text tok/rank  act GB  act GB (ckpt)")
+    for r in rows:
+        print(
+            f"{r['max_num_patches']:>15}  {r['batch_per_rank']:>10}  {r['global_batch']:>6}  "
+            f"{r['image_tokens_per_rank']:>14}  {r['text_tokens_per_rank']:>13}  {r['activations_gb']:>6.2f}  "
+            f"{r['activations_gb_checkpointed']:>13.2f}"
+        )
+    print(
+        "(activations: estimated bytes the encoders keep for backward, per rank; weights, optimizer state and "
+        "the loss are not included)"
+    )
+    return summary

@@ -11,8 +11,8 @@ import numpy as np
 if TYPE_CHECKING:
     import argparse
 
-    from .configuration import Siglip2VisionConfig
-    from .profile_stats import Image
+    from ..models.configuration import Siglip2VisionConfig
+    from .stats import Image
 
 SCHEMA_VERSION = 1
 TRAINED_RANGE = (128, 1024)  # sequence lengths SigLIP2 NaFlex was trained on (interpolates well, extrapolates poorly)
@@ -124,7 +124,7 @@ def assemble(
             "images": len(images),
             "files": sum(im.path is not None for im in images),
             "synthetic": synthetic,
-            "synthetic_distribution": "COCO-fitted (siglip2/profile_stats.py)" if synthetic else None,
+            "synthetic_distribution": "COCO-fitted (siglip2/profile/stats.py)" if synthetic else None,
             "native_pixels_p50": float(np.percentile(px, 50)),
             "seed": args.seed,
         },
@@ -145,7 +145,7 @@ def assemble(
 
 
 def write_json(result: dict, path: str) -> None:
-    from .loading import atomic_write_text
+    from ..checkpoints.loading import atomic_write_text
 
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)

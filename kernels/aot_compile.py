@@ -7,7 +7,8 @@ its bundled ptxas (`ptxas` for sm_8x/sm_90, `ptxas-blackwell` for sm_100/sm_120:
 triton 3.6, 12.9/13.3 under 3.8, 12.9/13.4 under 3.9). ptxas puts register spills in the stack frame, so a
 spill-free kernel has STACK == LOCAL == 0. `aot_run` compiles many cases in parallel subprocesses (the tests
 set TRITON_INTERPRET=1, under which helper @triton.jit functions cannot be compiled). The cases themselves,
-per op and per architecture, are built by kernels/_aot_cases.py; tests/test_aot.py is the test.
+per op and per architecture, are built by kernels/aot_cases.py; kernels/aot.py is the command line
+(`python -m siglip2.kernels.aot`) and tests/test_aot.py the test.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from ._configs import smem_limit
 
 
-def _jit_function(fn):
+def jit_function(fn):
     """Unwrap autotuner/heuristics wrappers and the interpreter's wrapper into a plain JITFunction."""
     import triton
 
@@ -71,7 +72,7 @@ def aot_compile(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = _jit_function(fn)
+    fn = jit_function(fn)
     sig = {n: ("constexpr" if n in constexprs else signature[n]) for n in fn.arg_names}
     if aligned is True:
         aligned = [n for n, t in sig.items() if t.startswith("*")]
@@ -157,7 +158,7 @@ def _case_spec(case: dict) -> dict:
     return dict(case, fn=(py.__module__, py.__name__), aligned=aligned if isinstance(aligned, bool) else list(aligned))
 
 
-def _aot_worker() -> None:
+def aot_worker() -> None:
     """Subprocess side of `aot_run`: a pickled case list on stdin, a pickled result list to the file argv[1]."""
     import importlib
     import pickle
@@ -208,7 +209,7 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
     work = [_case_spec(c) for c in cases]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "from siglip2.kernels._aot import _aot_worker; _aot_worker()"
+    code = "from siglip2.kernels.aot_compile import aot_worker; aot_worker()"
     shards = [list(range(j, len(work), jobs)) for j in range(jobs)]
     results: list = [None] * len(work)
     with tempfile.TemporaryDirectory() as d:
@@ -260,49 +261,3 @@ def spill_table(results) -> str:
             f"{r['local']:>5} {r['shared'] / 1024:>7.1f} {r['secs']:>5.1f}"
         )
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """`python -m siglip2.kernels._aot [--tier ci|siglip2|all] [--ccs 80,90] [--op attention] [--json out.json]`:
-    compile the launch-config tables for the given architectures; print every offender (--all: every case)."""
-    import argparse
-    import json
-
-    from . import _aot_cases
-    from ._configs import AOT_CCS
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument(
-        "--tier",
-        choices=("ci", "siglip2", "all"),
-        default="siglip2",
-        help="ci: the CI subset; siglip2: every SigLIP2 shape (default); all: every table entry",
-    )
-    ap.add_argument("--ccs", default=",".join(map(str, AOT_CCS)))
-    ap.add_argument("--op", choices=("attention", "patch_embed", "loss"), default=None)
-    ap.add_argument("--jobs", type=int, default=None)
-    ap.add_argument("--all", action="store_true", help="print every case, not only offenders")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    import triton
-
-    ccs = tuple(int(c) for c in args.ccs.split(","))
-    cases = [c for c in _aot_cases.all_cases(ccs, args.tier) if args.op in (None, c["op"])]
-    t0 = time.perf_counter()
-    res = aot_run(cases, args.jobs)
-    wall = time.perf_counter() - t0
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(triton=triton.__version__, wall=wall, results=res), f, indent=0)
-    bad = [r for r in res if is_offender(r)]
-    print(spill_table(res if args.all else bad))
-    print(
-        f"triton {triton.__version__}: {len(res)} cases, {len(bad)} offenders "
-        f"({sum(r.get('required', False) for r in bad)} required), {wall:.0f} s wall, "
-        f"{sum(r['cpu'] for r in res):.0f} CPU s"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

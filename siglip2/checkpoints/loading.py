@@ -1,9 +1,11 @@
-"""Checkpoint files: resolve a directory or hub id, read (sharded) safetensors, strict key check, crash-safe save.
+"""Reading checkpoint files: resolve a directory or hub id, read config.json and (sharded) safetensors.
 
-Hub ids go through huggingface_hub and fetch only config, safetensors, preprocessor and tokenizer files.
+Hub ids go through huggingface_hub and fetch only config, safetensors, preprocessor and tokenizer files. What
+comes out is files, tensors and config dicts: mapping them onto a model (key matching, dtype, fresh heads) is
+siglip2/models/pretrained.py's job.
 
-Saving (siglip2/saving.py) is crash-safe: at every instant of `save_pretrained` the directory loads through
-`from_pretrained` as either the previous checkpoint or the new one. A save commits its new files (written under
+Saving (siglip2/checkpoints/saving.py) is crash-safe: at every instant of a save the directory loads as either
+the previous checkpoint or the new one. A save commits its new files (written under
 temp names) with a journal, `.save-journal.json`; the readers here follow it (`pending_save`, `checkpoint_file`),
 so a save interrupted between its commit and its end still loads as the new checkpoint, and the next save into the
 directory completes it. The promise holds for these readers: transformers does not read the journal, so it sees
@@ -117,11 +119,26 @@ def checkpoint_file(directory: str, name: str, journal: dict | None = None) -> s
     return os.path.join(directory, name)
 
 
+def read_config_json(directory: str) -> dict:
+    """The config.json object of a checkpoint directory (through the save journal), as a dict."""
+    path = os.path.join(directory, CONFIG_NAME)
+    try:
+        with open(checkpoint_file(directory, CONFIG_NAME)) as f:
+            d = json.load(f)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no config.json in {directory!r}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got a {type(d).__name__}")
+    return d
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write through a temp file in the same directory (fsynced), then rename: a crash never leaves half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        _write_text(tmp, text)
+        write_text(tmp, text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -185,152 +202,9 @@ def read_state_dict(directory: str) -> dict:
     return state
 
 
-def match_state_dict(model, state: dict, allow_missing=()) -> dict:
-    """Adapt a checkpoint's keys to `model` (standalone towers with/without prefix, full-model checkpoints into a
-    tower, Conv2d patch weights) and raise one readable report of missing, unexpected and wrong-shape keys."""
-    expected = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    prefix = getattr(model, "checkpoint_prefix", None)  # "vision_model." / "text_model." for standalone towers
-    if prefix and not any(k in expected for k in state):
-        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if stripped:
-            state = stripped
-    if not any(k in expected for k in state) and state:
-        # a standalone tower checkpoint loaded into a model holding the tower under a prefix
-        for p in ("vision_model.", "text_model."):
-            if any(p + k in expected for k in state):
-                state = {p + k: v for k, v in state.items()}
-                break
-    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(tuple(allow_missing)))
-    unexpected = sorted(set(state) - set(expected))
-    if prefix:  # the other tower of a full checkpoint is expected to be left over
-        other = "text_model." if prefix == "vision_model." else "vision_model."
-        unexpected = [k for k in unexpected if not k.startswith(other) and k not in ("logit_scale", "logit_bias")]
-    ignored = getattr(model, "ignore_on_load", ())  # e.g. the text tower of a dual-encoder checkpoint
-    unexpected = [k for k in unexpected if not k.startswith(tuple(ignored))]
-    wrong = [
-        (k, tuple(state[k].shape), tuple(expected[k].shape))
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        lines = [f"checkpoint does not match {type(model).__name__}:"]
-        if missing:
-            lines.append(
-                f"  missing keys ({len(missing)}): {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")
-            )
-        if unexpected:
-            lines.append(
-                f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}"
-                + (" ..." if len(unexpected) > 10 else "")
-            )
-        for k, got, want in wrong[:10]:
-            lines.append(f"  wrong shape for {k}: checkpoint {got}, model {want}")
-        raise CheckpointError("\n".join(lines))
-    return {k: state[k] for k in expected if k in state}
-
-
-def resolve_dtype(dtype, config=None):
-    """`from_pretrained`'s dtype: None (as stored), a torch dtype, a name ("bfloat16", "torch.float16") or "auto"
-    (config.json's dtype, as transformers reads it; the stored dtype when the config records none)."""
-    import torch
-
-    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        return dtype
-    if isinstance(dtype, str):
-        name = dtype
-        if dtype == "auto":
-            name = getattr(config, "dtype", None)
-            if name is None:
-                return None
-            if isinstance(name, torch.dtype):
-                return name
-        t = getattr(torch, str(name).removeprefix("torch."), None)
-        if isinstance(t, torch.dtype) and t.is_floating_point:
-            return t
-        if dtype == "auto":
-            raise CheckpointError(f"config.json records dtype {name!r}, which is not a floating torch dtype")
-    raise ValueError(
-        f"dtype: expected None, 'auto', a floating torch.dtype or its name ('float32', 'bfloat16', "
-        f"'float16'), got {dtype!r}"
-    )
-
-
-def load_pretrained(
-    cls,
-    name_or_path,
-    *,
-    revision=None,
-    dtype=None,
-    device=None,
-    cache_dir=None,
-    local_files_only=False,
-    impl=None,
-    kernel_impl="auto",
-    **config_overrides,
-):
-    """`cls.from_pretrained`: config + strict weights from a directory or hub id.
-
-    Extra keywords override config fields (e.g. `num_labels=10` for a fresh classifier). Only a classification
-    head missing from the checkpoint (fine-tuning from a Siglip2Model checkpoint) is initialized instead of loaded,
-    with a warning; any other mismatch raises a CheckpointError.
-    """
-    import warnings
-
-    import torch
-
-    if dtype is not None and dtype != "auto":
-        resolve_dtype(dtype)  # a bad dtype is refused before anything is read
-    directory = resolve_dir(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    config = cls.config_class.from_pretrained(directory)
-    for key, value in config_overrides.items():
-        if key != "num_labels" and not hasattr(config, key):
-            raise TypeError(
-                f"{cls.__name__}.from_pretrained got an unexpected keyword argument {key!r} "
-                f"(not a field of {type(config).__name__})"
-            )
-        setattr(config, key, value)
-    if config_overrides and hasattr(config, "validate"):
-        config.validate()
-    dtype = resolve_dtype(dtype, config)
-    with torch.device("meta"):
-        model = cls(config, impl=impl, kernel_impl=kernel_impl)
-    fresh = getattr(model, "fresh_on_load", ())
-    state = match_state_dict(model, read_state_dict(directory), allow_missing=fresh)
-    missing = [k for k in model.state_dict() if k not in state]
-    model.load_state_dict(state, strict=False, assign=True)
-    if missing:
-        model.init_fresh(device=device or "cpu")
-        warnings.warn(
-            f"{cls.__name__}: {', '.join(missing)} not in the checkpoint at {directory}; initialized fresh "
-            f"(train them before use)",
-            stacklevel=3,
-        )
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
-    return model.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing (the crash-safe checkpoint save lives in saving.py)
-# ----------------------------------------------------------------------------------------------
-
-
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+    """Write `text` to `path` and fsync it (no temp file: see `atomic_write_text`)."""
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def parse_size(size) -> int:
-    from .saving import parse_size
-
-    return parse_size(size)
-
-
-def save_pretrained(model, save_directory, *, max_shard_size=5 * 2**30) -> None:
-    """Crash-safe `save_pretrained`, see siglip2/saving.py."""
-    from .saving import save_pretrained
-
-    save_pretrained(model, save_directory, max_shard_size=max_shard_size)

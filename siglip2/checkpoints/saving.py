@@ -1,10 +1,10 @@
-"""Crash-safe `save_pretrained`: at every instant the directory loads as the previous checkpoint or the new one.
+"""Crash-safe checkpoint writes: at every instant the directory loads as the previous checkpoint or the new one.
 
-The protocol (readers in loading.py follow it):
-1. Everything that can fail on the model's side is done first, before the directory is touched: config.json is
-   serialized (torch dtypes as transformers writes them, the saved weights' dtype recorded) and read back into the
-   config class; the state dict is checked (no meta tensors) and split by huggingface_hub's
-   `split_torch_state_dict_into_shards`.
+`write_checkpoint(directory, state, config_text)` takes what the model side (siglip2/models/pretrained.py)
+prepared: the tensors and the config.json text. The protocol (readers in loading.py follow it):
+1. Everything that can fail before the directory is touched is done first: the model side serializes config.json
+   (and checks that it reads back) and the state dict (no meta tensors); here the state dict is split by
+   huggingface_hub's `split_torch_state_dict_into_shards`.
 2. Every new file is written under a temporary name `<final>.tmp-<tag>` and fsynced. Shards get names no earlier
    save used (`model-00001-of-00003-<tag>.safetensors`), so a new shard never overwrites one the old index lists.
 3. One journal, `.save-journal.json` (temp file + fsync + rename), commits the new set: it maps each final name to
@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .loading import (
     CONFIG_NAME,
@@ -33,13 +33,14 @@ from .loading import (
     JOURNAL_NAME,
     SINGLE_NAME,
     CheckpointError,
-    _write_text,
+    atomic_write_text,
     pending_save,
     read_index,
+    write_text,
 )
 
 if TYPE_CHECKING:
-    from .modeling import Siglip2PreTrainedModel
+    import torch
 
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.safetensors")
 # temp files of interrupted saves: "<final name>.tmp-<8 hex>" (saves) or ".tmp-<pid>" (atomic_write_text)
@@ -70,60 +71,6 @@ def _fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _find_unserializable(d: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
-    """The dotted key of the first value json cannot write (for an error that names the field)."""
-    if isinstance(d, dict):
-        for k, v in d.items():
-            found = _find_unserializable(v, (*path, str(k)))
-            if found:
-                return found
-        return None
-    if isinstance(d, (list, tuple)):
-        for i, v in enumerate(d):
-            found = _find_unserializable(v, (*path, str(i)))
-            if found:
-                return found
-        return None
-    try:
-        json.dumps(d)
-    except (TypeError, ValueError):
-        return path or ("?",)
-    return None
-
-
-def config_json(model: Siglip2PreTrainedModel) -> str:
-    """config.json text for `model`: the config as transformers writes it (torch dtypes as "float32"), with
-    `architectures` and the dtype of the saved weights; checked by reading it back into the config class."""
-    config = model.config
-    d = config.to_dict()
-    d["architectures"] = [type(model).__name__]
-    weight_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    if weight_dtype is not None:
-        d["dtype"] = str(weight_dtype).removeprefix("torch.")  # as transformers 5 records it
-    bad = _find_unserializable(d)
-    if bad:
-        value = d
-        for k in bad:
-            value = value[int(k)] if isinstance(value, (list, tuple)) else value[k]
-        raise TypeError(
-            f"config field {'.'.join(bad)}: a {type(value).__name__} ({value!r}) cannot be written to "
-            f"config.json; use JSON values (str, int, float, bool, None, lists, dicts)"
-        )
-    text = json.dumps(d, indent=2, sort_keys=True) + "\n"
-    if hasattr(type(config), "from_dict"):
-        type(config).from_dict(json.loads(text))  # raises (naming the field) if it would not load back
-    return text
-
-
-def _state_for_saving(model: Siglip2PreTrainedModel) -> dict:
-    state = {}
-    for k, v in model.state_dict().items():
-        if v.is_meta:
-            raise ValueError(f"save_pretrained: {k} is a meta tensor (no data); load or initialize the weights first")
-        state[k] = v.detach().contiguous().cpu()
-    return state
 
 
 def _save_tensors(tensors: dict, path: str) -> None:
@@ -161,20 +108,32 @@ def finish_pending_save(directory: str) -> None:
     _fsync_path(directory)
 
 
-def save_pretrained(
-    model: Siglip2PreTrainedModel, save_directory: str | os.PathLike, *, max_shard_size: int | str = 5 * 2**30
+def save_config_json(save_directory: str | os.PathLike, text: str) -> None:
+    """Write config.json alone (a config's `save_pretrained`), atomically, after completing an interrupted save
+    (whose journal would otherwise shadow the new file)."""
+    directory = os.fspath(save_directory)
+    os.makedirs(directory, exist_ok=True)
+    finish_pending_save(directory)
+    atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
+
+
+def write_checkpoint(
+    save_directory: str | os.PathLike,
+    state: dict[str, torch.Tensor],
+    config_text: str,
+    *,
+    max_shard_size: int | str = 5 * 2**30,
 ) -> None:
-    """`config.json` + `model.safetensors`, or shards + `model.safetensors.index.json` above `max_shard_size`
-    (split by huggingface_hub's `split_torch_state_dict_into_shards`). Crash-safe, see the module docstring:
-    an interruption at any point leaves a directory that loads as the previous checkpoint or the new one."""
+    """`config.json` (the text given) + `model.safetensors`, or shards + `model.safetensors.index.json` above
+    `max_shard_size` (split by huggingface_hub's `split_torch_state_dict_into_shards`). `state`: contiguous CPU
+    tensors. Crash-safe, see the module docstring: an interruption at any point leaves a directory that loads as
+    the previous checkpoint or the new one."""
     import uuid
 
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    # 1. everything that can fail on the model's side, before the directory is touched
+    # 1. what can still fail before the directory is touched
     limit = parse_size(max_shard_size)
-    config_text = config_json(model)
-    state = _state_for_saving(model)
     split = split_torch_state_dict_into_shards(state, max_shard_size=limit)
     tag = uuid.uuid4().hex[:8]
     if split.is_sharded:  # shard names no earlier save used: a new shard never overwrites one the old index lists
@@ -199,11 +158,11 @@ def save_pretrained(
         for name, tensors in shards.items():
             _save_tensors(tensors, os.path.join(directory, files[name]))
         for name, text in texts.items():
-            _write_text(os.path.join(directory, files[name]), text)
+            write_text(os.path.join(directory, files[name]), text)
         _fsync_path(directory)
         journal = {"files": files, "remove": stale, "weights": weights}
         tmp = os.path.join(directory, f"{JOURNAL_NAME}.tmp-{tag}")
-        _write_text(tmp, json.dumps(journal, indent=2) + "\n")
+        write_text(tmp, json.dumps(journal, indent=2) + "\n")
         os.replace(tmp, os.path.join(directory, JOURNAL_NAME))  # the commit point
     except BaseException:
         for name in [*files.values(), f"{JOURNAL_NAME}.tmp-{tag}"]:

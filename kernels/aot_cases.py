@@ -1,6 +1,6 @@
 """The ahead-of-time compile cases: every launch-config table entry of every op, per target architecture.
 
-A case (see kernels/_aot.py `aot_run`) is one kernel specialization as a real launch would build it, for one
+A case (see kernels/aot_compile.py `aot_run`) is one kernel specialization as a real launch would build it, for one
 `sm_<cc>`: the config comes from the table of that cc's family (kernels/_configs.py), and the "default" table
 is compiled for every cc too (it is what an unknown architecture gets). Each case carries `required`: True for
 the shapes SigLIP2 runs (attention head dims 64, 72 and 96 (g-opt/16's vision tower) in fp16 and bf16: varlen,
@@ -37,7 +37,7 @@ def _families(cc):
 
 
 def _attn_signature(fn, constexprs, dtype):
-    from ._aot import _jit_function
+    from .aot_compile import jit_function
 
     ptr = "*" + _TY[dtype]
     return {
@@ -54,7 +54,7 @@ def _attn_signature(fn, constexprs, dtype):
             if n[:2] in ("s_", "L_")
             else ptr
         )
-        for n in _jit_function(fn).arg_names
+        for n in jit_function(fn).arg_names
         if n not in constexprs
     }
 
@@ -98,9 +98,9 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
     bm, bn, w, s = T.FWD_CONFIGS[fam][key]
     bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
     fn, m, n, nw, ns = {
-        "fwd": (T._attn_fwd_kernel, bm, bn, w, s),
-        "dkdv": (T._attn_bwd_dkdv_kernel, bm_, bn_, w_, s_),
-        "dq": (T._attn_bwd_dq_kernel, bm2, bn2, w2, s_),
+        "fwd": (T.KERNELS["fwd"], bm, bn, w, s),
+        "dkdv": (T.KERNELS["dkdv"], bm_, bn_, w_, s_),
+        "dq": (T.KERNELS["dq"], bm2, bn2, w2, s_),
     }[kname]
     cx = dict(
         HEAD_DIM=D,
@@ -175,12 +175,12 @@ def attention_cases(ccs=AOT_CCS, siglip2_only=False):
                         pm, pw = T.PREPROCESS_CONFIG
                         cx = dict(
                             HEAD_DIM=D,
-                            BLOCK_DP=T._next_pow2(bd + bdt),
+                            BLOCK_DP=T.next_pow2(bd + bdt),
                             BLOCK_M=pm,
                             IS_VARLEN=True,
                             ALIGN=_align(how, dtype),
                         )
-                        sig = _attn_signature(T._attn_bwd_preprocess_kernel, cx, dtype)
+                        sig = _attn_signature(T.KERNELS["preprocess"], cx, dtype)
                         cases.append(
                             dict(
                                 name=f"preprocess-{_TY[dtype]}-D{D}-{how}-{pm}-w{pw}",
@@ -196,7 +196,7 @@ def attention_cases(ccs=AOT_CCS, siglip2_only=False):
                                 num_warps=pw,
                                 num_stages=1,
                                 required=required,
-                                fn=T._attn_bwd_preprocess_kernel,
+                                fn=T.KERNELS["preprocess"],
                                 signature=sig,
                                 constexprs=cx,
                                 aligned=how != "unaligned",
@@ -286,7 +286,7 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                     fam,
                                     f"fwd-{_TY[dtype]}-x{_TY[xdt]}-{bm}x{bn}x{bk}-"
                                     f"{'packed' if packed else 'padded'}-{how}",
-                                    pt._patch_embed_fwd_kernel,
+                                    pt.KERNELS["fwd"],
                                     sig,
                                     consts,
                                     nw,
@@ -325,7 +325,7 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                     fam,
                                     f"adj-{_TY[dtype]}-{bm}x{bn}-{'packed' if packed else 'padded'}-"
                                     f"imgs{'1' if imgs1 else 'N'}-{'aligned' if aligned else 'none'}",
-                                    pt._pos_adjoint_kernel,
+                                    pt.KERNELS["adjoint"],
                                     sig,
                                     consts,
                                     nw,
@@ -343,7 +343,7 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                     cc,
                     fam,
                     f"adj-bf16-L1-B1-{bm}x{bn}-padded",
-                    pt._pos_adjoint_kernel,
+                    pt.KERNELS["adjoint"],
                     sig,
                     consts,
                     nw,
@@ -415,7 +415,7 @@ def loss_cases(ccs=AOT_CCS, siglip2_only=False):
                                         family=fam,
                                         op="loss",
                                         required=True,
-                                        fn=K._sigmoid_loss_fwd_kernel,
+                                        fn=K.KERNELS["fwd"],
                                         signature=sig,
                                         constexprs=consts,
                                         num_warps=nw,
@@ -433,7 +433,7 @@ def _in_ci(c) -> bool:
     aligned, P=14 "pointers"), and its adjoint for batches of up to 32 images; the loss with and without its
     positive diagonal and gradient tile. The "default" table's attention entries, on the architectures whose own
     table differs, in bf16 varlen; D 96 in bf16 varlen only. Every other variant compiles in the full sweep
-    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels._aot`)."""
+    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels.aot`)."""
     if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
         return c["dtype"] == "bf16" and c["layout"] == "varlen"
     if c["op"] == "attention" and c["head_dim"] == 96:  # g-opt's D 96 in bf16 varlen; the rest: tier "siglip2"

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 import numpy as np
 import torch
 
+from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 from .image_utils import get_image_size_for_max_num_patches, positive_int, resize_uint8, tensor_to_rgb, to_rgb_uint8
-from .loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
 
 if TYPE_CHECKING:
     import PIL.Image

@@ -1,0 +1,154 @@
+"""Crash-safe training checkpoints and exact resume for `siglip2 train`.
+
+`OUT/checkpoint-<step>/model/` is a `save_pretrained` directory (+ tokenizer and preprocessor files, so it is
+directly usable by `siglip2 classify`), and `OUT/checkpoint-<step>/state/` holds the optimizer, scheduler, step,
+data position and every rank's RNG through torch.distributed.checkpoint (sharded under FSDP2). A checkpoint is
+written under a temporary name, renamed into place when complete, and only then named by `OUT/latest`; a crash
+at any point leaves the previous checkpoint as the one `--resume` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import torch
+import torch.distributed as dist
+
+from ..checkpoints.loading import atomic_write_text
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def full_model_state(module) -> dict:
+    """The unsharded fp32 state dict of the wrapped training module (collective under FSDP2), keys of the model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+
+
+EXTRA_KEYS = ("step", "cursor", "consumed", "world_size")
+
+
+def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, extra, processor_files, keep_last):
+    """Write OUT/checkpoint-<step> crash-safely (see the module docstring); every rank must call it."""
+    import torch.distributed.checkpoint.state_dict_saver as dcp_saver
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    name = f"checkpoint-{step:08d}"
+    final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp-{name}")
+    rank = _rank()
+    model_sd = full_model_state(module)
+    if rank == 0:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        _save_model(base_model, model_sd, os.path.join(tmp, "model"), processor_files)
+    _barrier()
+    state = {
+        "optim": get_optimizer_state_dict(module, optimizer),
+        "scheduler": scheduler.state_dict(),
+        "extra": {k: int(extra[k]) for k in EXTRA_KEYS},
+        f"rng_rank{rank}": _rng_state(),
+    }
+    with warnings.catch_warnings():  # one process: DCP says it assumes so
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_saver.save(state, checkpoint_id=os.path.join(tmp, "state"))
+    _barrier()
+    if rank == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(os.path.join(out_dir, "latest"), name + "\n")
+        old = sorted(d for d in os.listdir(out_dir) if d.startswith("checkpoint-") and d != name)
+        for d in old[: max(0, len(old) - (keep_last - 1))] if keep_last > 0 else []:
+            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _save_model(base_model, state, directory, processor_files):
+    """save_pretrained of the full state (a meta copy of the model takes the gathered tensors without copying)."""
+    with torch.device("meta"):
+        shell = type(base_model)(base_model.config)
+    shell.load_state_dict(state, assign=True, strict=True)
+    shell.save_pretrained(directory)
+    for src in processor_files:
+        if hasattr(src, "save_pretrained"):
+            src.save_pretrained(directory)
+        else:
+            shutil.copy2(src, os.path.join(directory, os.path.basename(src)))
+
+
+def latest_checkpoint(out_dir) -> str | None:
+    try:
+        with open(os.path.join(out_dir, "latest")) as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return None
+    path = os.path.join(out_dir, name)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--resume: {out_dir}/latest names {name!r}, which does not exist")
+    return path
+
+
+def load_training_state(path, module, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and this rank's RNG from `path/state`; returns the saved `extra` dict."""
+    import torch.distributed.checkpoint.state_dict_loader as dcp_loader
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    rank = _rank()
+    state = {
+        "optim": get_optimizer_state_dict(module, optimizer),
+        "scheduler": scheduler.state_dict(),
+        "extra": dict.fromkeys(EXTRA_KEYS, 0),
+        f"rng_rank{rank}": _rng_state(),
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_loader.load(state, checkpoint_id=os.path.join(path, "state"))
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optim"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state[f"rng_rank{rank}"])
+    return state["extra"]
+
+
+def trim_log(path, step) -> None:
+    """Drop log.jsonl lines past the resumed step (they belong to the run that crashed after its last save)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(keep))
