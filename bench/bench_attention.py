@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import itertools
 
-from bench.common import bench_ms, environment, peak_for, peak_mem_mb
+from bench.common import bench_ms, environment, peak_for, peak_mem_mb, speedup
 
 ASPECTS = [1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 3 / 2, 2 / 3, 2.0, 1 / 2, 3.0]  # height / width
 
@@ -229,7 +229,7 @@ def run(args) -> list[dict]:
                             tflops=tflops,
                             pct_peak=(100 * tflops / peak) if peak else None,
                             peak_mem_mb=peak_mem_mb(f, device=device),
-                            speedup=(base[mode] / ms) if mode in base else None,
+                            speedup=speedup(base[mode], ms) if mode in base else None,
                         )
                     )
                 del out, do
@@ -246,7 +246,7 @@ def run(args) -> list[dict]:
                 )
         for r in rows:  # providers that ran before sdpa_mask get their speedup now
             if r["case"] == case and r.get("ms") and r.get("speedup") is None and r["mode"] in base:
-                r["speedup"] = base[r["mode"]] / r["ms"]
+                r["speedup"] = speedup(base[r["mode"]], r["ms"])
     return rows
 
 

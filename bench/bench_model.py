@@ -134,7 +134,7 @@ def run(args):
                 )
             )
         for r in rows[-len(models) :]:
-            r["speedup"], r["baseline"] = times["transformers-sdpa"] / r["ms"], "transformers-sdpa"
+            r["speedup"], r["baseline"] = common.speedup(times["transformers-sdpa"], r["ms"]), "transformers-sdpa"
     return rows
 
 

@@ -30,7 +30,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_ms, environment, measured_copy_gbps, peak_for, peak_mem_mb
+from common import bench_ms, environment, measured_copy_gbps, peak_for, peak_mem_mb, speedup
 
 OP = "naflex_patch_embed"
 
@@ -207,7 +207,7 @@ def run(args) -> list[dict]:
                     base_ms = ms
                 found.append(row)
             for row in found:
-                row["speedup"] = base_ms / row["ms"] if base_ms else None
+                row["speedup"] = speedup(base_ms, row["ms"]) if base_ms else None
             rows += found
             if not any(r["provider"] == "triton" for r in found):
                 rows.append(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_ms
+from common import bench_ms, speedup
 
 
 def _cases(quick: bool):
@@ -104,7 +104,7 @@ def run(args) -> list[dict]:
         base = timings.get("transformers-pil")
         for row in rows:
             if row["case"] == case and base:
-                row["speedup"] = base / row["ms"]
+                row["speedup"] = speedup(base, row["ms"])
     return rows
 
 

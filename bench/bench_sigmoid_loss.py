@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_ms, environment, peak_for, peak_mem_mb
+from common import bench_ms, environment, peak_for, peak_mem_mb, speedup
 
 from siglip2.kernels import reference
 from siglip2.kernels.loss import sigmoid_loss
@@ -132,7 +132,7 @@ def run(args) -> list[dict]:
         )
         for r in case_rows:
             if base is not None and r.get("ms"):
-                r["speedup"] = base["ms"] / r["ms"]
+                r["speedup"] = speedup(base["ms"], r["ms"])
                 r["baseline"] = base["provider"]
         rows += case_rows
         del xs

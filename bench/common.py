@@ -1,10 +1,12 @@
 """Shared benchmark plumbing: timing, device header, peak memory, result rows.
 
 Every op benchmark (bench/bench_<op>.py) exposes `run(args) -> list[dict]`; bench/run.py collects the rows,
-prints one table per op and writes bench/results/<device>-<date>/results.json (+ .md).
-Each row carries: op, case, provider, mode, ms (median), and where defined tflops / gbps, pct_peak,
-peak_mem_mb and speedup (vs. the op's named baseline, same run). The timing method itself (bench_ms, peak_mem_mb,
-environment) is siglip2/profile/timing.py, shared with `siglip2 profile`.
+prints one table per op and writes bench/results/<device>-<date>-<time>-<commit>/results.json (+ .md).
+Each row carries: op, case, provider, mode, ms (a Timing: median, quartiles, min, max, samples; run.py writes them
+out as ms, ms_q1, ms_q3, ms_min, ms_max, n, noisy), and where defined tflops / gbps, pct_peak, peak_mem_mb and
+speedup (vs. the op's named baseline, same run; "within noise" where the two interquartile ranges overlap). The
+timing method itself (bench_ms, speedup, peak_mem_mb, environment) is siglip2/profile/timing.py, shared with
+`siglip2 profile`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import torch
 
 # The timing method lives in the package (siglip2/profile/timing.py) so that `siglip2 profile` measures exactly as the
 # benchmarks do; these names are re-exported for the bench modules.
+from siglip2.profile.timing import WITHIN_NOISE, Timing, environment, peak_mem_mb, speedup  # noqa: F401
 from siglip2.profile.timing import bench_ms as _bench_ms
-from siglip2.profile.timing import environment, peak_mem_mb  # noqa: F401
 
 _progress = None  # bench/run.py's progress bar: called after every timed measurement
 
@@ -24,8 +26,9 @@ def set_progress(callback) -> None:
     _progress = callback
 
 
-def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> float:
-    """siglip2.profile.timing.bench_ms (median ms; do_bench on CUDA, perf_counter on CPU), ticking run.py's progress."""
+def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> Timing:
+    """siglip2.profile.timing.bench_ms (a Timing: median ms with its spread; do_bench on CUDA, perf_counter on CPU),
+    ticking run.py's progress."""
     ms = _bench_ms(fn, warmup=warmup, rep=rep, device=device)
     if _progress is not None:
         _progress()

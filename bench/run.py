@@ -6,7 +6,8 @@
     python bench/run.py --no-plots           # PNGs are written by default when matplotlib is installed
 
 Prints a header (device, versions, date, measured copy bandwidth), one table per op, and writes
-bench/results/<device>-<date>/results.json and results.md, and (with matplotlib) the PNGs of bench/plots.py next
+bench/results/<device>-<date>-<time>-<commit>/results.json and results.md (a new folder per run, listed in
+bench/results/index.md), and (with matplotlib) the PNGs of bench/plots.py next
 to them. A progress bar on stderr counts the ops and, within each op, its timed measurements. Each op module
 (bench/bench_<op>.py) states its FLOP or byte model in its docstring; every row gives the median time, TFLOP/s or
 GB/s, % of the device peak, peak memory and the speedup over the op's baseline in the same run. The last stdout
@@ -32,6 +33,7 @@ import common
 # Some bench modules import `bench.common`, others `common`: one module object, so one progress hook.
 sys.modules.setdefault("bench.common", common)
 
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  # where runs go, one folder each
 OPS = {
     "attention": "bench_attention",
     "patch_embed": "bench_patch_embed",
@@ -44,6 +46,10 @@ COLUMNS = [
     "provider",
     "mode",
     "ms",
+    "ms_q1",
+    "ms_q3",
+    "n",
+    "noisy",
     "tflops",
     "gbps",
     "images_per_s",
@@ -68,6 +74,86 @@ def table(rows) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def flatten_timings(rows: list[dict]) -> list[dict]:
+    """Rows as plain data: a Timing under "ms" becomes ms (median), ms_q1, ms_q3, ms_min, ms_max, n, noisy and the
+    timing method; a noisy row says so in its note."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        ms = r.get("ms")
+        if isinstance(ms, common.Timing):
+            r.update(ms.fields())
+            if ms.noisy:
+                r["note"] = "; ".join(x for x in (r.get("note"), "noisy: IQR > 10% of the median") if x)
+        out.append(r)
+    return out
+
+
+def _provenance(argv) -> dict:
+    """Who ran what, where and when: appended to the environment header of every results file."""
+    import datetime
+    import platform
+    import shlex
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "time": datetime.datetime.now().strftime("%H:%M:%S"),
+        "commit": (commit or "unknown") + ("+dirty" if dirty else ""),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in argv),
+    }
+
+
+def _run_folder(env) -> str:
+    """bench/results/<device>-<date>-<time>-<commit>: one folder per run, never reused."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"].split("(")[0]).strip("-").lower()
+    base = RESULTS
+    name = f"{slug}-{env['date']}-{env['time'].replace(':', '')}-{env['commit'].replace('+dirty', '-dirty')}"
+    out, k = os.path.join(base, name), 1
+    while os.path.exists(out):
+        k += 1
+        out = os.path.join(base, f"{name}-{k}")
+    return out
+
+
+def _index(out: str, env: dict, results: dict, failed: list[str]) -> None:
+    """One line per run in bench/results/index.md (created with its header on first use)."""
+    path = os.path.join(os.path.dirname(out), "index.md")
+    new = not os.path.exists(path)
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write("# Benchmark runs (bench/run.py appends one line per run)\n\n")
+            f.write("| folder | date | device | commit | load at start | ops | failed | command |\n")
+            f.write("|---|---|---|---|---|---|---|---|\n")
+        f.write(
+            f"| {os.path.basename(out)} | {env['date']} {env['time']} | {env['device']} | {env['commit']} | "
+            f"{env['loadavg_at_start']} | {', '.join(results['ops'])} | {', '.join(failed) or '-'} | "
+            f"`{env['command']}` |\n"
+        )
 
 
 def _name_transformers_baseline(rows, env) -> None:
@@ -98,7 +184,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--quick", action="store_true", help="small sizes (default on CPU)")
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--out", help="results folder (default bench/results/<device>-<date>)")
+    p.add_argument("--out", help="results folder (default: a new bench/results/<device>-<date>-<time>-<commit>)")
     p.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
@@ -122,11 +208,15 @@ def main(argv=None):
         args.dtype = torch.float32  # CPU timings are for correctness of the harness only; bf16 matmul on CPU is slow
 
     env = common.environment()
+    env.update(_provenance(sys.argv[1:] if argv is None else argv))
     env["copy_gbps"] = common.measured_copy_gbps(args.device)
     env["dtype"], env["quick"] = str(args.dtype), args.quick
     print("# " + " | ".join(f"{k}: {v}" for k, v in env.items()))
     results = {"env": env, "ops": {}}
-    bar = tqdm(total=len(args.ops), desc="ops", unit="op", position=0)
+    # On a terminal: an ops bar and, below it, the op's measurements. Into a log file: the ops bar alone, with no
+    # cursor-movement codes (a second bar positioned below the first writes "\x1b[A" sequences).
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(args.ops), desc="ops", unit="op", position=0 if tty else None)
     failures: list[tuple[str, str]] = []  # (op, why): any of them makes the exit status 1
     for op in args.ops:
         try:
@@ -138,7 +228,7 @@ def main(argv=None):
             bar.update()
             continue
         tqdm.write(f"\n## {op}\n{(mod.__doc__ or '').strip().splitlines()[0]}")
-        cases = tqdm(desc=f"{op}: timed measurements", unit="case", position=1, leave=False)
+        cases = tqdm(desc=f"{op}: timed measurements", unit="case", position=1, leave=False, disable=not tty)
         common.set_progress(cases.update)
         try:
             rows = mod.run(args)
@@ -149,6 +239,7 @@ def main(argv=None):
         finally:
             common.set_progress(None)
             cases.close()
+        rows = flatten_timings(rows)
         if op == "patch_embed":
             _name_transformers_baseline(rows, env)
         results["ops"][op] = rows
@@ -156,8 +247,7 @@ def main(argv=None):
         tqdm.write(table(rows))
     bar.close()
 
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"].split("(")[0]).strip("-").lower()
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"{slug}-{env['date']}")
+    out = os.path.normpath(os.path.abspath(args.out or _run_folder(env)))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
@@ -184,6 +274,8 @@ def main(argv=None):
         print(f"\n{len(failures)} of {len(args.ops)} benchmarks FAILED (their rows say so in {out}):", file=sys.stderr)
         for op, why in failures:
             print(f"  {op}: {why}", file=sys.stderr)
+    if args.out is None:
+        _index(out, env, results, [op for op, _ in failures])
     print(
         json.dumps(
             {

@@ -59,3 +59,34 @@ def test_skipped_provider_rows_are_listed(run_module, monkeypatch, tmp_path, cap
     assert run_module.main(["--ops", "loss", "--no-plots", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert "1 rows skipped" in err and "theirs: skipped: their package is not installed" in err
+
+
+def test_two_runs_leave_two_complete_folders_and_an_index(run_module, monkeypatch, tmp_path, capsys):
+    """Each run writes its own folder (device, date, time, commit) with its provenance, and one index line."""
+    import json
+
+    from siglip2.profile.timing import Timing
+
+    mod = types.ModuleType("bench_tiny")
+    mod.__doc__ = "A tiny benchmark."
+    mod.run = lambda args: [  # type: ignore[attr-defined]
+        {"case": "c", "provider": "ours", "ms": Timing([1.0, 1.1, 0.9, 1.0], "test")},
+        {"case": "c", "provider": "theirs", "ms": Timing([5.0, 5.2, 4.9, 5.1], "test"), "speedup": 0.2},
+    ]
+    monkeypatch.setitem(sys.modules, "bench_tiny", mod)
+    monkeypatch.setitem(run_module.OPS, "loss", "bench_tiny")
+    monkeypatch.setattr(run_module, "RESULTS", str(tmp_path))
+    for _ in range(2):
+        assert run_module.main(["--ops", "loss", "--no-plots"]) == 0
+    folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(folders) == 2, folders
+    for folder in folders:
+        doc = json.loads((folder / "results.json").read_text())
+        env = doc["env"]
+        assert {"commit", "command", "loadavg_at_start", "torch_threads", "time", "device", "torch"} <= set(env)
+        assert folder.name.startswith("cpu-" + env["date"])
+        (ours, _) = doc["ops"]["loss"]
+        assert ours["ms"] == 1.0 and ours["ms_q1"] <= 1.0 <= ours["ms_q3"] and ours["n"] == 4
+        assert (folder / "results.md").exists()
+    index = (tmp_path / "index.md").read_text().splitlines()
+    assert sum(line.startswith("| cpu-") for line in index) == 2
