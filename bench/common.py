@@ -19,6 +19,7 @@ from siglip2.profile.timing import WITHIN_NOISE, Timing, environment, peak_mem_m
 from siglip2.profile.timing import bench_ms as _bench_ms
 
 _progress = None  # bench/run.py's progress bar: called after every timed measurement
+_dry_run = False  # bench/run.py --dry-run: every measurement is one timed call, no warm-up
 
 
 def set_progress(callback) -> None:
@@ -26,10 +27,19 @@ def set_progress(callback) -> None:
     _progress = callback
 
 
+def set_dry_run(on: bool) -> None:
+    """Dry run (bench/gpu_check.sh --dry-run): check that every benchmark runs end to end, not how fast."""
+    global _dry_run
+    _dry_run = on
+
+
 def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> Timing:
     """siglip2.profile.timing.bench_ms (a Timing: median ms with its spread; do_bench on CUDA, perf_counter on CPU),
     ticking run.py's progress."""
-    ms = _bench_ms(fn, warmup=warmup, rep=rep, device=device)
+    if _dry_run and not str(device).startswith("cuda"):
+        ms = _bench_ms(fn, warmup=0, rep=1, device=device, min_s=0.0, settle=False)
+    else:
+        ms = _bench_ms(fn, warmup=warmup, rep=rep, device=device)
     if _progress is not None:
         _progress()
     return ms

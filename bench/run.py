@@ -183,6 +183,12 @@ def main(argv=None):
     p.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--quick", action="store_true", help="small sizes (default on CPU)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="quick sizes and one timed call per measurement on CPU: checks that every benchmark runs end to end "
+        "(the Triton providers through the interpreter when TRITON_INTERPRET=1), not how fast",
+    )
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--out", help="results folder (default: a new bench/results/<device>-<date>-<time>-<commit>)")
     p.add_argument(
@@ -202,7 +208,8 @@ def main(argv=None):
                 p.error('--plots needs matplotlib: pip install -e ".[plot]"')
             args.plots = False
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.quick = args.quick or args.device == "cpu"
+    args.quick = args.quick or args.device == "cpu" or args.dry_run
+    common.set_dry_run(args.dry_run)
     args.dtype = getattr(torch, args.dtype)
     if args.device == "cpu" and args.dtype != torch.float32:
         args.dtype = torch.float32  # CPU timings are for correctness of the harness only; bf16 matmul on CPU is slow

@@ -124,12 +124,19 @@ def _settle(fn: Callable[[], object], warmup: int) -> None:
 
 
 def bench_ms(
-    fn: Callable[[], object], *, warmup: int = 3, rep: int = 20, device: str = "cuda", min_s: float = 0.5
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    rep: int = 20,
+    device: str = "cuda",
+    min_s: float = 0.5,
+    settle: bool = True,
 ) -> Timing:
     """A `Timing` of `fn()` in milliseconds (the module docstring says how, per device).
 
     CPU: warm-up until the timings settle (at least `warmup` calls), then at least `rep` timed calls and `min_s`
-    seconds of them. CUDA: do_bench's own warm-up and repetitions (`warmup`/`rep`/`min_s` are not used there).
+    seconds of them (`settle=False`: exactly `warmup` warm-up calls). CUDA: do_bench's own warm-up and repetitions
+    (`warmup`/`rep`/`min_s`/`settle` are not used there).
     """
     if str(device).startswith("cuda"):
         from triton.testing import do_bench
@@ -140,7 +147,11 @@ def bench_ms(
         return Timing(times, "CUDA events, triton.testing.do_bench (L2 flushed between calls)")
     if rep < 1 or warmup < 0:
         raise ValueError(f"bench_ms: expected rep >= 1 and warmup >= 0, got rep={rep}, warmup={warmup}")
-    _settle(fn, warmup)
+    if settle:
+        _settle(fn, warmup)
+    else:
+        for _ in range(warmup):
+            fn()
     times = []
     start = time.perf_counter()
     while len(times) < rep or (time.perf_counter() - start < min_s and len(times) < 100 * rep):
