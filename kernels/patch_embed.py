@@ -30,7 +30,7 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INTS = (torch.int32, torch.int64)
 
 
-def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values=True):
+def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values=True, num_tokens=None):
     check_tensor("pixel_values", pixel_values, ndim=3, dtypes=_FLOATS, op=_OP)
     dev = pixel_values.device
     check_tensor("weight", weight, ndim=2, dtypes=_FLOATS, device=dev, op=_OP)
@@ -64,7 +64,14 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens,
             raise ValueError(f"{_OP}: cu_seqlens must be on {dev} or the CPU, got {cu_seqlens.device}")
         if cu_seqlens.shape[0] != B + 1:
             raise ValueError(f"{_OP}: cu_seqlens must have shape ({B + 1},) (batch + 1), got {tuple(cu_seqlens.shape)}")
-    if torch.compiler.is_compiling() or not check_values:
+    if torch.compiler.is_compiling():
+        return
+    if num_tokens is not None:
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
+            raise ValueError(f"{_OP}: num_tokens must be None or a non-negative int, got {num_tokens!r}")
+        if cu_seqlens is None:
+            raise ValueError(f"{_OP}: num_tokens (= {num_tokens}) needs cu_seqlens (it sizes the packed output)")
+    if not check_values:
         return
     # value checks: one host transfer for everything (free when the index tensors are on the CPU)
     vals = [spatial_shapes.to(torch.int64).reshape(-1)]
@@ -84,6 +91,13 @@ def _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens,
         expect = [0]
         for h, w in hw:
             expect.append(expect[-1] + h * w)
+        # the Triton launcher sizes its output by num_tokens: rows past cu_seqlens[-1] would stay unwritten
+        # (uninitialized memory). Checked here, where the host already holds cu_seqlens: reading it anywhere else
+        # would cost the sync that num_tokens exists to save (check_values=False leaves it to the caller)
+        if num_tokens is not None and num_tokens != cu[-1]:
+            raise ValueError(
+                f"{_OP}: num_tokens = {num_tokens} must equal cu_seqlens[-1] = {cu[-1]} (the number of packed tokens)"
+            )
         if cu != expect:
             more = "..." if B > 7 else ""
             raise ValueError(
@@ -114,17 +128,11 @@ def naflex_patch_embed(
     impl: "auto" (Triton on CUDA, or on the CPU under TRITON_INTERPRET=1; the reference otherwise and for float64
     parameters), "triton" (raises where it cannot run) or "reference".
     num_tokens: with cu_seqlens, the packed length sum(h*w) if the caller knows it (like flash-attn's max_seqlen:
-    it saves the host read of cu_seqlens[-1]). check_values=False skips the value checks of spatial_shapes and
-    cu_seqlens (the caller guarantees them, as the model does after its entry check): with both, and the index
-    tensors on the CPU, the op reads nothing back from the device.
+    it saves the host read of cu_seqlens[-1]); it must equal cu_seqlens[-1]. check_values=False skips the value
+    checks of spatial_shapes, cu_seqlens and num_tokens (the caller guarantees them, as the model does after its
+    entry check): with both, and the index tensors on the CPU, the op reads nothing back from the device.
     """
-    _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values)
-    if (
-        num_tokens is not None
-        and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0)
-        and not torch.compiler.is_compiling()
-    ):
-        raise ValueError(f"{_OP}: num_tokens must be None or a non-negative int, got {num_tokens!r}")
+    _validate(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens, check_values, num_tokens)
     dev = pixel_values.device
     if pixel_values.shape[0] == 0:  # no images: an empty output of the right shape (still connected to weight)
         out = torch.nn.functional.linear(pixel_values.to(weight.dtype), weight, bias)

@@ -73,27 +73,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str | None) -> str:
-    """--device checked before any loading: unknown names and devices this torch cannot use are one-line errors."""
-    import torch
+    """--device checked before any loading (pipeline.resolve_device, shared with train and embed-dataset)."""
+    from .pipeline import resolve_device
 
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise ValueError(f"--device: unknown device {name!r} (expected cpu, cuda, cuda:N or mps)") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"--device {name}: {why}; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError(f"--device {name}: MPS is not available in this torch build or machine; use --device cpu")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device: unsupported device type {dev.type!r} (expected cpu, cuda, cuda:N or mps)")
-    return str(dev)
+    return str(resolve_device(name))
 
 
 def _check_common(args: argparse.Namespace) -> str:
@@ -154,6 +137,7 @@ def _embed(args: argparse.Namespace) -> int:
     images: list[str] = []
     texts: list[str] = []
     _check_common(args)
+    check_output_file(args.out, "--out")  # before the model runs, not after
     for x in args.inputs:
         if os.path.isfile(x):
             images.append(x)
@@ -192,11 +176,12 @@ def _embed(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "normalized": str(not args.raw).lower(),
     }
-    path = os.path.abspath(args.out)
+    path = check_output_file(args.out, "--out")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(out, tmp, metadata=meta)
+        check_output_file(path, "--out")  # again: the embedding took a while
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -204,6 +189,36 @@ def _embed(args: argparse.Namespace) -> int:
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items())
     print(f"wrote {path}: {shapes}")
     return 0
+
+
+def check_output_file(path: str, name: str) -> str:
+    """`path` made absolute, when it is a new path or a regular file: the output is renamed over it, which would
+    replace a device, a FIFO, a socket or a directory's entry without a word."""
+    import stat
+
+    path = os.path.abspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else _file_kind(mode)
+        raise ValueError(f"{name}: {path!r} is {kind}, not a regular file; give a file path")
+    return path
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, kind in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,31 @@ def check_max_num_patches(value: object, name: str = "max_num_patches") -> int |
     return None if value is None else positive_int(name, value, MAX_NUM_PATCHES, _WHY_MAX)
 
 
+def resolve_device(name: object, arg: str = "--device") -> torch.device:
+    """The torch.device for a user's device name, checked before anything is loaded: None is cuda when a GPU is
+    visible, else cpu; an unknown name, a device type the models do not run on (meta, tpu, ...) or a device this
+    machine lacks (cuda without a GPU, cuda:N past the last one, mps off Apple silicon) is a ValueError naming `arg`.
+    "cuda" keeps no index (callers that run one process per GPU pick theirs)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)  # pyright: ignore[reportArgumentType]
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"{arg}: unknown device {name!r} (expected cpu, cuda, cuda:N or mps)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"{arg} {name}: {why}; use {arg} cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{arg} {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{arg} {name}: MPS is not available in this torch build or machine; use {arg} cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"{arg}: unsupported device type {dev.type!r} (expected cpu, cuda, cuda:N or mps)")
+    return dev
+
+
 def check_template(template: object, name: str = "template") -> str:
     """A str.format template with exactly one positional field, `{}`, where the label goes."""
     import string
@@ -73,12 +98,10 @@ def load_model(
     **hub_kwargs: Any,
 ) -> tuple[Siglip2Model, str]:
     """Our fast model class for the checkpoint's model_type: Siglip2Model (NaFlex) or SiglipModel (FixRes)."""
-    from .processing.tokenization import checkpoint_model_type
+    from .checkpoints.loading import read_model_type
 
     d = resolve_dir(name_or_path, **hub_kwargs)
-    model_type = checkpoint_model_type(d)
-    if model_type is None:
-        raise CheckpointError(f"no config.json in {d!r}")
+    model_type = read_model_type(d)  # a missing config.json and a `{}` are different errors, both naming the file
     from . import fast
 
     if model_type == "siglip2":

@@ -65,8 +65,15 @@ def workdir(tmp_path_factory):
                 (d / name).mkdir()
                 for i, (h, w) in enumerate(sizes):
                     _image(d / name / f"{i}.png", h, w, i + 1)
+            # 300 distinct rows: the README's `train --dry-run` plans batches of up to 256 pairs, and train refuses
+            # a batch larger than its table (a pair's own copy would be its negative); keys must be unique
+            (d / "pairs").mkdir()
+            rows = [["cat.jpg", "a cat"]]
+            for i in range(299):
+                PIL.Image.new("RGB", (24 + i % 7, 16 + i % 5), (i % 256, 40, 90)).save(d / "pairs" / f"{i}.png")
+                rows.append([f"pairs/{i}.png", f"picture {i}"])
             with open(d / "pairs.csv", "w", newline="") as f:
-                csv.writer(f).writerows([["image", "caption"], ["cat.jpg", "a cat"], ["photos/0.png", "noise"]])
+                csv.writer(f).writerows([["image", "caption"], *rows])
             (d / "tok").mkdir()
             for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                 (d / "tok" / f).write_bytes((d / LOCAL / f).read_bytes())

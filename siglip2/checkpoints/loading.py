@@ -15,6 +15,7 @@ save). A shard index naming a file outside the directory is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -134,8 +135,59 @@ def read_config_json(directory: str) -> dict:
     return d
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine. Where that cannot be told (Windows, where os.kill would end the
+    process), True: a temp file is then kept rather than taken from a live writer."""
+    if os.name == "nt" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(path: str) -> None:
+    """Remove `<path>.tmp-<pid>` files (atomic_write_text's) left by writers killed mid-write: only those whose
+    process is gone, so a live writer's file is never touched (the same machine is assumed, as for any pid). Best
+    effort: a file that cannot be removed stays, and is ignored by every reader."""
+    directory, base = os.path.split(path)
+    prefix = base + ".tmp-"
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) :]
+        if name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+
+
+def read_model_type(directory: str) -> str:
+    """The `model_type` of `directory`'s config.json (through the save journal): a CheckpointError naming the file
+    when it is missing, not a JSON object, or has no string model_type (a `{}` is a bad config, not a missing one)."""
+    return config_model_type(read_config_json(directory), os.path.join(directory, CONFIG_NAME))
+
+
+def config_model_type(d: dict, path: str) -> str:
+    """`read_model_type` for a config.json dict already read from `path`."""
+    mt = d.get("model_type")
+    if not isinstance(mt, str) or not mt:
+        got = f"model_type {mt!r}" if "model_type" in d else f"no 'model_type' field (keys: {sorted(d)[:8]})"
+        raise CheckpointError(
+            f"{path}: expected a 'model_type' field such as 'siglip2' or 'siglip' (the file transformers' or "
+            f"siglip2's save_pretrained writes), got {got}"
+        )
+    return mt
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write through a temp file in the same directory (fsynced), then rename: a crash never leaves half a file."""
+    """Write through a temp file in the same directory (fsynced), then rename: a crash never leaves half a file.
+    Temp files of earlier writers of `path` that were killed are removed first (`remove_stale_temps`)."""
+    remove_stale_temps(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         write_text(tmp, text)
@@ -191,15 +243,35 @@ def read_state_dict(directory: str) -> dict:
     if weights == SINGLE_NAME:
         return _read_safetensors(checkpoint_file(directory, SINGLE_NAME, journal), os.path.join(directory, SINGLE_NAME))
     weight_map = read_index(directory, journal)
-    state = {}
+    state, source = {}, {}
     for shard in sorted(set(weight_map.values())):
-        state.update(_read_safetensors(checkpoint_file(directory, shard, journal), os.path.join(directory, shard)))
+        tensors = _read_safetensors(checkpoint_file(directory, shard, journal), os.path.join(directory, shard))
+        for key, t in tensors.items():
+            if key in state and not _same_bits(state[key], t):
+                # the later shard would silently win; which copy is meant cannot be told (the index may be stale)
+                raise CheckpointError(
+                    f"{os.path.join(directory, INDEX_NAME)}: tensor {key!r} is stored in two shards with different "
+                    f"values: {source[key]} and {shard}; a checkpoint holds each tensor once (re-save it)"
+                )
+            state[key], source[key] = t, shard
     missing = set(weight_map) - set(state)
     if missing:
         raise CheckpointError(
             f"{os.path.join(directory, INDEX_NAME)}: tensors listed but absent from the shards: {sorted(missing)[:5]}"
         )
     return state
+
+
+def _same_bits(a, b) -> bool:
+    """Same dtype, shape and bytes (NaN payloads included, unlike torch.equal)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return bool(torch.equal(a, b))
 
 
 def write_text(path: str, text: str) -> None:

@@ -17,11 +17,20 @@ prepared: the tensors and the config.json text. The protocol (readers in loading
 A save that fails before its commit removes its temp files (best effort); leftovers are ignored by readers and
 removed by the next save. transformers, which does not read the journal, sees a consistent checkpoint whenever no
 save is in flight or stopped between its commit and its end.
+
+One save at a time per directory: every write here holds an OS lock (`fcntl.flock`, non-blocking; `msvcrt.locking`
+on Windows) on `.save.lock` in the directory, and a second save (another process, or another thread) is refused
+with "another save is in progress" instead of racing on the journal and the temp files. The OS releases the lock
+when its holder exits or is killed, so no stale lock outlives a writer; the file is removed when the save ends
+(POSIX). On a file system without locks (ENOLCK, EOPNOTSUPP) saves go on unlocked, as before. Under the lock every
+checkpoint temp file in the directory is a leftover of a dead save, so the save removes them all; other
+`*.tmp-<pid>` files go only once their process is gone (loading.remove_stale_temps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -62,6 +71,14 @@ def parse_size(size: object) -> int:
     raise ValueError(f"max_shard_size must be a positive int (bytes) or a string like '5GB' or '500MB', got {size!r}")
 
 
+def _make_dir(save_directory: str | os.PathLike) -> str:
+    directory = os.fspath(save_directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"save_directory: expected a directory, got {directory!r}, which is a file")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
 def _fsync_path(path: str) -> None:
     """fsync a file or (POSIX) a directory, so renames and removals in it survive a power loss."""
     if os.name == "nt" and os.path.isdir(path):
@@ -71,6 +88,64 @@ def _fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+LOCK_NAME = ".save.lock"
+_NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n)}
+
+
+class SaveInProgressError(CheckpointError):
+    """Another save into the same directory holds its lock."""
+
+
+@contextlib.contextmanager
+def save_lock(directory: str):
+    """Hold `directory`'s save lock for the block, or raise SaveInProgressError at once (never waits)."""
+    path = os.path.join(directory, LOCK_NAME)
+    busy = SaveInProgressError(
+        f"{directory}: another save is in progress (it holds {LOCK_NAME}); wait for it to end, or save elsewhere"
+    )
+    # each os.open is its own open file description, and flock locks those: threads of one process exclude
+    # each other too
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except (IsADirectoryError, PermissionError) as e:
+            raise CheckpointError(f"{path}: cannot open the save lock file ({e.strerror}); remove it") from e
+        try:
+            _os_lock(fd)
+        except OSError as e:
+            if e.errno in _NO_LOCKS:  # a file system without locks (some FUSE / network mounts): save unlocked
+                break
+            os.close(fd)
+            raise busy from None
+        try:  # the holder before us may have removed the file after we opened it: lock the file now there
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            if os.name != "nt":  # removed while held, so one that opened it before retries (the samestat check)
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        finally:
+            os.close(fd)  # releases the OS lock, whatever happened above
+
+
+def _os_lock(fd: int) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _save_tensors(tensors: dict, path: str) -> None:
@@ -111,10 +186,10 @@ def finish_pending_save(directory: str) -> None:
 def save_config_json(save_directory: str | os.PathLike, text: str) -> None:
     """Write config.json alone (a config's `save_pretrained`), atomically, after completing an interrupted save
     (whose journal would otherwise shadow the new file)."""
-    directory = os.fspath(save_directory)
-    os.makedirs(directory, exist_ok=True)
-    finish_pending_save(directory)
-    atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
+    directory = _make_dir(save_directory)
+    with save_lock(directory):
+        finish_pending_save(directory)
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
 
 
 def write_checkpoint(
@@ -150,8 +225,12 @@ def write_checkpoint(
     files = {name: f"{name}.tmp-{tag}" for name in [*shards, *texts]}
 
     # 2. the directory: finish an interrupted save (it is the current checkpoint), write the new set under temp names
-    directory = os.fspath(save_directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = _make_dir(save_directory)
+    with save_lock(directory):
+        _write_locked(directory, shards, texts, files, weights, tag)
+
+
+def _write_locked(directory: str, shards: dict, texts: dict, files: dict, weights: str, tag: str) -> None:
     finish_pending_save(directory)
     stale = sorted(_current_files(directory) - set(files))
     try:

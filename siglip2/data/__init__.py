@@ -8,12 +8,15 @@ stream); import the names from `siglip2.data`. The API:
 - `Record(key, image, caption=None)`: one sample. `image` is a path (str) or the encoded bytes; `key` is stable:
   the path relative to the folder / list / table, or `<tar name without .tar>/<__key__>` for webdataset samples.
 - `open_source(input, *, image_column="image", text_column=None)` -> a `FileSource` (map-style: `len(src)`,
-  `src[i] -> Record`) for a folder (searched recursively, sorted), a .txt list (one path per line), a .csv / .tsv /
-  .jsonl table (image column `image`; caption column `caption` or else `text` unless `text_column` names one;
-  relative paths are relative to the table), or a `WebDatasetSource` (`.shards`, `.iter_shard(i) -> Records`,
-  `iter(src)`) for `.tar` files, brace patterns (`data-{000..009}.tar`) and folders holding only tars.
+  `src[i] -> Record`) for a folder (searched recursively, sorted; directory links followed, each real directory
+  once), a .txt list (one path per line), a .csv / .tsv / .jsonl table (image column `image`; caption column
+  `caption` or else `text` unless `text_column` names one; relative paths are relative to the table), or a
+  `WebDatasetSource` (`.shards`, `.iter_shard(i) -> Records`, `iter(src)`) for `.tar` files, brace patterns
+  (`data-{000..009}.tar`) and folders holding only tars. Lists and tables are UTF-8 (a BOM is dropped); invalid
+  UTF-8, or a CSV row with more fields than the header, is a ValueError naming the file and line.
 - `decode_image(record_or_ref, *, key=None, fast=None) -> PIL.Image` (RGB, EXIF-transposed). Any unusable file
-  raises `SampleError` (a ValueError carrying `.key` and `.reason`) so callers can log and skip.
+  (a FIFO or a device too: never opened) raises `SampleError` (a ValueError carrying `.key` and `.reason`) so
+  callers can log and skip. A webdataset sample whose key repeats one of its tar's is a SampleError, not a row.
   `fast=(patch_size, max_num_patches)` decodes JPEGs at reduced size (`Image.draft`) and records the full size in
   `img.info["naflex_full_size"]`, from which `naflex_collate` computes the exact NaFlex target.
 - `num_patches(height, width, patch_size, max_num_patches)`: the valid tokens NaFlex gives an image.

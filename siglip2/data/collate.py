@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ def decode_image(
     key = key if key is not None else (ref if isinstance(ref, str) else "<bytes>")
     try:
         src = io.BytesIO(ref) if isinstance(ref, (bytes, bytearray, memoryview)) else ref
+        if not isinstance(src, io.BytesIO) and not stat.S_ISREG(os.stat(src).st_mode):
+            # opening a FIFO blocks until someone writes to it; a device may never end
+            raise SampleError(key, "not a regular file")
         img = PIL.Image.open(src)
         full_size = None
         if fast is not None:
@@ -59,6 +63,8 @@ def decode_image(
         img = PIL.ImageOps.exif_transpose(img)
         img.load()
         img = pil_to_rgb(img, str(key))
+    except SampleError:
+        raise
     except FileNotFoundError:
         raise SampleError(key, "missing file") from None
     except PIL.Image.DecompressionBombError as e:
@@ -126,13 +132,16 @@ def naflex_collate(
     import torch
 
     from ..processing.image_processing import Siglip2ImageProcessor
+    from ..processing.image_utils import positive_int
 
     if not samples:
         raise ValueError("samples: got an empty batch")
     if not isinstance(image_processor, Siglip2ImageProcessor):
         raise TypeError(f"image_processor: expected a Siglip2ImageProcessor, got {type(image_processor).__name__}")
     P = int(image_processor.patch_size)
-    M = int(max_num_patches or image_processor.max_num_patches)
+    # only None means the processor's budget: a 0 is an error, not a silent default
+    M = image_processor.max_num_patches if max_num_patches is None else max_num_patches
+    M = positive_int("max_num_patches", M)
     keys = [s[0] for s in samples]
     images = [s[1] for s in samples]
     if image_processor.do_resize and image_processor.backend == "pil":

@@ -6,8 +6,10 @@ or bytes, optional caption); a `SampleError` is a sample that cannot be used. Th
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
@@ -89,15 +91,27 @@ class WebDatasetSource:
             url, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False, handler=handler
         )
         report = on_error or _raise
+        seen: set[str] = set()
         for sample in ds:
             key = f"{name}/{sample['__key__']}"
+            if key in seen:
+                # keys must be unique: the first sample keeps the key, a later one is an error, never a duplicate row
+                report(SampleError(key, "repeated sample key in the tar (the first sample with it is kept)"))
+                continue
+            seen.add(key)
             img = next((sample[m] for m in WDS_IMAGE_MEMBERS if m in sample), None)
             if img is None:
                 members = sorted(k for k in sample if not k.startswith("__"))
                 report(SampleError(key, f"no image member (has {members})"))
                 continue
             cap = sample.get(self.text_member)
-            yield Record(key, bytes(img), cap.decode("utf-8", "replace") if cap is not None else None)
+            if cap is not None:
+                try:
+                    cap = bytes(cap).decode("utf-8")
+                except UnicodeDecodeError as e:  # replacement characters would be embedded as if they were text
+                    report(SampleError(key, f"{self.text_member} member is not valid UTF-8 ({e.reason} at {e.start})"))
+                    continue
+            yield Record(key, bytes(img), cap)
         for e in errors:
             report(SampleError(f"{name}/*", f"unreadable tar {url!r} ({type(e).__name__}: {e})"))
 
@@ -128,10 +142,7 @@ def open_source(
             raise FileNotFoundError(f"input: webdataset shard {missing[0]!r} does not exist")
         return WebDatasetSource(shards)
     if os.path.isdir(s):
-        files = []
-        for root, dirs, names in os.walk(s, followlinks=True):
-            dirs.sort()
-            files.extend(os.path.join(root, n) for n in names)
+        files = _walk_files(s)
         images = sorted(f for f in files if _is_image_name(f))
         if not images:
             tars = sorted(f for f in files if f.endswith(".tar"))
@@ -151,6 +162,35 @@ def open_source(
     )
 
 
+def _walk_files(top: str) -> list[str]:
+    """Every file under `top`, following directory symlinks but each real directory once: a link to an ancestor
+    (`ln -s . d/self`) would otherwise list the same files again on every level, or forever with two such links."""
+    seen: set[tuple[int, int]] = set()
+    files = []
+    for root, dirs, names in os.walk(top, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        files.extend(os.path.join(root, n) for n in names)
+    return files
+
+
+def _read_text(path: str) -> str:
+    """A text input file, UTF-8 with or without a BOM (spreadsheet exports add one); invalid UTF-8 is a ValueError
+    naming the file and the line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"input: {path}:{line} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
 def _resolve(base: str, p: str) -> str:
     p = os.path.expanduser(p)
     return p if os.path.isabs(p) else os.path.join(base, p)
@@ -158,8 +198,7 @@ def _resolve(base: str, p: str) -> str:
 
 def _list_source(path: str) -> FileSource:
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
+    lines = [line.strip() for line in re.split(r"\r\n|\r|\n", _read_text(path))]
     recs = [Record(line, _resolve(base, line)) for line in lines if line and not line.startswith("#")]
     if not recs:
         raise ValueError(f"input: {path!r} lists no paths")
@@ -170,18 +209,26 @@ def _table_source(path: str, ext: str, image_column: str, text_column: str | Non
     base = os.path.dirname(os.path.abspath(path))
     rows: list[dict] = []
     if ext == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"input: {path}:{n} is not valid JSON ({e})") from e
-                    if not isinstance(rows[-1], dict):
-                        raise ValueError(f"input: {path}:{n}: expected a JSON object per line")
+        for n, line in enumerate(_read_text(path).split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"input: {path}:{n} is not valid JSON ({e})") from e
+                if not isinstance(rows[-1], dict):
+                    raise ValueError(f"input: {path}:{n}: expected a JSON object per line")
     else:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ","))
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter="\t" if ext == ".tsv" else ",")
+        try:
+            for r in reader:
+                if None in r:  # DictReader's key for the fields past the header's
+                    raise ValueError(
+                        f"input: {path}:{reader.line_num}: {len(reader.fieldnames or []) + len(r[None])} fields "
+                        f"for {len(reader.fieldnames or [])} columns (a comma in an unquoted field?)"
+                    )
+                rows.append(r)
+        except csv.Error as e:
+            raise ValueError(f"input: {path}:{reader.line_num}: {e}") from None
     if not rows:
         raise ValueError(f"input: {path!r} has no rows")
     columns = set().union(*(r.keys() for r in rows))
@@ -196,5 +243,7 @@ def _table_source(path: str, ext: str, image_column: str, text_column: str | Non
         if not isinstance(ref, str) or not ref:
             raise ValueError(f"input: {path!r} row {n}: column {image_column!r} is empty or not a string")
         cap = r.get(text_col) if text_col else None
+        if isinstance(cap, (bool, dict, list)):  # str() of these would be embedded as if it were the caption
+            raise ValueError(f"input: {path!r} row {n}: column {text_col!r} is a {type(cap).__name__}, not text")
         recs.append(Record(ref, _resolve(base, ref), None if cap is None else str(cap)))
     return FileSource(recs, description=path)

@@ -184,6 +184,10 @@ class NaFlexStream:
         P, M = int(self.image_processor.patch_size), self.max_num_patches
         good = []
         for r in records:
+            if r.caption is not None and not _encodable(r.caption):
+                # a lone surrogate (JSON "\\udcff") has no UTF-8 and would fail the whole batch in the tokenizer
+                errors.append((r.key, "caption is not valid Unicode (a lone surrogate)"))
+                continue
             try:
                 img = decode_image(r, fast=(P, M) if self.fast_decode else None)
             except SampleError as e:
@@ -222,6 +226,14 @@ class NaFlexStream:
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,
         )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chunked(it: Iterable, n: int) -> Iterator[list]:

@@ -7,8 +7,9 @@ the single-process output file for file. DataLoader workers decode, resize and p
 (`siglip2.data.NaFlexStream`); the main process copies pinned batches to the device on a side stream one batch
 ahead (`DevicePrefetcher`), runs the packed model (`siglip2.fast.Siglip2Model`) and writes each unit atomically
 (output.py: keys and text first, the image shard last: its presence marks the unit done). A rerun with the same
-arguments skips done units; other arguments are refused (`run.json` holds them). Rank 0 writes `errors.jsonl`
-and `manifest.json` after a barrier (gloo).
+arguments skips complete units and redoes those with a missing, truncated or short file; other arguments or other
+weights (`weights_sha256`, output.py) are refused (`run.json` holds them). Keys files: see output.py. Rank 0
+writes `errors.jsonl` and `manifest.json` after a barrier (gloo).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .output import ERRORS, check_run, run_hash, save_unit, unit_done, write_manifest
+from .output import ERRORS, check_run, run_hash, save_unit, unit_problem, write_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         run_cfg = _run_config(args, job)
         _claim_output(job.out, run_cfg, rank, world)
         units = plan_units(job.source, args.shard_size)
-        todo = [u for u in units[rank::world] if not unit_done(job.out, u)]
+        todo = _todo(job.out, units[rank::world], run_hash(run_cfg))
         written, n_images, t_loop = _embed_units(job, todo, args, run_hash(run_cfg), rank, world)
         if world > 1:
             dist.barrier()
@@ -117,11 +118,31 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def _todo(out: str, units: list[Unit], run_id: str) -> list[Unit]:
+    """The units to (re)do: not written, or with a file missing, truncated or short (a keys file deleted by hand,
+    a shard cut off by a full disk). A unit is all its files or it is redone, so a manifest never names a lost
+    file."""
+    todo = []
+    for u in units:
+        problem = unit_problem(out, u, run_id)
+        if problem is None:
+            continue
+        if problem != "not written yet":
+            print(f"siglip2 embed-dataset: redoing unit {u.name}: {problem}", file=sys.stderr)
+        todo.append(u)
+    return todo
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    from ..pipeline import MAX_NUM_PATCHES
+
     for name in ("batch_size", "tokens_per_batch", "shard_size", "max_num_patches"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {v}")
+    if args.max_num_patches is not None and args.max_num_patches > MAX_NUM_PATCHES:
+        # memory grows with its square: a huge budget upscales every image and then fails allocating TiBs
+        raise ValueError(f"--max-num-patches: expected 1..{MAX_NUM_PATCHES}, got {args.max_num_patches}")
     if args.num_workers < 0:
         raise ValueError(f"--num-workers: must be >= 0, got {args.num_workers}")
 
@@ -143,11 +164,11 @@ def _open(args: argparse.Namespace, rank: int) -> _Job:
     import torch
 
     from ..data import open_source
-    from ..pipeline import load_model
+    from ..pipeline import MAX_NUM_PATCHES, load_model, resolve_device
     from ..processing.image_processing import Siglip2ImageProcessor, image_processor_from_pretrained
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)  # a bad --device is one line, before the model loads
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local)  # one GPU per torchrun process
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -157,6 +178,11 @@ def _open(args: argparse.Namespace, rank: int) -> _Job:
     if not isinstance(ip, Siglip2ImageProcessor):
         raise ValueError(f"--model: embed-dataset needs a NaFlex (siglip2) checkpoint, {directory!r} is FixRes")
     M = int(args.max_num_patches or ip.max_num_patches)
+    if M > MAX_NUM_PATCHES:  # only the checkpoint's own value can get here: --max-num-patches is checked
+        raise ValueError(
+            f"--model: {directory!r} has max_num_patches {M} in its preprocessor config (at most {MAX_NUM_PATCHES}); "
+            "pass --max-num-patches"
+        )
     if args.tokens_per_batch is not None and args.tokens_per_batch < M:
         raise ValueError(f"--tokens-per-batch: must be at least max_num_patches ({M}), got {args.tokens_per_batch}")
     return _Job(
@@ -193,7 +219,7 @@ def _tokenizer(source: FileSource | WebDatasetSource, directory: str, rank: int)
 
 def _run_config(args: argparse.Namespace, job: _Job) -> dict:
     """What run.json records: everything the embeddings depend on (a resume must match it)."""
-    from .output import keys_digest, sha256_file
+    from .output import keys_digest, sha256_file, weights_digest
 
     ip = job.image_processor
     return {
@@ -201,6 +227,7 @@ def _run_config(args: argparse.Namespace, job: _Job) -> dict:
         "input_digest": keys_digest(job.source),
         "model": os.path.abspath(job.directory),
         "config_sha256": sha256_file(os.path.join(job.directory, "config.json")),
+        "weights_sha256": weights_digest(job.directory),
         "patch_size": int(ip.patch_size),
         "max_num_patches": job.max_num_patches,
         "resample": int(ip.resample),

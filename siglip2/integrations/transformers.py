@@ -25,7 +25,10 @@ transformers is imported only when one of these functions is called):
    It only sets an instance `forward`: the module tree, the state dict, parameter identity, hooks and
    `save_pretrained` stay untouched, and gradients flow to the same parameters. `unpatch_transformers(model)`
    removes exactly what was set. Calls that ask for attention weights (`output_attentions=True`) run the original
-   forward. Differences, as for `siglip2.fast`: padded rows of `last_hidden_state` are zeros.
+   forward, and so (with a one-time warning) do calls on a tower with hooks on an inner module, gradient
+   checkpointing on, or a parametrized or pruned parameter, which the packed path would skip. The instance forward
+   is an object bound to its module, so copy.deepcopy and torch.save carry the patch with the copy.
+   Differences, as for `siglip2.fast`: padded rows of `last_hidden_state` are zeros.
 """
 
 from __future__ import annotations
@@ -249,14 +252,18 @@ def _shadow(hf: nn.Module, ours_cls: type[nn.Module], kernel_impl: str) -> nn.Mo
     return ours
 
 
-def _rebind(ours: nn.Module) -> None:
-    """Follow Parameters that were replaced on the transformers side since patching (e.g. load_state_dict(assign))."""
+def _rebind(ours: nn.Module) -> str | None:
+    """Follow Parameters that were replaced on the transformers side since patching (e.g. load_state_dict(assign));
+    returns the name of one that is no longer a plain Parameter (parametrized, pruned, deleted), else None."""
     # set with object.__setattr__ by _shadow, so it sits in the instance __dict__ (not a Module attribute)
     bindings: list[tuple[nn.Module, nn.Module, str]] = vars(ours)["_bindings"]
     for theirs_mod, ours_mod, leaf in bindings:
-        p = theirs_mod._parameters[leaf]
+        p = theirs_mod._parameters.get(leaf)
+        if p is None:
+            return leaf
         if ours_mod._parameters[leaf] is not p:
             ours_mod._parameters[leaf] = p
+    return None
 
 
 def _to_hf_output(out: Any, return_dict: bool | None) -> Any:
@@ -271,35 +278,101 @@ def _to_hf_output(out: Any, return_dict: bool | None) -> Any:
     return hf if return_dict is not False else hf.to_tuple()
 
 
-def _tower_forward(hf: nn.Module, ours: nn.Module, original: Callable[..., Any], kind: str) -> Callable[..., Any]:
-    sig = inspect.signature(original)
+_SIGNATURES: dict[Any, inspect.Signature] = {}
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        bound = sig.bind(*args, **kwargs)
-        a = dict(bound.arguments)
+
+def _notice_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"patch_transformers: {reason}; such calls run transformers' original forward", stacklevel=4)
+
+
+def _user_hooks(module: nn.Module) -> bool:
+    """Hooks someone registered on `m`; transformers' own output-capturing hooks (installed on the inner layers the
+    first time an original forward runs, inactive outside its capture context) do not count."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    return any(
+        getattr(h, "__module__", None) != "transformers.utils.output_capturing" for d in hooks for h in d.values()
+    )
+
+
+class _PatchedForward:
+    """The instance `forward` that patch_transformers sets: an object holding the module it patches, not a closure
+    over it, so that copy.deepcopy and pickle (torch.save) carry it along with the module. A closure is copied as
+    is, and the copy would keep computing with the original module's parameters."""
+
+    def __init__(self, module: nn.Module, previous: Any) -> None:
+        self.module, self.previous = module, previous  # previous: an instance forward that was there before, or None
+
+    def original(self) -> Callable[..., Any]:
+        return self.previous if self.previous is not None else type(self.module).forward.__get__(self.module)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # what inspect.signature(model.forward) shows (e.g. Trainer)
+        return self._signature(self.original())
+
+    @staticmethod
+    def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+        key = getattr(fn, "__func__", fn)
+        sig = _SIGNATURES.get(key)
+        if sig is None:
+            sig = _SIGNATURES[key] = inspect.signature(fn)
+        return sig
+
+    def _arguments(self, original: Callable[..., Any], args: Any, kwargs: Any) -> dict[str, Any]:
+        a = dict(self._signature(original).bind(*args, **kwargs).arguments)
         a.update(a.pop("kwargs", {}))
+        return a
+
+
+class _TowerForward(_PatchedForward):
+    def __init__(self, module: nn.Module, previous: Any, shadow: nn.Module) -> None:
+        super().__init__(module, previous)
+        self.shadow = shadow
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        hf, original = self.module, self.original()
+        a = self._arguments(original, args, kwargs)
         hf_config: Any = hf.config  # a transformers PretrainedConfig (nn.Module's typing only knows tensors/modules)
         if a.get("output_attentions") or (a.get("output_attentions") is None and hf_config.output_attentions):
             return original(*args, **kwargs)  # the kernels never materialize attention weights
         if a.pop("interpolate_pos_encoding", False):
             return original(*args, **kwargs)
+        # the packed path runs the shadow's modules, so hooks on the tower's inner modules would never fire
+        inner = next((n for n, m in hf.named_modules() if m is not hf and _user_hooks(m)), None)
+        if inner is not None:
+            _notice_once(f"{type(hf).__name__} has hooks on an inner module ({inner!r}, maybe more)")
+            return original(*args, **kwargs)
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in hf.modules())
+        if hf.training and torch.is_grad_enabled() and checkpointing:
+            _notice_once(f"{type(hf).__name__} has gradient checkpointing on, which the packed path does not do")
+            return original(*args, **kwargs)
+        gone = _rebind(self.shadow)
+        if gone is not None:
+            _notice_once(f"{type(hf).__name__} has a parameter {gone!r} that is no longer a plain Parameter")
+            return original(*args, **kwargs)
+        # flags left to the config follow the tower's live config (the shadow's is a copy taken at patch time)
+        if a.get("output_hidden_states") is None:
+            a["output_hidden_states"] = bool(getattr(hf_config, "output_hidden_states", False))
         return_dict = a.pop("return_dict", None)
-        _rebind(ours)
-        ours.train(hf.training)
-        out = ours(**a, return_dict=True)
+        if return_dict is None:
+            return_dict = getattr(hf_config, "return_dict", True)
+        self.shadow.train(hf.training)
+        out = self.shadow(**a, return_dict=True)
         return _to_hf_output(out, return_dict)
 
-    return forward
 
+class _DualForward(_PatchedForward):
+    def __init__(self, module: nn.Module, previous: Any, kernel_impl: str) -> None:
+        super().__init__(module, previous)
+        self.kernel_impl = kernel_impl
 
-def _dual_forward(hf: nn.Module, original: Callable[..., Any], kernel_impl: str) -> Callable[..., Any]:
-    sig = inspect.signature(original)
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        bound = sig.bind(*args, **kwargs)
-        a = dict(bound.arguments)
-        a.update(a.pop("kwargs", {}))
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        hf, original = self.module, self.original()
+        a = self._arguments(original, args, kwargs)
         return_loss, return_dict = a.pop("return_loss", None), a.pop("return_dict", None)
+        if return_dict is None:
+            return_dict = getattr(hf.config, "return_dict", True)
         out = original(**a, return_loss=False, return_dict=True)
         if return_loss:
             n_img, n_txt = out.image_embeds.shape[0], out.text_embeds.shape[0]
@@ -307,11 +380,9 @@ def _dual_forward(hf: nn.Module, original: Callable[..., Any], kernel_impl: str)
                 raise ValueError(
                     f"return_loss needs as many texts as images (a square batch), got {n_txt} texts and {n_img} images"
                 )
-            loss = sigmoid_loss(out.image_embeds, out.text_embeds, hf.logit_scale, hf.logit_bias, impl=kernel_impl)
+            loss = sigmoid_loss(out.image_embeds, out.text_embeds, hf.logit_scale, hf.logit_bias, impl=self.kernel_impl)
             out = type(out)(loss=loss, **{k: v for k, v in out.items() if k != "loss"})
         return out if return_dict is not False else out.to_tuple()
-
-    return forward
 
 
 def patch_transformers(model: nn.Module, kernel_impl: str = "auto") -> list[str]:
@@ -336,11 +407,11 @@ def patch_transformers(model: nn.Module, kernel_impl: str = "auto") -> list[str]
     for path, mod, kind, shadow in todo:
         had = "forward" in mod.__dict__
         record = _Patch(mod, path, had, mod.__dict__.get("forward"), shadow)
-        original = mod.forward
+        previous = mod.__dict__.get("forward")
         if kind == "dual":
-            mod.forward = _dual_forward(mod, original, kernel_impl)
+            mod.forward = _DualForward(mod, previous, kernel_impl)
         else:
-            mod.forward = _tower_forward(mod, shadow, original, kind)
+            mod.forward = _TowerForward(mod, previous, shadow)
         object.__setattr__(mod, _PATCHES, record)
         patched.append(path)
     return patched

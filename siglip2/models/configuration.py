@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
-from ..checkpoints.loading import CONFIG_NAME, read_config_json, resolve_dir
+from ..checkpoints.loading import CONFIG_NAME, config_model_type, read_config_json, resolve_dir
 from ..checkpoints.saving import save_config_json
 
 if TYPE_CHECKING:
@@ -189,6 +189,7 @@ class BaseConfig:
         directory = resolve_dir(name_or_path, **hub_kwargs)
         path = os.path.join(directory, CONFIG_NAME)
         d = read_config_json(directory)
+        config_model_type(d, path)  # a `{}` or hand-trimmed file is refused, not read as the default model
         key = getattr(cls, "base_config_key", None)
         if key and d.get("model_type") != cls.model_type and key in d:
             d = d[key]

@@ -12,6 +12,7 @@ twice), and 16-bit images are scaled to 8 bits.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
@@ -67,6 +68,52 @@ def as_image_list(images: Images, name: str = "images") -> list:
     return [images]
 
 
+def check_processor_fields(d: dict) -> dict:
+    """The common processor settings present in `d`, checked and normalized (image_mean/std as 3 floats): a
+    TypeError/ValueError naming the field, what was expected and what came. The one place these fields are checked,
+    for keywords and config files alike (`read_preprocessor_config` adds the file's name)."""
+    import numbers
+
+    def real(key: str, x: object) -> float:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+            raise TypeError(f"{key}: expected a finite number, got {type(x).__name__} {x!r}")
+        return float(x)
+
+    out = {}
+    for key in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"):
+        # hub files hold "do_convert_rgb": null (transformers' "the default"); every image is converted anyway
+        if key in d and not isinstance(d[key], (bool, np.bool_)) and not (key == "do_convert_rgb" and d[key] is None):
+            raise TypeError(f"{key}: expected true or false, got {type(d[key]).__name__} {d[key]!r}")
+    if "resample" in d:
+        r = d["resample"]
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or not 0 <= int(r) <= 5:
+            raise ValueError(
+                f"resample: expected a PIL filter code 0-5 (2 = bilinear, 3 = bicubic), got {type(r).__name__} {r!r}"
+            )
+    if "rescale_factor" in d:
+        out["rescale_factor"] = real("rescale_factor", d["rescale_factor"])
+        if out["rescale_factor"] <= 0:
+            raise ValueError(f"rescale_factor: expected a number > 0 such as 1/255, got {d['rescale_factor']!r}")
+    for key in ("image_mean", "image_std"):
+        if key not in d:
+            continue
+        v = d[key]
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            v = [v] * 3
+        if not isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) or len(v) != 3:
+            raise ValueError(f"{key}: expected 3 numbers (R, G, B) or one number, got {v!r}")
+        v = out[key] = [real(f"{key}[{i}]", x.item() if hasattr(x, "item") else x) for i, x in enumerate(v)]
+        if key == "image_std" and not all(math.isfinite(x) and x != 0 for x in v):
+            # normalization divides by it: a 0 or inf gives NaN / zero pixels and NaN scores, silently
+            raise ValueError(f"image_std: expected 3 finite non-zero values, got {v}")
+    for key in ("patch_size", "max_num_patches"):
+        if key in d:
+            positive_int(key, d[key])
+    if d.get("size") is not None:  # NaFlex files may carry a null size, which they never read
+        SiglipImageProcessor._size(d["size"])
+    return out
+
+
 class _ImageProcessor:
     """Shared config handling: attributes from defaults + kwargs, unknown config keys kept for saving."""
 
@@ -89,16 +136,8 @@ class _ImageProcessor:
         self.extra = {k: v for k, v in kwargs.items() if k not in self._defaults}
         for k, v in self._defaults.items():
             setattr(self, k, kwargs.get(k, v))
-        if isinstance(self.resample, str) or not 0 <= int(self.resample) <= 5:
-            raise ValueError(
-                f"resample: expected a PIL filter code 0-5 (2 = bilinear, 3 = bicubic), got {self.resample!r}"
-            )
-        for key in ("image_mean", "image_std"):
-            v = getattr(self, key)
-            v = [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
-            if len(v) != 3:
-                raise ValueError(f"{key}: expected 3 values (RGB), got {len(v)}")
-            setattr(self, key, v)
+        for k, v in check_processor_fields({k: getattr(self, k) for k in self._defaults}).items():
+            setattr(self, k, v)
         self._check_sizes()
 
     def _check_sizes(self) -> None:
@@ -218,6 +257,10 @@ def read_preprocessor_config(directory: str) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object of processor settings, got a {type(d).__name__}")
+    try:
+        check_processor_fields(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
     return d
 
 

@@ -90,13 +90,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_budgets(text: str) -> list[int]:
+    from ..pipeline import MAX_NUM_PATCHES
+
     try:
         vals = sorted({int(v) for v in str(text).split(",") if v.strip()})
     except ValueError as e:
         raise ValueError(f"--max-num-patches: expected comma-separated integers, got {text!r}") from e
-    if not vals or vals[0] < 1:
-        raise ValueError(f"--max-num-patches: expected positive integers, got {text!r}")
+    if not vals or vals[0] < 1 or vals[-1] > MAX_NUM_PATCHES:
+        # the same cap as classify / embed: memory grows with its square (a billion fails allocating TiBs)
+        raise ValueError(f"--max-num-patches: expected integers in 1..{MAX_NUM_PATCHES}, got {text!r}")
     return vals
+
+
+def _check_json_path(path: str | None) -> None:
+    """--json is renamed into place at the end: refuse up front anything there that is not a regular file (a
+    device, a FIFO, a directory), which the rename would replace."""
+    import stat
+
+    if path is None:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO"))
+        kind = next((k for t, k in kinds if t(mode)), "not a regular file")
+        raise ValueError(f"--json: {os.path.abspath(path)!r} is {kind}, not a regular file; give a file path")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -296,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
     from .timing import environment
 
     _check_args(args)
+    _check_json_path(args.json)
     if args.plots:
         try:
             import matplotlib  # noqa: F401
@@ -375,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report.table(result))
     if args.json:
+        _check_json_path(args.json)  # again: profiling took a while
         report.write_json(result, args.json)
         print(f"wrote {args.json}")
     if args.plots:

@@ -4,13 +4,17 @@
 directly usable by `siglip2 classify`), and `OUT/checkpoint-<step>/state/` holds the optimizer, scheduler, step,
 data position and every rank's RNG through torch.distributed.checkpoint (sharded under FSDP2). A checkpoint is
 written under a temporary name, renamed into place when complete, and only then named by `OUT/latest`; a crash
-at any point leaves the previous checkpoint as the one `--resume` reads.
+at any point leaves the previous checkpoint as the one `--resume` reads (without `latest`, the newest
+`checkpoint-*`: only complete ones are ever renamed into place). Each checkpoint also records the run's arguments
+(`train_args.json`), which a resume must repeat. A damaged checkpoint (a missing or unreadable file, a `latest`
+naming no checkpoint folder) is a ValueError naming the file; nothing is deleted to recover from it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -63,7 +67,12 @@ def full_model_state(module) -> dict:
 EXTRA_KEYS = ("step", "cursor", "consumed", "world_size")
 
 
-def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, extra, processor_files, keep_last):
+RUN_ARGS = "train_args.json"  # the arguments a resume must repeat (loop.RESUME_FIXED)
+
+
+def save_checkpoint(
+    out_dir, step, module, base_model, optimizer, scheduler, extra, processor_files, keep_last, run_args=None
+):
     """Write OUT/checkpoint-<step> crash-safely (see the module docstring); every rank must call it."""
     import torch.distributed.checkpoint.state_dict_saver as dcp_saver
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -76,6 +85,8 @@ def save_checkpoint(out_dir, step, module, base_model, optimizer, scheduler, ext
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
         _save_model(base_model, model_sd, os.path.join(tmp, "model"), processor_files)
+        if run_args is not None:
+            atomic_write_text(os.path.join(tmp, RUN_ARGS), json.dumps(run_args, indent=2, sort_keys=True) + "\n")
     _barrier()
     state = {
         "optim": get_optimizer_state_dict(module, optimizer),
@@ -112,21 +123,59 @@ def _save_model(base_model, state, directory, processor_files):
             shutil.copy2(src, os.path.join(directory, os.path.basename(src)))
 
 
+_NAME = re.compile(r"checkpoint-\d{8,}")
+
+
 def latest_checkpoint(out_dir) -> str | None:
+    """The checkpoint OUT/latest names; without `latest` (a crash after a checkpoint was renamed into place but
+    before `latest` was written), the newest OUT/checkpoint-* (only complete ones are ever renamed into place);
+    None when there is none. A `latest` that names no checkpoint folder beside it is a ValueError naming it."""
+    latest = os.path.join(out_dir, "latest")
     try:
-        with open(os.path.join(out_dir, "latest")) as f:
+        with open(latest, encoding="utf-8") as f:
             name = f.read().strip()
     except FileNotFoundError:
-        return None
+        names = sorted(d for d in os.listdir(out_dir) if _NAME.fullmatch(d)) if os.path.isdir(out_dir) else []
+        return os.path.join(out_dir, names[-1]) if names else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--resume: cannot read {latest} ({e})") from None
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"--resume: {latest} should name a checkpoint-NNNNNNNN folder beside it, got {name[:80]!r}; "
+            "delete it to resume from the newest checkpoint-* folder"
+        )
     path = os.path.join(out_dir, name)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--resume: {out_dir}/latest names {name!r}, which does not exist")
+        raise ValueError(f"--resume: {latest} names {name!r}, which does not exist")
     return path
+
+
+def check_checkpoint(path) -> None:
+    """Refuse a checkpoint folder without the files a resume reads, naming the first one missing."""
+    for rel in ("model/config.json", "state/.metadata"):
+        if not os.path.isfile(os.path.join(path, rel)):
+            raise ValueError(f"--resume: {os.path.join(path, rel)} is missing: the checkpoint {path} is damaged")
+
+
+def read_run_args(path) -> dict | None:
+    """The arguments recorded in a checkpoint (None for one written before they were recorded)."""
+    f = os.path.join(path, RUN_ARGS)
+    if not os.path.exists(f):
+        return None
+    try:
+        with open(f, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume: cannot read {f} ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--resume: {f}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def load_training_state(path, module, optimizer, scheduler) -> dict:
     """Restore optimizer, scheduler and this rank's RNG from `path/state`; returns the saved `extra` dict."""
     import torch.distributed.checkpoint.state_dict_loader as dcp_loader
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     rank = _rank()
@@ -136,12 +185,21 @@ def load_training_state(path, module, optimizer, scheduler) -> dict:
         "extra": dict.fromkeys(EXTRA_KEYS, 0),
         f"rng_rank{rank}": _rng_state(),
     }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp_loader.load(state, checkpoint_id=os.path.join(path, "state"))
-    set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optim"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state[f"rng_rank{rank}"])
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp_loader.load(state, checkpoint_id=os.path.join(path, "state"))
+        set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optim"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state[f"rng_rank{rank}"])
+    except (Exception, CheckpointException) as e:  # DCP's (a BaseException) carries every rank's traceback: keep
+        # its last line and name the folder
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        why = lines[-1].strip() if lines else type(e).__name__
+        raise ValueError(
+            f"--resume: {os.path.join(path, 'state')}: the training state cannot be read ({type(e).__name__}: "
+            f"{why[:300]}); the checkpoint is damaged: delete it (and OUT/latest) to resume from an older one"
+        ) from None
     return state["extra"]
 
 

@@ -10,13 +10,20 @@ One process, or every rank of `torchrun --nproc-per-node W -m siglip2 train ...`
 blocks) across ranks, the fused `sigmoid_loss` in one process. `--batch-size` and `--tokens-per-batch` are per rank;
 the log shows the global batch. `--warmup` is in steps. Batches follow `siglip2.train.data.BatchPlan`; checkpoints
 and resume follow `siglip2.train.checkpointing`. `train(TrainConfig(...))` (loop.py) is the same run from Python.
+
+Refused before any work, one line each: an --out holding a run without --resume, a resume with other arguments
+(loop.RESUME_FIXED), a global batch larger than the table (a pair's copy would be its own negative), out-of-range
+numbers, a --device this machine lacks. A non-finite loss or gradient norm stops the run naming the step, before
+anything from that step is saved; Ctrl-C prints the step reached and the checkpoint to resume from (exit 130).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 
-from .loop import TrainConfig, train
+from .loop import REPORT_TO, TrainConfig, TrainingInterrupted, train
 
 
 def add_arguments(p) -> None:
@@ -53,10 +60,10 @@ def add_arguments(p) -> None:
         help="charge each caption's text tokens (its padded length, 64) against --tokens-per-batch as well",
     )
     a("--lr", type=float, default=1e-4)
-    a("--min-lr-ratio", type=float, default=0.0, help="final lr as a fraction of --lr (cosine)")
+    a("--min-lr-ratio", type=float, default=0.0, help="final lr as a fraction of --lr (cosine), in [0, 1]")
     a("--warmup", type=int, default=0, help="linear warm-up steps")
     a("--weight-decay", type=float, default=0.1)
-    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off, the norm is still logged)")
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm >= 0 (0: off; the norm is still logged)")
     a("--precision", choices=["fp32", "bf16"], default="fp32")
     a("--grad-checkpointing", action="store_true", help="recompute each encoder layer in backward")
     a("--fsdp", action="store_true", help="FSDP2 (fully_shard per encoder layer, then the root) instead of DDP")
@@ -69,7 +76,14 @@ def add_arguments(p) -> None:
     )
     a("--compile", action="store_true", help="torch.compile each encoder layer")
     a("--kernel-impl", choices=["auto", "triton", "reference"], default="auto")
-    a("--resume", action="store_true", help="continue from OUT/latest")
+    a(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/latest (or, if it is missing, the newest OUT/checkpoint-*). The other arguments "
+        "must be the first run's; only --stop-after, --log-every, --save-every, --keep-last, --workers, --device, "
+        "--report-to, --kernel-impl, --compile and --grad-checkpointing may change. Without --resume, an --out "
+        "that holds a run is refused",
+    )
     a(
         "--stop-after",
         type=int,
@@ -78,11 +92,16 @@ def add_arguments(p) -> None:
     )
     a("--log-every", type=int, default=10)
     a("--save-every", type=int, default=0, help="checkpoint every K steps (and always at the end)")
-    a("--keep-last", type=int, default=2, help="checkpoints to keep")
+    a("--keep-last", type=int, default=2, help="checkpoints to keep (0: all)")
     a("--workers", type=int, default=2, help="data loader workers per rank")
     a("--seed", type=int, default=0)
     a("--device", default=None)
-    a("--report-to", default="", help="'tensorboard' to also write TensorBoard events under OUT/tb")
+    a(
+        "--report-to",
+        default=(),
+        type=_report_to,
+        help="'tensorboard' to also write TensorBoard events under OUT/tb (needs the tensorboard package)",
+    )
     a("--dry-run", action="store_true", help="print the plan (parameters, tokens, activation memory) and exit")
 
 
@@ -91,9 +110,21 @@ def run(args) -> int:
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     )
     cfg.seq_lens = _parse_lens(args.seq_lens)
-    cfg.report_to = tuple(s for s in args.report_to.split(",") if s)
-    train(cfg)
+    try:
+        train(cfg)
+    except KeyboardInterrupt as e:
+        msg = str(e) if isinstance(e, TrainingInterrupted) else "interrupted before the first step; nothing was trained"
+        print(f"siglip2 train: {msg}", file=sys.stderr)
+        return 130  # the shell's code for a SIGINT
     return 0
+
+
+def _report_to(s: str) -> tuple:
+    got = tuple(x.strip() for x in s.split(",") if x.strip() and x.strip() != "none")
+    bad = [x for x in got if x not in REPORT_TO]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(REPORT_TO)} (or none), got {bad[0]!r}")
+    return got
 
 
 def _parse_lens(s) -> tuple:

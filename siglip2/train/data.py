@@ -265,8 +265,15 @@ class WebDatasetBatches(torch.utils.data.IterableDataset):
         while True:
             order = list(self.mine)
             random.Random(self.plan.seed * 7919 + epoch).shuffle(order)
+            n, errors = 0, []
             for i in order:
-                yield from self.source.iter_shard(i, on_error=lambda e: None)
+                for rec in self.source.iter_shard(i, on_error=errors.append):
+                    n += 1
+                    yield rec
+            if n == 0:  # another pass would find nothing either: without this the stream spins forever
+                names = ", ".join(self.source.shards[i] for i in self.mine[:3]) + (" ..." if len(self.mine) > 3 else "")
+                why = f" (first problem: {errors[0].key}: {errors[0].reason})" if errors else ""
+                raise ValueError(f"--data: no usable record (an image member and a caption) in {names}{why}")
             epoch += 1
 
     def __iter__(self):

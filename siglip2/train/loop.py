@@ -56,6 +56,95 @@ class TrainConfig:
     progress: bool = True
 
 
+# The arguments a resumed run must share with the run that wrote its checkpoint (they decide the batches, the
+# schedule or the model); the others (--stop-after, --log-every, --save-every, --keep-last, --workers, --device,
+# --report-to, --kernel-impl, --compile, --grad-checkpointing, --cache-image-embeddings) may change.
+RESUME_FIXED = (
+    "data",
+    "model",
+    "tokenizer",
+    "steps",
+    "epochs",
+    "batch_size",
+    "tokens_per_batch",
+    "seq_lens",
+    "mixed_budgets",
+    "count_text_tokens",
+    "lr",
+    "min_lr_ratio",
+    "warmup",
+    "weight_decay",
+    "betas",
+    "max_grad_norm",
+    "precision",
+    "fsdp",
+    "lock_image",
+    "seed",
+)
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradient norm became non-finite: the run stopped before saving anything from that step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says the step reached and how to resume."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse values that would train nothing, diverge or silently mean something else, before any work."""
+    from ..pipeline import MAX_NUM_PATCHES
+
+    if cfg.steps is None and cfg.epochs is None:
+        raise ValueError("--steps / --epochs: give one (how long to train)")
+    positives = ("steps", "log_every", "stop_after", "batch_size", "tokens_per_batch")
+    for name in (*positives, "workers", "warmup", "save_every", "keep_last"):
+        v = getattr(cfg, name)
+        positive = name in positives
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if positive else 0)):
+            kind = "positive" if positive else "non-negative"
+            raise ValueError(f"{_flag(name)}: expected a {kind} integer, got {v!r}")
+    ep = cfg.epochs
+    if ep is not None and not (isinstance(ep, (int, float)) and math.isfinite(ep) and ep > 0):
+        raise ValueError(f"--epochs: expected a positive finite number, got {cfg.epochs!r}")
+    for name, lo, hi in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("min_lr_ratio", 0.0, 1.0)):
+        v = getattr(cfg, name)
+        ok = isinstance(v, (int, float)) and math.isfinite(v) and v >= lo and (hi is None or v <= hi)
+        if not ok or (name == "lr" and v == 0):
+            want = "in [0, 1]" if hi is not None else "a positive finite number" if name == "lr" else ">= 0, finite"
+            raise ValueError(f"{_flag(name)}: expected {want}, got {v!r}")
+    g = cfg.max_grad_norm
+    if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):  # 0 is "off", a documented choice
+        raise ValueError(
+            f"--max-grad-norm: expected a finite number >= 0 (0 turns clipping off), got {cfg.max_grad_norm!r}"
+        )
+    if not cfg.seq_lens or any(
+        isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_NUM_PATCHES for m in cfg.seq_lens
+    ):
+        raise ValueError(
+            f"--seq-lens: expected patch budgets in 1..{MAX_NUM_PATCHES} (memory grows with their square), "
+            f"got {','.join(map(str, cfg.seq_lens)) if isinstance(cfg.seq_lens, (tuple, list)) else cfg.seq_lens!r}"
+        )
+    bad = [r for r in cfg.report_to if r not in REPORT_TO]
+    if bad:
+        raise ValueError(f"--report-to: expected {' or '.join(REPORT_TO)}, got {bad[0]!r}")
+    if "tensorboard" in cfg.report_to and not cfg.dry_run:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError as e:
+            raise ValueError(
+                f"--report-to tensorboard: tensorboard is not installed ({e}); pip install tensorboard, "
+                "or leave --report-to out"
+            ) from None
+
+
+REPORT_TO = ("tensorboard",)
+
+
 def setup_distributed(device_arg):
     """(rank, world size, device): a process group under torchrun (nccl on CUDA, else gloo), one GPU per rank."""
     import torch
@@ -66,12 +155,11 @@ def setup_distributed(device_arg):
         dist.init_process_group(backend)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if device_arg:
-        device = torch.device(device_arg)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        device = torch.device("cpu")
+    from ..pipeline import resolve_device
+
+    device = resolve_device(device_arg)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return rank, world, device
@@ -138,13 +226,7 @@ def train(cfg: TrainConfig) -> dict:
 
     if cfg.batch_size is None and cfg.tokens_per_batch is None:
         cfg.batch_size = 32
-    if cfg.steps is None and cfg.epochs is None:
-        raise ValueError("--steps / --epochs: give one (how long to train)")
-    for name in ("steps", "log_every", "workers", "warmup", "save_every"):
-        v = getattr(cfg, name)
-        if v is not None and (v < 0 or (name in ("steps", "log_every") and v == 0)):
-            kind = "positive" if name in ("steps", "log_every") else "non-negative"
-            raise ValueError(f"--{name.replace('_', '-')}: expected a {kind} integer, got {v}")
+    check_config(cfg)
     if cfg.cache_image_embeddings and (not cfg.lock_image or cfg.fsdp):
         raise ValueError(
             "--cache-image-embeddings: needs --lock-image (a frozen vision tower) and DDP or one process, not "
@@ -170,17 +252,49 @@ def train(cfg: TrainConfig) -> dict:
     elif cfg.epochs is None:
         raise ValueError("--steps / --epochs: give one of them (how long to train), got neither")
     elif isinstance(source, FileSource):
-        total = plan.steps_for(int(cfg.epochs * len(source)))
+        samples = int(cfg.epochs * len(source))
+        if samples // _max_global_batch(plan) > MAX_STEPS:  # steps_for walks the plan step by step: it would hang
+            raise ValueError(
+                f"--epochs: {cfg.epochs} of {len(source)} rows is more than {MAX_STEPS:.0e} steps; "
+                "give fewer --epochs (or --steps)"
+            )
+        total = plan.steps_for(samples)
+        if total < 1:
+            raise ValueError(
+                f"--epochs: {cfg.epochs} of {len(source)} rows is {int(cfg.epochs * len(source))} samples, "
+                "not one step; give more --epochs or --steps"
+            )
     else:
         raise ValueError("--epochs: webdataset shards have no known length; give --steps")
-    resume_dir = C.latest_checkpoint(cfg.out) if cfg.resume else None
-    if cfg.resume and resume_dir is None and rank == 0:
-        print(f"siglip2 train: --resume: no checkpoint in {cfg.out} yet, starting from step 0", file=sys.stderr)
+    run_args = _run_args(cfg)
+    resume_dir = None
+    if cfg.resume:
+        resume_dir = C.latest_checkpoint(cfg.out)
+        if resume_dir is None and rank == 0:
+            print(f"siglip2 train: --resume: no checkpoint in {cfg.out} yet, starting from step 0", file=sys.stderr)
+        elif resume_dir is not None:
+            if not os.path.exists(os.path.join(cfg.out, "latest")) and rank == 0:
+                print(
+                    f"siglip2 train: --resume: {cfg.out}/latest is missing (a crash while saving); resuming from "
+                    f"{os.path.basename(resume_dir)}, the newest complete checkpoint",
+                    file=sys.stderr,
+                )
+            C.check_checkpoint(resume_dir)
+            _check_same_run(C.read_run_args(resume_dir), run_args, resume_dir)
+    elif not cfg.dry_run:
+        _check_fresh_out(cfg.out)
+    if isinstance(source, FileSource):  # after the resume checks: a changed --data is named as such
+        _check_batch_fits(cfg, plan, len(source))
     model, tok, ip, proc_files = _build(cfg, device)
     if resume_dir:  # exact fp32 weights of the checkpoint
         from ..fast import Siglip2Model
 
-        model = Siglip2Model.from_pretrained(os.path.join(resume_dir, "model"), device=device)
+        try:
+            model = Siglip2Model.from_pretrained(os.path.join(resume_dir, "model"), device=device)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # CheckpointError would blame --model
+            raise ValueError(
+                f"--resume: {os.path.join(resume_dir, 'model')}: cannot load the checkpoint's weights ({e})"
+            ) from None
     if not cfg.dry_run:
         with torch.no_grad():  # own storage: tensors loaded from safetensors alias the file at arbitrary offsets,
             # where CPU kernels take other vectorized paths and round differently (resume would not be bit-exact)
@@ -211,6 +325,10 @@ def train(cfg: TrainConfig) -> dict:
                 f"--resume: the checkpoint was written by {extra.get('world_size')} ranks, this run "
                 f"has {world}; exact resume needs the same number"
             )
+        if cfg.stop_after is not None and cfg.stop_after <= step < total:  # it would never stop
+            raise ValueError(
+                f"--stop-after: {cfg.stop_after}, but {resume_dir} is already at step {step}; give a later step"
+            )
     os.makedirs(cfg.out, exist_ok=True)
     log_path = os.path.join(cfg.out, "log.jsonl")
     if rank == 0:
@@ -238,23 +356,164 @@ def train(cfg: TrainConfig) -> dict:
             batch_size=None,
             num_workers=min(cfg.workers, 1),
         )
-    return _loop(
-        cfg,
-        model,
-        module,
-        optimizer,
-        scheduler,
-        loader,
-        plan,
-        step,
-        total,
-        rank,
-        world,
-        device,
-        proc_files,
-        log_path,
-        image_cache,
+    try:
+        return _loop(
+            cfg,
+            model,
+            module,
+            optimizer,
+            scheduler,
+            loader,
+            plan,
+            step,
+            total,
+            rank,
+            world,
+            device,
+            proc_files,
+            log_path,
+            image_cache,
+        )
+    except KeyboardInterrupt as e:
+        if isinstance(e, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(_interrupted_message(cfg, None)) from None
+
+
+def _step(cfg, module, optimizer, scheduler, batch, params, autocast, dist_loss, image_cache, world, device, step):
+    """One optimizer step; (step, cursor, consumed, loss, grad norm) after it. Raises TrainingDiverged on a
+    non-finite loss or gradient norm: the weights are then not saved, so the last checkpoint stays the good one."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    from siglip2.kernels import sigmoid_loss
+
+    assert batch["step"] == step, (batch["step"], step)
+    keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "spatial_shapes")
+    inputs = [batch[k].to(device, non_blocking=True) if k in batch else None for k in keys]
+    with autocast:
+        img, txt, scale, bias = module(*inputs, cache_keys=batch["cache_keys"] if image_cache is not None else None)
+    if dist_loss is not None:
+        loss = dist_loss(img, txt, scale, bias)
+        (loss * world).backward()  # DDP / FSDP average gradients; the ring's per-rank shares sum to the total
+    else:
+        loss = sigmoid_loss(img, txt, scale, bias, impl=cfg.kernel_impl)
+        loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+    if isinstance(gn, DTensor):  # FSDP2: the norm of sharded gradients is a DTensor
+        gn = gn.full_tensor()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    # The loop already synchronized once per step to read the loss (progress bar, log); reading the grad norm in the
+    # same transfer makes the finiteness check free. The grad norm is the same on every rank (gradients are
+    # all-reduced), so every rank stops at the same step; a checkpoint is only written after this check passes.
+    loss_v, gn_v = torch.stack([loss.detach().float().reshape(()), gn.detach().float().reshape(())]).tolist()
+    if not (math.isfinite(loss_v) and math.isfinite(gn_v)):
+        raise TrainingDiverged(
+            f"step {step + 1}: the loss is {loss_v} and the gradient norm {gn_v}: training diverged (try a lower "
+            f"--lr than {cfg.lr}, or --warmup); nothing from this step was saved, the checkpoints in "
+            f"{cfg.out} are intact"
+        )
+    return step + 1, batch["cursor"], batch.get("consumed", 0), loss_v, gn_v
+
+
+def _run_args(cfg) -> dict:
+    """The RESUME_FIXED arguments as JSON data (paths made absolute, so a resume from another directory matches)."""
+    out = {}
+    for k in RESUME_FIXED:
+        v = getattr(cfg, k)
+        if k in ("data", "model", "tokenizer") and isinstance(v, str) and os.path.exists(v):
+            v = os.path.abspath(v)
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return {"train_args": out}
+
+
+def _check_same_run(saved, now, resume_dir) -> None:
+    if saved is None:  # a checkpoint from before train_args.json was written: nothing to compare
+        return
+    old, new = saved.get("train_args", {}), now["train_args"]
+    diff = [f"{_flag(k)} {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_FIXED if k in old and old[k] != new[k]]
+    if diff:
+        raise ValueError(
+            f"--resume: {resume_dir} was trained with other arguments ({'; '.join(diff)}); resume with the "
+            "original ones (only --stop-after, --log-every, --save-every, --keep-last, --workers, --device, "
+            "--report-to, --kernel-impl, --compile, --grad-checkpointing may change), or give a new --out"
+        )
+
+
+def _check_fresh_out(out) -> None:
+    """A run without --resume must not replace another run's log and checkpoints."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out: {out!r} is a file; give a directory")
+    if not os.path.isdir(out):
+        return
+    used = sorted(
+        n for n in os.listdir(out) if n in ("latest", "log.jsonl") or n.startswith(("checkpoint-", ".tmp-checkpoint-"))
     )
+    if used:
+        raise ValueError(
+            f"--out {out!r} holds a training run (found {used[0]!r}); add --resume to continue it, or give a new --out"
+        )
+
+
+MAX_STEPS = 10**7  # --epochs' bound: far past any real run (SigLIP 2: ~1.2M steps), and planned in seconds
+
+
+def _max_global_batch(plan) -> int:
+    """The most samples one step can draw (with a token budget: every one at the smallest budget)."""
+    if plan.batch_size is not None:
+        return plan.world_size * plan.batch_size
+    return plan.world_size * (int(plan.tokens_per_batch or 0) // (min(plan.seq_lens) + plan.text_tokens))
+
+
+def _check_batch_fits(cfg, plan, n: int) -> None:
+    """A step's global batch must hold distinct pairs: a pair drawn twice counts its own copy as a negative."""
+    if n < 2:
+        raise ValueError(
+            f"--data: {cfg.data!r} has {n} row(s); contrastive training needs at least 2 pairs "
+            "(each pair's negatives are the other pairs in its batch)"
+        )
+    g = _max_global_batch(plan)
+    if plan.batch_size is not None:
+        what = f"--batch-size {plan.batch_size}"
+    else:
+        what = f"--tokens-per-batch {plan.tokens_per_batch} (up to {g // plan.world_size} samples per rank)"
+    if g > n:
+        ranks = f" x {plan.world_size} ranks" if plan.world_size > 1 else ""
+        raise ValueError(
+            f"{what}{ranks}: a global batch of {g} pairs is larger than --data {cfg.data!r} ({n} rows), so a batch "
+            "would repeat pairs and count a pair's own copy as its negative; use a smaller batch or more data"
+        )
+
+
+def _interrupted_message(cfg, step) -> str:
+    from . import checkpointing as C
+
+    try:
+        last = C.latest_checkpoint(cfg.out)
+    except (OSError, ValueError):
+        last = None
+    where = f"at step {step}" if step is not None else "before the first step"
+    if last is None:
+        return f"interrupted {where}; no checkpoint was saved yet, so rerun from the start (with a new --out)"
+    return f"interrupted {where}; the last checkpoint is {last}: resume with the same command plus --resume"
+
+
+def _worker_error(e: Exception) -> Exception:
+    """A DataLoader worker's exception comes back with the worker's whole traceback as its message; keep the
+    original message (its last line), so the command line prints one readable line."""
+    msg = str(e)
+    if "Original Traceback" not in msg:
+        return e
+    last = next((line for line in reversed(msg.splitlines()) if line.strip()), msg)
+    prefix = type(e).__name__ + ": "
+    text = last.split(prefix, 1)[1] if prefix in last else last.strip()
+    cls = type(e) if isinstance(e, (OSError, ValueError, TypeError)) else ValueError
+    try:
+        return cls(f"in a data loader worker: {text}")
+    except Exception:  # an exception class with another signature
+        return ValueError(f"in a data loader worker: {type(e).__name__}: {text}")
 
 
 def _loop(
@@ -275,9 +534,7 @@ def _loop(
     image_cache=None,
 ):
     import torch
-    from torch.distributed.tensor import DTensor
 
-    from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
 
     from . import checkpointing as C
@@ -299,70 +556,73 @@ def _loop(
     acc = torch.zeros(3, dtype=torch.float64)  # images, valid image tokens, loss sum (local) since the last log
     t0, last, skipped = time.perf_counter(), None, 0
     cursor = consumed = 0
-    for batch in loader:
-        assert batch["step"] == step, (batch["step"], step)
-        skipped += len(batch["skipped"])
-        keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "spatial_shapes")
-        inputs = [batch[k].to(device, non_blocking=True) if k in batch else None for k in keys]
-        with autocast:
-            img, txt, scale, bias = module(*inputs, cache_keys=batch["cache_keys"] if image_cache is not None else None)
-        if dist_loss is not None:
-            loss = dist_loss(img, txt, scale, bias)
-            (loss * world).backward()  # DDP / FSDP average gradients; the ring's per-rank shares sum to the total
-        else:
-            loss = sigmoid_loss(img, txt, scale, bias, impl=cfg.kernel_impl)
-            loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        if isinstance(gn, DTensor):  # FSDP2: the norm of sharded gradients is a DTensor
-            gn = gn.full_tensor()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step, cursor, consumed = step + 1, batch["cursor"], batch.get("consumed", 0)
-        last = float(loss.detach())
-        acc += torch.tensor([img.shape[0], float(batch["pixel_attention_mask"].sum()), 0.0], dtype=torch.float64)
+    run_args = _run_args(cfg)  # saved in every checkpoint: --resume refuses other arguments
+    try:
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as e:
+                err = _worker_error(e)
+                if err is e:
+                    raise
+                raise err from None
+            step, cursor, consumed, last, gn = _step(
+                cfg, module, optimizer, scheduler, batch, params, autocast, dist_loss, image_cache, world, device, step
+            )
+            skipped += len(batch["skipped"])
+            acc += torch.tensor(
+                [batch["input_ids"].shape[0], float(batch["pixel_attention_mask"].sum()), 0.0], dtype=torch.float64
+            )
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last:.4f}", gbs=batch["global_batch"], L=batch["budget"])
+            if step % cfg.log_every == 0 or step == total:
+                if world > 1:
+                    torch.distributed.all_reduce(acc)
+                dt = time.perf_counter() - t0
+                rec = {
+                    "step": step,
+                    "loss": last,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": gn,
+                    "global_batch": batch["global_batch"],
+                    "max_num_patches": batch["budget"],
+                    "images_per_s": acc[0].item() / dt,
+                    "tokens_per_s": acc[1].item() / dt,
+                    "skipped": skipped,
+                }
+                if image_cache is not None:
+                    rec["image_cache_hits"], rec["image_cache_misses"] = image_cache.hits, image_cache.misses
+                if device.type == "cuda":
+                    rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if rank == 0:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    if bar is not None:
+                        bar.write(json.dumps(rec))
+                    elif cfg.progress:
+                        print(json.dumps(rec), flush=True)
+                    if writer is not None:
+                        for k, v in rec.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                acc.zero_()
+                t0 = time.perf_counter()
+            stop = step == cfg.stop_after
+            if step == total or stop or (cfg.save_every and step % cfg.save_every == 0):
+                extra = {"step": step, "cursor": cursor, "consumed": consumed, "world_size": world}
+                C.save_checkpoint(
+                    cfg.out, step, module, model, optimizer, scheduler, extra, proc_files, cfg.keep_last, run_args
+                )
+            if stop:
+                break
+    except KeyboardInterrupt:  # also inside a checkpoint save: those are crash-safe, the previous one stays
+        raise TrainingInterrupted(_interrupted_message(cfg, step)) from None
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last:.4f}", gbs=batch["global_batch"], L=batch["budget"])
-        if step % cfg.log_every == 0 or step == total:
-            if world > 1:
-                torch.distributed.all_reduce(acc)
-            dt = time.perf_counter() - t0
-            rec = {
-                "step": step,
-                "loss": last,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(gn),
-                "global_batch": batch["global_batch"],
-                "max_num_patches": batch["budget"],
-                "images_per_s": acc[0].item() / dt,
-                "tokens_per_s": acc[1].item() / dt,
-                "skipped": skipped,
-            }
-            if image_cache is not None:
-                rec["image_cache_hits"], rec["image_cache_misses"] = image_cache.hits, image_cache.misses
-            if device.type == "cuda":
-                rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            if rank == 0:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if bar is not None:
-                    bar.write(json.dumps(rec))
-                elif cfg.progress:
-                    print(json.dumps(rec), flush=True)
-                if writer is not None:
-                    for k, v in rec.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-            acc.zero_()
-            t0 = time.perf_counter()
-        stop = step == cfg.stop_after
-        if step == total or stop or (cfg.save_every and step % cfg.save_every == 0):
-            extra = {"step": step, "cursor": cursor, "consumed": consumed, "world_size": world}
-            C.save_checkpoint(cfg.out, step, module, model, optimizer, scheduler, extra, proc_files, cfg.keep_last)
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
+            bar.close()
+        if writer is not None:
+            writer.close()
     return {"steps": step, "final_loss": last, "checkpoint": C.latest_checkpoint(cfg.out)}
