@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .checkpoints.loading import CheckpointError
+from .checkpoints.loading import CheckpointError, remove_stale_temps
 from .pipeline import DEFAULT_MODEL, DEFAULT_TEMPLATE, MAX_NUM_PATCHES
 
 if TYPE_CHECKING:
@@ -178,6 +178,7 @@ def _embed(args: argparse.Namespace) -> int:
     }
     path = check_output_file(args.out, "--out")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_stale_temps(path)  # a killed run's temp file: its process is gone
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(out, tmp, metadata=meta)

@@ -53,8 +53,8 @@ MUTATIONS = [
     Mutation(
         "qkv-bias-order-swapped",
         "siglip2/models/layers.py",
-        "            self.q_proj.bias,\n            self.k_proj.bias,\n            self.v_proj.bias,\n        )",
-        "            self.k_proj.bias,\n            self.q_proj.bias,\n            self.v_proj.bias,\n        )",
+        "torch.cat((q.bias, k.bias, v.bias))",
+        "torch.cat((k.bias, q.bias, v.bias))",
         ["tests/test_modeling.py", "-k", "siglip2_model_matches_transformers and triton"],
     ),
     Mutation(
@@ -166,6 +166,220 @@ MUTATIONS = [
         "    if not host[0]:\n",
         "    if True:\n",
         ["tests/test_validation.py"],
+    ),
+    # ---- the newer code (issue 27): each caught by a test that pins the value, not by a crash ----
+    # the training schedule and optimizer: tests/test_train_optim.py records what AdamW steps with
+    Mutation(
+        "lr-warmup-starts-at-zero",
+        "siglip2/train/model.py",
+        "        return (step + 1) / warmup\n",
+        "        return step / warmup\n",
+        ["tests/test_train_optim.py", "-k", "lr_schedule"],
+    ),
+    Mutation(
+        "lr-cosine-ignores-min-ratio",
+        "siglip2/train/model.py",
+        "    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))",
+        "    return 0.5 * (1 + math.cos(math.pi * t))",
+        ["tests/test_train_optim.py", "-k", "lr_schedule"],
+    ),
+    Mutation(
+        "lr-cosine-counts-warmup-steps",
+        "siglip2/train/model.py",
+        "    t = min(1.0, (step - warmup) / max(1, total - warmup))",
+        "    t = min(1.0, step / max(1, total))",
+        ["tests/test_train_optim.py", "-k", "lr_schedule"],
+    ),
+    Mutation(
+        "scheduler-steps-before-optimizer",
+        "siglip2/train/loop.py",
+        "optimizer.step()\n    scheduler.step()\n",
+        "scheduler.step()\n    optimizer.step()\n",
+        ["tests/test_train_optim.py", "-k", "lr_schedule"],
+    ),
+    Mutation(
+        "decay-on-norms-and-logit-scale",
+        "siglip2/train/model.py",
+        'skip = p.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "logit_bias" in name or '
+        '"norm" in name',
+        'skip = name.endswith(".bias")',
+        ["tests/test_train_optim.py", "-k", "decay_groups"],
+    ),
+    Mutation(
+        "no-decay-on-embeddings",
+        "siglip2/train/model.py",
+        'skip = p.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "logit_bias" in name or '
+        '"norm" in name',
+        'skip = p.ndim < 2 or "embed" in name or name.endswith(".bias") or "logit" in name or "norm" in name',
+        ["tests/test_train_optim.py", "-k", "decay_groups"],
+    ),
+    Mutation(
+        "decay-groups-swapped",
+        "siglip2/train/model.py",
+        'return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]',
+        'return [{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": weight_decay}]',
+        ["tests/test_train_optim.py", "-k", "decay_groups"],
+    ),
+    Mutation(
+        "grad-clip-never-applies",
+        "siglip2/train/loop.py",
+        'clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))',
+        'clip_grad_norm_(params, float("inf"))',
+        ["tests/test_train_optim.py", "-k", "clipped"],
+    ),
+    # the batch plan of train/data.py
+    Mutation(
+        "mixed-budget-overfills",
+        "siglip2/train/data.py",
+        "                if used + m > budget:\n",
+        "                if used > budget:\n",
+        ["tests/test_train.py", "-k", "plan_buckets"],
+    ),
+    Mutation(
+        "ranks-draw-the-same-samples",
+        "siglip2/train/data.py",
+        "ranks = [[(cursor + r * n + i, m) for i in range(n)] for r in range(self.world_size)]",
+        "ranks = [[(cursor + i, m) for i in range(n)] for r in range(self.world_size)]",
+        ["tests/test_train.py", "-k", "plan_buckets"],
+    ),
+    # siglip2/data: token batches of the stream
+    Mutation(
+        "token-batch-overfills",
+        "siglip2/data/streaming.py",
+        "        if batch and total + n > tokens_per_batch:\n",
+        "        if batch and total > tokens_per_batch:\n",
+        ["tests/test_embed_dataset.py", "-k", "token_batches"],
+    ),
+    # embed-dataset: the done marker (the image shard) must be the unit's last file; tests/test_embed_crash.py
+    # fails the job after every write and checks each unit is whole or absent, then the rerun's output
+    Mutation(
+        "embed-image-shard-written-first",
+        "siglip2/embed_dataset/output.py",
+        '    if buf["txt_keys"]:\n        save("txt", buf["txt"], buf["txt_keys"], dims[1], {})\n    save(\n'
+        '        "img",\n        buf["img"],\n        buf["img_keys"],\n        dims[0],\n'
+        '        {"errors": buf["errors"], "inputs": buf["n_inputs"], "texts": len(buf["txt_keys"])},\n    )\n',
+        '    save(\n        "img",\n        buf["img"],\n        buf["img_keys"],\n        dims[0],\n'
+        '        {"errors": buf["errors"], "inputs": buf["n_inputs"], "texts": len(buf["txt_keys"])},\n    )\n'
+        '    if buf["txt_keys"]:\n        save("txt", buf["txt"], buf["txt_keys"], dims[1], {})\n',
+        ["tests/test_embed_crash.py"],
+    ),
+    Mutation(
+        "embed-keys-written-after-shard",
+        "siglip2/embed_dataset/output.py",
+        '        atomic_write_text(os.path.join(out, f"{prefix}-{unit.name}.keys.txt"), keys_text)\n'
+        '        path = os.path.join(out, f"{prefix}-{unit.name}.safetensors")\n'
+        '        tmp = f"{path}.tmp-{os.getpid()}"\n'
+        "        try:\n"
+        "            # one metadata key: safetensors writes several in a per-process random (hash map) order\n"
+        '            meta = {"siglip2": json.dumps(dict(extra, run=run_id, rows=len(keys)), sort_keys=True)}\n'
+        '            save_file({"embeddings": emb.contiguous()}, tmp, metadata=meta)\n'
+        "            os.replace(tmp, path)\n",
+        '        path = os.path.join(out, f"{prefix}-{unit.name}.safetensors")\n'
+        '        tmp = f"{path}.tmp-{os.getpid()}"\n'
+        "        try:\n"
+        "            # one metadata key: safetensors writes several in a per-process random (hash map) order\n"
+        '            meta = {"siglip2": json.dumps(dict(extra, run=run_id, rows=len(keys)), sort_keys=True)}\n'
+        '            save_file({"embeddings": emb.contiguous()}, tmp, metadata=meta)\n'
+        "            os.replace(tmp, path)\n"
+        '            atomic_write_text(os.path.join(out, f"{prefix}-{unit.name}.keys.txt"), keys_text)\n',
+        ["tests/test_embed_crash.py"],
+    ),
+    Mutation(
+        "embed-temp-shard-left-on-failure",
+        "siglip2/embed_dataset/output.py",
+        "            os.replace(tmp, path)\n        finally:\n"
+        "            if os.path.exists(tmp):\n                os.remove(tmp)\n",
+        "            os.replace(tmp, path)\n        finally:\n            pass\n",
+        ["tests/test_embed_crash.py"],
+    ),
+    Mutation(
+        "embed-manifest-counts-rows-as-texts",
+        "siglip2/embed_dataset/output.py",
+        '        counts["texts"] += texts\n',
+        '        counts["texts"] += rows\n',
+        ["tests/test_embed_dataset.py", "-k", "folder_matches"],
+    ),
+    # the profiler's statistics: tests/test_profile_stats.py, by hand
+    Mutation(
+        "profile-native-size-counts-upsampled",
+        "siglip2/profile/stats.py",
+        "    upsampled = target[:, 0] * target[:, 1] > native[:, 0] * native[:, 1]",
+        "    upsampled = target[:, 0] * target[:, 1] >= native[:, 0] * native[:, 1]",
+        ["tests/test_profile_stats.py", "-k", "by_hand or native"],
+    ),
+    Mutation(
+        "profile-batch-tokens-padded",
+        "siglip2/profile/cli.py",
+        "    tokens = int(mask.sum())\n",
+        "    tokens = int(mask.numel())\n",
+        ["tests/test_profile_stats.py", "-k", "timed_batch"],
+    ),
+    Mutation(
+        "profile-aspect-p95-is-max",
+        "siglip2/profile/stats.py",
+        '        "aspect_error_p95": float(np.percentile(aspect_err, 95)),',
+        '        "aspect_error_p95": float(aspect_err.max()),',
+        ["tests/test_profile_stats.py", "-k", "by_hand"],
+    ),
+    Mutation(
+        "profile-histogram-by-shape-not-count",
+        "siglip2/profile/stats.py",
+        "    order = sorted(range(len(counts)), key=lambda i: (-counts[i], tuple(shapes[i])))",
+        "    order = sorted(range(len(counts)), key=lambda i: tuple(shapes[i]))",
+        ["tests/test_profile_stats.py", "-k", "by_hand"],
+    ),
+    Mutation(
+        "profile-warns-at-exactly-half-upsampled",
+        "siglip2/profile/report.py",
+        '    if e["upsampled_fraction"] > MOSTLY_UPSAMPLED:',
+        '    if e["upsampled_fraction"] >= MOSTLY_UPSAMPLED:',
+        ["tests/test_profile_stats.py", "-k", "warning"],
+    ),
+    # the transformers integration: patch -> unpatch -> patch (tests/test_integration_repatch.py)
+    Mutation(
+        "unpatch-leaves-marker",
+        "siglip2/integrations/transformers.py",
+        "        object.__delattr__(mod, _PATCHES)\n",
+        "        pass\n",
+        ["tests/test_integration_repatch.py", "-k", "runs_the_kernels_again"],
+    ),
+    Mutation(
+        "unpatch-leaves-forward",
+        "siglip2/integrations/transformers.py",
+        "            del mod.forward\n",
+        "            pass\n",
+        ["tests/test_integration_repatch.py", "-k", "runs_the_kernels_again"],
+    ),
+    # saving: a re-save must remove the files of the checkpoint it replaces
+    Mutation(
+        "resave-keeps-stale-files",
+        "siglip2/checkpoints/saving.py",
+        "    stale = sorted(_current_files(directory) - set(files))",
+        "    stale = []",
+        ["tests/test_loading.py", "-k", "sharded or atomic or journal"],
+    ),
+    # packing: each image's valid length is h*w
+    Mutation(
+        "packed-lengths-square",
+        "siglip2/models/packing.py",
+        "        lengths = tuple(h * w for h, w in pairs) if valid is not None else (int(seq_len),) * len(pairs)",
+        "        lengths = tuple(h * h for h, w in pairs) if valid is not None else (int(seq_len),) * len(pairs)",
+        ["tests/test_modeling.py", "-k", "vision_model_without_head and triton"],
+    ),
+    # the position-table adjoint with several images per chunk (tests/test_patch_embed.py, > ADJ_MAX_CHUNKS images)
+    Mutation(
+        "pos-adjoint-drops-short-last-chunk",
+        "kernels/patch_embed_triton.py",
+        "    n_chunks = triton.cdiv(B, imgs)\n",
+        "    n_chunks = B // imgs\n",
+        ["tests/test_patch_embed.py", "-k", "many_images and padded"],
+    ),
+    Mutation(
+        "pos-adjoint-one-image-per-chunk",
+        "kernels/patch_embed_triton.py",
+        "    b_end = tl.minimum((i_c + 1) * IMGS_PER_PROG, B)\n",
+        "    b_end = tl.minimum(i_c * IMGS_PER_PROG + 1, B)\n",
+        ["tests/test_patch_embed.py", "-k", "many_images and packed"],
     ),
 ]
 

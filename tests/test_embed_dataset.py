@@ -162,10 +162,15 @@ def test_resume_after_interrupt_is_identical_and_other_args_refused(
     with pytest.raises(KeyboardInterrupt):
         _main(folder[0], "--out", out, "--model", checkpoint, *ARGS)
     assert sorted(p.name for p in out.glob("img-*.safetensors")) == ["img-00000.safetensors"]
-    (out / "img-00001.safetensors.tmp-999").write_bytes(b"half a file")  # a crash mid-write leaves only a temp
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid whose process is gone: the writer a crash mid-write killed
+    stale = out / f"img-00001.safetensors.tmp-{dead.pid}"
+    stale.write_bytes(b"half a file")  # a crash mid-write leaves only a temp
     monkeypatch.delenv(STOP_AFTER_ENV)
     assert _main(folder[0], "--out", out, "--model", checkpoint, *ARGS) == 0
-    (out / "img-00001.safetensors.tmp-999").unlink()
+    assert not stale.exists(), "the rerun must remove a killed writer's temp file"
     assert _files(out) == _files(folder_run)
     capsys.readouterr()
     assert _main(folder[0], "--out", out, "--model", checkpoint, *ARGS, "--max-num-patches", "9") == 1

@@ -452,3 +452,32 @@ def test_gpu_matches_transformers_fp32(shapes):
             impl="triton",
         )
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The position-table adjoint over more images than it has chunks
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_pos_adjoint_many_images_uneven_chunks(packed):
+    """More images than ADJ_MAX_CHUNKS, so each chunk of the adjoint sums several images, and a batch that is not a
+    multiple of the images per chunk, so the last chunk is short: every image's share must reach d pos_embed."""
+    from siglip2.kernels import patch_embed_triton as pet
+
+    G = 4
+    base = [*_shapes(G), (2, 3), (5, 2), (3, 3)]
+    B = 2 * pet.ADJ_MAX_CHUNKS + 6  # 70: 3 images per chunk, 24 chunks, the last one holding 1
+    imgs = -(-B // pet.ADJ_MAX_CHUNKS)
+    assert imgs > 1 and B % imgs != 0
+    shapes = [base[i % len(base)] for i in range(B)]
+    inputs = _make_inputs(G, shapes, K=6, D=8)
+    _check_all(inputs, cu_seqlens=_cu(inputs[1]) if packed else None)
+    # the short last chunk's one image has a share of d pos_embed far above the tolerance: dropping it must fail
+    last = [t[-1:] if i in (0, 1) else t for i, t in enumerate(inputs)]
+    cu = _cu(last[1]) if packed else None
+    with torch.no_grad():
+        n_out = oracle(*last, cu_seqlens=cu).shape
+    grad = torch.randn(n_out, dtype=torch.float64, device=inputs[0].device)
+    _, g_last = _run(oracle, [t.double() if t.is_floating_point() else t for t in last], grad, cu)
+    assert g_last[3].abs().max() > 0.1

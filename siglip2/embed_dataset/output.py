@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 
-from ..checkpoints.loading import atomic_write_text
+from ..checkpoints.loading import atomic_write_text, remove_stale_temps
 from ..data import FileSource, Unit
 
 RUN_FILE, MANIFEST, ERRORS = "run.json", "manifest.json", "errors.jsonl"
@@ -178,6 +178,7 @@ def save_unit(out: str, unit: Unit, buf: dict, run_id: str, store_dtype, dims) -
         keys_text = "".join(encode_key(k) + "\n" for k in keys)
         atomic_write_text(os.path.join(out, f"{prefix}-{unit.name}.keys.txt"), keys_text)
         path = os.path.join(out, f"{prefix}-{unit.name}.safetensors")
+        remove_stale_temps(path)  # a killed run's shard temp file: its process is gone
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
             # one metadata key: safetensors writes several in a per-process random (hash map) order

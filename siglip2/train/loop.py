@@ -129,6 +129,17 @@ def check_config(cfg: TrainConfig) -> None:
             f"--seq-lens: expected patch budgets in 1..{MAX_NUM_PATCHES} (memory grows with their square), "
             f"got {','.join(map(str, cfg.seq_lens)) if isinstance(cfg.seq_lens, (tuple, list)) else cfg.seq_lens!r}"
         )
+    b = cfg.betas
+    if not (
+        isinstance(b, (tuple, list))
+        and len(b) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)
+    ):  # AdamW's moment decays: 1 never forgets (and divides by 0 in the bias correction), < 0 is meaningless
+        raise ValueError(f"--betas: expected two numbers in [0, 1), got {b!r}")
+    if cfg.precision not in ("fp32", "bf16"):  # anything else would silently train in fp32
+        raise ValueError(f"--precision: expected fp32 or bf16, got {cfg.precision!r}")
+    if cfg.kernel_impl not in ("auto", "triton", "reference"):  # else a real run fails late, inside the kernel
+        raise ValueError(f"--kernel-impl: expected auto, triton or reference, got {cfg.kernel_impl!r}")
     bad = [r for r in cfg.report_to if r not in REPORT_TO]
     if bad:
         raise ValueError(f"--report-to: expected {' or '.join(REPORT_TO)}, got {bad[0]!r}")
