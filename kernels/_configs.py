@@ -5,7 +5,8 @@ names are below (`FAMILIES`); the key starts with the dtype class (`dtype_class`
 num_warps and num_stages in the order the launcher's comment states. A launch looks up its tensor's device once
 (`device_family`, cached per device index) and indexes the table. Anything not listed
 (a future architecture, or an older one) gets the "default" entry: configs that compile with no register spills
-on every architecture in `AOT_CCS` and fit the smallest shared memory among them (99 KB).
+on every architecture in `AOT_CCS` and fit the smallest shared memory among them (99 KB); an unlisted AMD one
+(ROCm PyTorch) gets "amd", its AMD counterpart (64 KB LDS).
 """
 
 from __future__ import annotations
@@ -25,7 +26,21 @@ FAMILY_OF_CC = {
     120: "sm120",
     121: "sm120",  # Blackwell consumer / workstation: RTX 5090, RTX PRO 6000
 }
-FAMILIES = ("sm80", "sm86", "sm90", "sm100", "sm120", "default")
+# AMD: the gfx architecture name (ROCm's gcnArchName without its ":feature" suffixes) -> family. CDNA3 and CDNA4
+# run wave 64 with MFMA dots; RDNA3/RDNA4 wave 32 with WMMA. Any other gfx name gets "amd": configs that compile
+# spill-free on every AMD target in `AOT_ARCHS` and fit the smallest LDS among them (64 KB).
+FAMILY_OF_ARCH = {
+    "gfx90a": "gfx90a",  # CDNA2: MI210, MI250, MI250X
+    "gfx942": "gfx942",  # CDNA3: MI300X, MI300A, MI325X
+    "gfx950": "gfx950",  # CDNA4: MI350X, MI355X
+    "gfx1100": "rdna",
+    "gfx1101": "rdna",
+    "gfx1102": "rdna",  # RDNA3: RX 7900, Radeon PRO W7900
+    "gfx1200": "rdna",
+    "gfx1201": "rdna",  # RDNA4: RX 9070, Radeon AI PRO R9700
+}
+AMD_FAMILIES = ("gfx90a", "gfx942", "gfx950", "rdna", "amd")
+FAMILIES = ("sm80", "sm86", "sm90", "sm100", "sm120", "default", *AMD_FAMILIES)
 
 # Opt-in dynamic shared memory per thread block, bytes (CUDA C programming guide, compute capabilities table).
 SMEM_LIMIT = {
@@ -35,10 +50,22 @@ SMEM_LIMIT = {
     "sm100": 227 * 1024,
     "sm120": 99 * 1024,
     "default": 99 * 1024,
+    # LDS per workgroup: 64 KB on CDNA2/CDNA3 and RDNA (one workgroup's share of an RDNA WGP), 160 KB on CDNA4
+    "gfx90a": 64 * 1024,
+    "gfx942": 64 * 1024,
+    "gfx950": 160 * 1024,
+    "rdna": 64 * 1024,
+    "amd": 64 * 1024,
 }
+# Wavefront size per AMD family (Triton's num_warps counts wavefronts): the AOT target's warp size.
+WAVE_SIZE = {"gfx90a": 64, "gfx942": 64, "gfx950": 64, "rdna": 32, "amd": 64}
 
 # The architectures the ahead-of-time compile test builds every table for (tests/test_aot.py).
 AOT_CCS = (80, 86, 89, 90, 100, 120)
+# The AMD architectures: gfx942 and gfx950 are checked like the NVIDIA ones (tests/test_aot.py); the others
+# compile their forward kernels with spills printed (`python -m siglip2.kernels.aot --ccs gfx90a,gfx1100`).
+AOT_ARCHS = ("gfx942", "gfx950")
+AOT_ARCHS_OTHER = ("gfx90a", "gfx1100", "gfx1201")
 
 # The CPU interpreter (TRITON_INTERPRET=1) has no architecture; it runs the sm_80 table, the configs tuned first.
 INTERPRETER_FAMILY = "sm80"
@@ -50,12 +77,30 @@ def dtype_class(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def family(cc: int) -> str:
-    """The family of compute capability `cc` (e.g. 86), "default" for any architecture not in the tables."""
+def is_amd(arch) -> bool:
+    """True for an AMD architecture name ("gfx942", or ROCm's "gfx942:sramecc+:xnack-"), False for a CUDA cc."""
+    return isinstance(arch, str) and arch.startswith("gfx")
+
+
+def amd_arch(gcn_arch_name: str) -> str:
+    """The bare architecture of a ROCm name: "gfx942:sramecc+:xnack-" -> "gfx942" (ROCm appends target features
+    to the architecture name)."""
+    return gcn_arch_name.split(":", 1)[0].strip().lower()
+
+
+def family(cc) -> str:
+    """The family of compute capability `cc` (e.g. 86) or of AMD architecture name `cc` (e.g. "gfx942", features
+    allowed): "default" for any CUDA architecture not in the tables, "amd" for any such AMD one."""
+    if isinstance(cc, str):
+        if not is_amd(amd_arch(cc)):
+            raise ValueError(f"family: expected a CUDA compute capability (int) or an AMD 'gfx...' name, got {cc!r}")
+        return FAMILY_OF_ARCH.get(amd_arch(cc), "amd")
+    if isinstance(cc, bool) or not isinstance(cc, int):
+        raise TypeError(f"family: expected a CUDA compute capability (int) or an AMD 'gfx...' name, got {cc!r}")
     return FAMILY_OF_CC.get(cc, "default")
 
 
-def smem_limit(cc: int) -> int:
+def smem_limit(cc) -> int:
     return SMEM_LIMIT[family(cc)]
 
 
@@ -63,14 +108,22 @@ _DEVICE_FAMILY: dict[int, str] = {}
 
 
 def device_family(device: torch.device) -> str:
-    """The family of `device` (a CUDA device: its compute capability, read once per device index)."""
+    """The family of `device` (a CUDA device: its compute capability, read once per device index). Under ROCm
+    PyTorch (`torch.version.hip` set) "cuda" devices are AMD GPUs: the family comes from the architecture name
+    (`gcnArchName`), never from the compute capability ROCm reports (gfx942 says 9.4, which is no CUDA sm_94)."""
     if device.type != "cuda":
         return INTERPRETER_FAMILY
     index = device.index if device.index is not None else torch.cuda.current_device()
     fam = _DEVICE_FAMILY.get(index)
     if fam is None:
-        major, minor = torch.cuda.get_device_capability(index)
-        fam = _DEVICE_FAMILY[index] = family(10 * major + minor)
+        if getattr(torch.version, "hip", None):
+            name = getattr(torch.cuda.get_device_properties(index), "gcnArchName", "") or ""
+            # an empty or odd name (old ROCm builds) still gets the AMD-safe table, never an NVIDIA one
+            fam = family(name) if is_amd(amd_arch(name)) else "amd"
+        else:
+            major, minor = torch.cuda.get_device_capability(index)
+            fam = family(10 * major + minor)
+        _DEVICE_FAMILY[index] = fam
     return fam
 
 

@@ -31,10 +31,22 @@ def dot_fp32() -> bool:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """The one precision rule for tl.dot's `input_precision`: fp32 operands get IEEE FMA dots (TF32 would make the
-    fp32 path ~1e-3 accurate, worse than the eager reference); 16-bit operands run on tensor cores, where the
-    argument has no effect ("tf32" is Triton's default spelling)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """The one precision rule for tl.dot's `input_precision`: fp32 operands get IEEE dots (TF32 would make the
+    fp32 path ~1e-3 accurate, worse than the eager reference); 16-bit operands run on tensor cores / MFMA, where
+    the argument has no effect on the code (NVIDIA PTX is identical for "tf32" and "ieee"), but Triton's AMD
+    backend accepts "tf32" on gfx942 alone: any other AMD target (gfx950, gfx90a, RDNA) rejects it with a
+    CompilationError, so "ieee" it is for every dtype."""
+    return "ieee"
+
+
+def fp32_dot_precision(fam: str) -> str:
+    """tl.dot precision for fp32 operands where TF32 accuracy is enough, on device family `fam`
+    (kernels/_configs.py): "tf32" on NVIDIA; on AMD, which has no TF32 but on gfx942, exact fp32 ("ieee": fp32
+    MFMA on CDNA, FMA on unknown archs), and on RDNA (no fp32 WMMA) the 3-pass bf16 split "bf16x3" (~2^-16
+    relative, better than TF32's 2^-11)."""
+    if fam == "rdna":
+        return "bf16x3"
+    return "ieee" if fam in ("gfx90a", "gfx942", "gfx950", "amd") else "tf32"
 
 
 def new_empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

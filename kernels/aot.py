@@ -1,6 +1,7 @@
 """`python -m siglip2.kernels.aot`: compile the launch-config tables ahead of time for GPUs this machine lacks.
 
     python -m siglip2.kernels.aot [--tier ci|siglip2|all] [--ccs 80,90] [--op attention] [--all] [--json out.json]
+    python -m siglip2.kernels.aot --ccs gfx942,gfx950 --all     # AMD targets by name (no ROCm needed)
 
 The cases come from aot_cases.py (every table entry of every op, per architecture), the compiles and their
 resources (registers, spills, shared memory) from aot_compile.py; this prints every offender (`--all`: every
@@ -13,8 +14,25 @@ import sys
 import time
 
 from . import aot_cases
-from ._configs import AOT_CCS
+from ._configs import AOT_CCS, is_amd
 from .aot_compile import aot_run, is_offender, spill_table
+
+
+def parse_archs(text: str) -> tuple:
+    """The --ccs list: "80,90,gfx942" -> (80, 90, "gfx942"); CUDA compute capabilities as ints, AMD
+    architectures by name."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part.isdigit():
+            out.append(int(part))
+        elif is_amd(part) and part[3:].isalnum():
+            out.append(part)
+        else:
+            raise SystemExit(
+                f"--ccs: expected compute capabilities (80) or AMD archs (gfx942), comma-separated; got {part!r}"
+            )
+    return tuple(out)
 
 
 def main(argv=None) -> int:
@@ -38,7 +56,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import triton
 
-    ccs = tuple(int(c) for c in args.ccs.split(","))
+    ccs = parse_archs(args.ccs)
     cases = [c for c in aot_cases.all_cases(ccs, args.tier) if args.op in (None, c["op"])]
     t0 = time.perf_counter()
     res = aot_run(cases, args.jobs)

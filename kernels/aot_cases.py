@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._configs import AOT_CCS, family
+from ._configs import AOT_CCS, family, is_amd
 
 _TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -30,7 +30,9 @@ def _dedupe(cases):
 
 
 def _families(cc):
-    return (family(cc), "default") if family(cc) != "default" else ("default",)
+    """The arch's own family and the fallback an unknown arch of its vendor gets ("default", or "amd")."""
+    fallback = "amd" if is_amd(cc) else "default"
+    return (family(cc), fallback) if family(cc) != fallback else (fallback,)
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -273,7 +275,7 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                 PACKED=packed,
                                 DOT_FP32=False,
                                 MAIN_PREC=pt.dot_precision(dtype),
-                                POS_PREC=pt.pos_precision(dtype),
+                                POS_PREC=pt.pos_precision(dtype, fam),
                             )
                             ptrs = [n for n, ty in sig.items() if ty.startswith("*")]
                             for how, div16 in (
@@ -313,7 +315,7 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                 BLOCK_M=bm,
                                 BLOCK_N=bn,
                                 PACKED=packed,
-                                POS_PREC=pt.adjoint_precision(dtype),
+                                POS_PREC=pt.adjoint_precision(dtype, fam),
                             )
                             if imgs1:
                                 consts["IMGS_PER_PROG"] = 1
@@ -337,7 +339,15 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                 bm, bn, nw, ns = pt.ADJ_CONFIGS[fam]["16bit"]
                 sig = dict(dy="*bf16", shapes="*i64", cu_seqlens="*i64", dpos_part="*fp32", D="i32")
                 consts = dict(
-                    G=16, BLOCK_G=16, BLOCK_M=bm, BLOCK_N=bn, POS_PREC="tf32", PACKED=False, L=1, B=1, IMGS_PER_PROG=1
+                    G=16,
+                    BLOCK_G=16,
+                    BLOCK_M=bm,
+                    BLOCK_N=bn,
+                    POS_PREC=pt.adjoint_precision(torch.bfloat16, fam),
+                    PACKED=False,
+                    L=1,
+                    B=1,
+                    IMGS_PER_PROG=1,
                 )
                 add(
                     cc,
@@ -433,7 +443,10 @@ def _in_ci(c) -> bool:
     aligned, P=14 "pointers"), and its adjoint for batches of up to 32 images; the loss with and without its
     positive diagonal and gradient tile. The "default" table's attention entries, on the architectures whose own
     table differs, in bf16 varlen; D 96 in bf16 varlen only. Every other variant compiles in the full sweep
-    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels.aot`)."""
+    (`SIGLIP2_AOT_FULL=1`) and the "siglip2" tier (`python -m siglip2.kernels.aot`).
+    AMD targets take `_in_ci_amd`."""
+    if is_amd(c["cc"]):
+        return _in_ci_amd(c)
     if c["op"] == "attention" and c["family"] == "default":  # the default table where it is not the arch's own
         return c["dtype"] == "bf16" and c["layout"] == "varlen"
     if c["op"] == "attention" and c["head_dim"] == 96:  # g-opt's D 96 in bf16 varlen; the rest: tier "siglip2"
@@ -448,6 +461,22 @@ def _in_ci(c) -> bool:
             return same_x and "-packed-" in n and ("-aligned-" in n or "-pointers-" in n)
         return n.startswith(("adj-bf16-", "adj-fp32-")) and "-packed-imgs1-aligned-" in n
     return c["name"].startswith("bf16") or "-pos1-g1-" in c["name"]
+
+
+def _in_ci_amd(c) -> bool:
+    """The CI tier on an AMD target, smaller than NVIDIA's: an AMD compile costs ~3-4 CPU s (LLVM's AMDGPU
+    backend), ~3x a ptxas one. bf16 attention, sequence queries, varlen and padded+mask (the layouts with the
+    most live registers; fp16 differs only in the element type), D 64, 72 and 96, all three kernels and the
+    delta kernel; the packed bf16 patch embedding (P=16 aligned, P=14 pointers) and its adjoint; the loss with
+    its positive diagonal and gradient tile. The rest of the SigLIP2 tier runs with SIGLIP2_AOT_FULL=1."""
+    if c["op"] == "attention":
+        return c["dtype"] == "bf16" and c["queries"] == "seq" and c["layout"] != "padded"
+    n = c["name"]
+    if c["op"] == "patch_embed":
+        if n.startswith("fwd-"):
+            return n.startswith("fwd-bf16-xbf16-") and "-packed-" in n and ("-aligned-" in n or "-pointers-" in n)
+        return n.startswith("adj-bf16-") and "-packed-imgs1-aligned-" in n
+    return n.startswith("bf16-even1-pos1-g1-")
 
 
 def all_cases(ccs=AOT_CCS, tier="siglip2"):

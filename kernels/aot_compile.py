@@ -6,9 +6,10 @@ resources with the `cuobjdump` Triton ships (`-res-usage`: REG, STACK, LOCAL, SH
 its bundled ptxas (`ptxas` for sm_8x/sm_90, `ptxas-blackwell` for sm_100/sm_120: CUDA 12.8/12.9 under
 triton 3.6, 12.9/13.3 under 3.8, 12.9/13.4 under 3.9). ptxas puts register spills in the stack frame, so a
 spill-free kernel has STACK == LOCAL == 0. `aot_run` compiles many cases in parallel subprocesses (the tests
-set TRITON_INTERPRET=1, under which helper @triton.jit functions cannot be compiled). The cases themselves,
-per op and per architecture, are built by kernels/aot_cases.py; kernels/aot.py is the command line
-(`python -m siglip2.kernels.aot`) and tests/test_aot.py the test.
+set TRITON_INTERPRET=1, under which helper @triton.jit functions cannot be compiled). AMD targets ("gfx942",
+...) compile in-process too (`GPUTarget("hip", arch, wave size)`, no ROCm needed); their resources come from the
+amdgcn text. The cases themselves, per op and per architecture, are built by kernels/aot_cases.py;
+kernels/aot.py is the command line (`python -m siglip2.kernels.aot`) and tests/test_aot.py the test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from ._configs import smem_limit
+from ._configs import WAVE_SIZE, family, is_amd, smem_limit
 
 
 def jit_function(fn):
@@ -55,8 +56,10 @@ def aot_compile(
     maxnreg: int | None = None,
     keep_asm: bool = False,
     sass: bool = False,
+    amd_options: dict | None = None,
 ) -> dict:
-    """Compile a @triton.jit kernel for `sm_<cc>` and report its resource usage.
+    """Compile a @triton.jit kernel for `sm_<cc>` (or the AMD architecture `cc`, e.g. "gfx942") and report its
+    resource usage.
 
     `signature` maps argument names to Triton types ("*bf16", "i32", "fp32"); names in `constexprs` may be left
     out (they become "constexpr"). `aligned` adds the divisibility-by-16 specialization a real launch gets:
@@ -65,6 +68,11 @@ def aot_compile(
     Returns {"regs", "stack", "local", "shared"} (bytes), plus "ptx" with `keep_asm` and the disassembly
     (`cuobjdump -sass`) as "sass" with `sass` (bench/sass_report.py). ptxas puts register
     spills in the stack frame (cuobjdump STACK; LOCAL stays 0), so a no-spill check needs both to be 0.
+    For an AMD `cc` (wave 64 on CDNA, 32 on RDNA; `amd_options` adds HIP options such as waves_per_eu,
+    matrix_instr_nonkdim, kpack) the numbers come from the amdgcn text (`amdgcn_resource_usage`): "regs" VGPRs,
+    "sgprs", "stack" VGPR spills and "local" SGPR spills (counts, not bytes: zero is the rule either way),
+    "shared" LDS bytes, "mfma" the MFMA/WMMA instructions, plus "dots"/"fma_dots": the tl.dots and those of them
+    not lowered to MFMA/WMMA (`ttgir_dots`); "amdgcn" with `keep_asm`.
     Kernels that call other @triton.jit helpers cannot be compiled while TRITON_INTERPRET=1 is set (the helpers
     are InterpretedFunctions): use `aot_run`, which compiles in subprocesses without it.
     """
@@ -84,6 +92,15 @@ def aot_compile(
     options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
+    if is_amd(cc):
+        options.update(amd_options or {})
+        k = triton.compile(src, target=GPUTarget("hip", cc, WAVE_SIZE[family(cc)]), options=options)
+        usage = amdgcn_resource_usage(k.asm["amdgcn"])
+        usage["shared"] = max(usage["shared"], int(k.metadata.shared))
+        usage["dots"], usage["fma_dots"] = ttgir_dots(k.asm["ttgir"])
+        if keep_asm:
+            usage["amdgcn"] = k.asm["amdgcn"]
+        return usage
     k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
     usage = cubin_resource_usage(k.asm["cubin"])
     usage["shared"] = max(usage.get("shared", 0), int(k.metadata.shared))
@@ -125,6 +142,34 @@ def cubin_resource_usage(cubin: bytes) -> dict:
         "local": int(fields["LOCAL"]),
         "shared": int(fields["SHARED"]),
     }
+
+
+def amdgcn_resource_usage(amdgcn: str) -> dict:
+    """Registers, spills, LDS and MFMA/WMMA instruction count of one kernel's amdgcn text (the AMDGPU metadata
+    block: .vgpr_count, .sgpr_count, .vgpr_spill_count, .sgpr_spill_count, .group_segment_fixed_size)."""
+    fields = {}
+    for key in ("vgpr_count", "sgpr_count", "vgpr_spill_count", "sgpr_spill_count", "group_segment_fixed_size"):
+        m = re.search(rf"^\s*(?:-\s+)?\.{key}:\s*(\d+)", amdgcn, re.M)  # a YAML list item may lead
+        if m is None:
+            raise ValueError(f"amdgcn: no .{key} in the kernel metadata (not amdgcn from triton.compile?)")
+        fields[key] = int(m.group(1))
+    return {
+        "regs": fields["vgpr_count"],
+        "sgprs": fields["sgpr_count"],
+        "stack": fields["vgpr_spill_count"],
+        "local": fields["sgpr_spill_count"],
+        "shared": fields["group_segment_fixed_size"],
+        "mfma": len(re.findall(r"^\s*v_(?:mfma|smfmac|wmma|swmmac)_", amdgcn, re.M)),
+    }
+
+
+def ttgir_dots(ttgir: str) -> tuple[int, int]:
+    """(tl.dots, those not lowered to MFMA/WMMA) in AMD TTGIR: a dot on the matrix cores yields a tensor in an
+    #ttg.amd_mfma / #ttg.amd_wmma layout; the FMA fallback yields a blocked one."""
+    mma = set(re.findall(r"^(#\w+) = #ttg\.amd_(?:mfma|wmma)\b", ttgir, re.M))
+    dots = [ln for ln in ttgir.splitlines() if re.search(r"=\s*tt\.dot(?:_scaled)?\s", ln)]
+    fma = [ln for ln in dots if not any(re.search(rf"{a}\b", ln.rsplit("->", 1)[-1]) for a in mma)]
+    return len(dots), len(fma)
 
 
 def ptxas_report(ptx: str, cc: int) -> str:
@@ -184,9 +229,11 @@ def aot_worker() -> None:
                 case.get("maxnreg"),
                 keep_asm=True,
                 sass=case.get("sass", False),
+                amd_options=case.get("amd_options"),
             )
         except Exception as e:  # report it as an offender rather than killing the whole shard
             u = {"error": f"{type(e).__name__}: {str(e)[-2000:]}"}
+        u.pop("amdgcn", None)
         ptx = u.pop("ptx", None)
         if ptx is not None and (u["stack"] or u["local"]):
             u["ptxas"] = ptxas_report(ptx, cc)
@@ -240,8 +287,11 @@ def aot_run(cases, jobs: int | None = None) -> list[dict]:
 
 
 def is_offender(r: dict) -> bool:
-    """Failed to compile, spilled (a stack frame or local memory) or exceeds the arch's shared memory per block."""
-    return "error" in r or bool(r["stack"] or r["local"]) or r["shared"] > smem_limit(r["cc"])
+    """Failed to compile, spilled (a stack frame or local memory; on AMD VGPRs or SGPRs), exceeds the arch's
+    shared memory (LDS) per block, or (AMD) left a tl.dot off the matrix cores (MFMA/WMMA)."""
+    if "error" in r:
+        return True
+    return bool(r["stack"] or r["local"] or r.get("fma_dots")) or r["shared"] > smem_limit(r["cc"])
 
 
 def aot_offenders(cases, jobs: int | None = None) -> list[dict]:
@@ -250,14 +300,17 @@ def aot_offenders(cases, jobs: int | None = None) -> list[dict]:
 
 
 def spill_table(results) -> str:
-    """One line per result: arch, op, case name, registers, stack/local bytes, shared KB, compile seconds."""
-    lines = [f"{'sm':>4} {'op':<12} {'case':<62} {'regs':>4} {'stack':>5} {'local':>5} {'smem KB':>7} {'s':>5}"]
-    for r in sorted(results, key=lambda r: (r["cc"], r.get("op", ""), r["name"])):
+    """One line per result: arch, op, case name, registers, stack/local bytes, shared KB, compile seconds.
+    AMD rows (arch "gfx..."): regs are VGPRs, stack/local the VGPR/SGPR spill counts, then the MFMA/WMMA
+    instruction count and the tl.dots not lowered to them ("fma")."""
+    lines = [f"{'sm':>7} {'op':<12} {'case':<62} {'regs':>4} {'stack':>5} {'local':>5} {'smem KB':>7} {'s':>5}"]
+    for r in sorted(results, key=lambda r: (str(r["cc"]), r.get("op", ""), r["name"])):
         if "error" in r:
-            lines.append(f"{r['cc']:>4} {r.get('op', ''):<12} {r['name']:<62} ERROR {r['error'][-200:]!r}")
+            lines.append(f"{r['cc']:>7} {r.get('op', ''):<12} {r['name']:<62} ERROR {r['error'][-200:]!r}")
             continue
+        amd = f" mfma {r['mfma']} fma {r['fma_dots']}" if "mfma" in r else ""
         lines.append(
-            f"{r['cc']:>4} {r.get('op', ''):<12} {r['name']:<62} {r['regs']:>4} {r['stack']:>5} "
-            f"{r['local']:>5} {r['shared'] / 1024:>7.1f} {r['secs']:>5.1f}"
+            f"{r['cc']:>7} {r.get('op', ''):<12} {r['name']:<62} {r['regs']:>4} {r['stack']:>5} "
+            f"{r['local']:>5} {r['shared'] / 1024:>7.1f} {r['secs']:>5.1f}{amd}"
         )
     return "\n".join(lines)

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import INTERPRETER_FAMILY, check_tables, device_family
+from ._configs import AMD_FAMILIES, INTERPRETER_FAMILY, check_tables, device_family
 from ._utils import dot_fp32, dot_precision, new_empty
 
 LOG2E = 1.4426950408889634
@@ -999,6 +999,22 @@ _BWD_CONSUMER = {("16bit", "seq", 80): (16, 64, 8, 64, 16, 8, 2)}
 _BWD_SM120 = {("16bit", "seq", 80): (16, 32, 8, 64, 16, 8, 2)}
 _BWD_DEFAULT = {("16bit", "seq", 80): (16, 16, 4, 64, 16, 8, 2)}
 _FWD_SM100 = {("16bit", "seq", 64): (128, 32, 8, 3), ("16bit", "seq", 96): (128, 32, 8, 2)}
+# AMD (every AMD family for now; kernels/_configs.py), measured for gfx942 and gfx950 with the AOT harness under
+# triton 3.9 (VGPR and SGPR spills both 0, LDS within 64 KB, every dot on MFMA), starting from "default":
+# - the 3-stage forward spills SGPRs with the key mask (padded+mask) on both: 2 stages. D 64: 128x32 (128x64 and
+#   64x64 spill 17-33 SGPRs); D 72: every 32- or 64-key block tried spills 7-111 SGPRs with the mask (the
+#   unaligned strides' scalar address math), 128x16 does not; D 96: 64x32 with 4 warps.
+# - D 64 dK/dV: 32x128 with 8 warps spills 8 SGPRs on gfx942 (varlen), 32x64 6; 16x128 is clean at 128-139 VGPRs
+#   (32x128 with 4 warps is too, at 317 VGPRs: no headroom for the fp16 and pooling variants).
+_FWD_AMD = {
+    **_FWD_BASE,
+    **_FWD_SM100,
+    **_FWD_DEFAULT,
+    ("16bit", "seq", 64): (128, 32, 8, 2),
+    ("16bit", "seq", 80): (128, 16, 8, 2),
+    ("16bit", "seq", 96): (64, 32, 4, 2),
+}
+_BWD_AMD = {**_BWD_BASE, **_BWD_DEFAULT, ("16bit", "seq", 64): (16, 128, 8, 128, 32, 8, 2)}
 FWD_CONFIGS = {
     "sm80": _FWD_BASE,
     "sm86": _FWD_BASE,
@@ -1006,6 +1022,7 @@ FWD_CONFIGS = {
     "sm100": {**_FWD_BASE, **_FWD_SM100},
     "sm120": {**_FWD_BASE, **_FWD_SM120},
     "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_DEFAULT},
+    **{f: _FWD_AMD for f in AMD_FAMILIES},
 }
 BWD_CONFIGS = {
     "sm80": {**_BWD_BASE, **_BWD_CONSUMER},
@@ -1014,6 +1031,7 @@ BWD_CONFIGS = {
     "sm100": _BWD_BASE,
     "sm120": {**_BWD_BASE, **_BWD_SM120},
     "default": {**_BWD_BASE, **_BWD_DEFAULT},
+    **{f: _BWD_AMD for f in AMD_FAMILIES},
 }
 # delta = rowsum(dO * O): (BLOCK_M, num_warps). 4 warps spill 28 B at D 72 in fp16 on sm_120 (80 registers).
 PREPROCESS_CONFIG = (32, 8)

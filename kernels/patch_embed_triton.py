@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import check_tables, device_family, dtype_class
-from ._utils import dot_fp32, dot_precision, interpreting, new_empty
+from ._configs import AMD_FAMILIES, check_tables, device_family, dtype_class
+from ._utils import dot_fp32, dot_precision, fp32_dot_precision, interpreting, new_empty
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
@@ -280,6 +280,7 @@ _FWD_BASE = {
 _FWD_AMPERE = {("16bit", True): (128, 64, 64, 8, 3)}
 _FWD_SM100 = {("16bit", False): (64, 64, 32, 8, 3), ("fp32", True): (64, 64, 16, 8, 2)}
 _FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 2), ("16bit", False): (64, 64, 32, 8, 3)}
+_FWD_AMD = {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120}
 FWD_CONFIGS = {
     "sm80": {**_FWD_BASE, **_FWD_AMPERE},
     "sm86": {**_FWD_BASE, **_FWD_AMPERE},
@@ -287,6 +288,7 @@ FWD_CONFIGS = {
     "sm100": {**_FWD_BASE, **_FWD_SM100},
     "sm120": {**_FWD_BASE, **_FWD_SM120},
     "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120},
+    **{f: _FWD_AMD for f in AMD_FAMILIES},
 }
 # adjoint: key dY dtype class -> (BLOCK_M, BLOCK_N, num_warps, num_stages). 32 tokens per step: with 64, triton
 # 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few loop-invariant
@@ -295,6 +297,7 @@ FWD_CONFIGS = {
 # warps) under triton 3.9; 32x32 tiles do not, in any variant, under 3.8 or 3.9. "default" takes them.
 _ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 8, 2)}
 _ADJ_SM100 = {"16bit": (32, 32, 4, 2), "fp32": (32, 32, 8, 2)}
+_ADJ_AMD = _ADJ_SM100
 ADJ_CONFIGS = {
     "sm80": _ADJ_BASE,
     "sm86": _ADJ_BASE,
@@ -302,6 +305,7 @@ ADJ_CONFIGS = {
     "sm100": _ADJ_SM100,
     "sm120": _ADJ_BASE,
     "default": _ADJ_SM100,
+    **{f: _ADJ_AMD for f in AMD_FAMILIES},
 }
 check_tables("patch_embed fwd", FWD_CONFIGS)
 check_tables("patch_embed adjoint", ADJ_CONFIGS)
@@ -339,19 +343,22 @@ def adj_config(dtype: torch.dtype, family: str) -> tuple:
     return ADJ_CONFIGS[family][dtype_class(dtype)]
 
 
-def pos_precision(dtype: torch.dtype) -> str:
+def pos_precision(dtype: torch.dtype, family: str = "sm80") -> str:
     """tl.dot precision of the forward's position dots for parameters of `dtype`: `dot_precision`'s rule with one
     deliberate exception. The operands are fp32 whatever `dtype` (filter weights in [0, 1], table values), so
     "tf32" really rounds them: 2^-11, below bf16's output rounding (2^-9) but not below fp16's, so fp16 takes
     the 3-pass tf32 split."""
-    return "tf32x3" if dtype == torch.float16 else dot_precision(dtype)
+    if dtype == torch.float32:
+        return dot_precision(dtype)
+    tf32 = fp32_dot_precision(family)  # AMD has no TF32 (but gfx942): its split would not compile there
+    return "tf32x3" if dtype == torch.float16 and tf32 == "tf32" else tf32
 
 
-def adjoint_precision(dtype: torch.dtype) -> str:
+def adjoint_precision(dtype: torch.dtype, family: str = "sm80") -> str:
     """tl.dot precision of the adjoint for gradients of `dtype`: `dot_precision`'s rule, kept although the operands
     are fp32 (dY upcast, filter weights): the adjoint sums over the whole batch in fp32, while eager torch rounds
     each image's d pos_embed to `dtype` before summing, so tf32 is ample for 16-bit gradients."""
-    return dot_precision(dtype)
+    return dot_precision(dtype) if dtype == torch.float32 else fp32_dot_precision(family)
 
 
 def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_seqlens=None, total=None):
@@ -399,7 +406,7 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
         PACKED=packed,
         DOT_FP32=dot_fp32(),
         MAIN_PREC=dot_precision(weight.dtype),
-        POS_PREC=pos_precision(weight.dtype),
+        POS_PREC=pos_precision(weight.dtype, device_family(x.device)),
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -434,7 +441,7 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
         BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N,
         PACKED=packed,
-        POS_PREC=adjoint_precision(grad_out.dtype),
+        POS_PREC=adjoint_precision(grad_out.dtype, device_family(grad_out.device)),
         num_warps=num_warps,
         num_stages=num_stages,
     )

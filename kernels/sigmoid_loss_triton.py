@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import INTERPRETER_FAMILY, check_tables, device_family, dtype_class
+from ._configs import AMD_FAMILIES, INTERPRETER_FAMILY, check_tables, device_family, dtype_class
 from ._utils import dot_fp32, dot_precision, interpreting, new_empty
 
 # Upper bound of the G tile buffer (chunk x n elements in the input dtype). 512 MiB keeps the loss under
@@ -54,7 +54,13 @@ _BASE = {
 # sm_100: the fp32 64 x 64 x 32 tile with 4 warps spills 56 B at EVEN_K=False (triton 3.8 and 3.9; 2 stages: 32-40
 # B); with 8 warps it is spill-free in every variant (224 registers). "default" (unknown architectures) takes it.
 _SM100 = {**_BASE, "fp32": (64, 64, 32, 8, 3)}
-CONFIGS = {"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": _SM100, "sm120": _BASE, "default": _SM100}
+# AMD (every AMD family): 128 x 64 x 64 spills VGPRs on gfx942 (16) and gfx950 (127) with the positive diagonal
+# and gradient tile, as does 128 x 64 x 32; 128 x 128 x 32 is clean there (141-148 VGPRs, triton 3.9).
+_AMD = {**_SM100, "16bit": (128, 128, 32, 8, 2)}
+CONFIGS = {
+    **{"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": _SM100, "sm120": _BASE, "default": _SM100},
+    **{f: _AMD for f in AMD_FAMILIES},
+}
 check_tables("sigmoid_loss", CONFIGS)
 # The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there (the same tuple layout).
 INTERPRET_CONFIG = (128, 128, 128, 4, 1)
