@@ -268,6 +268,7 @@ MUTATIONS = [
         "siglip2/embed_dataset/output.py",
         '        atomic_write_text(os.path.join(out, f"{prefix}-{unit.name}.keys.txt"), keys_text)\n'
         '        path = os.path.join(out, f"{prefix}-{unit.name}.safetensors")\n'
+        "        remove_stale_temps(path)  # a killed run's shard temp file: its process is gone\n"
         '        tmp = f"{path}.tmp-{os.getpid()}"\n'
         "        try:\n"
         "            # one metadata key: safetensors writes several in a per-process random (hash map) order\n"
@@ -275,6 +276,7 @@ MUTATIONS = [
         '            save_file({"embeddings": emb.contiguous()}, tmp, metadata=meta)\n'
         "            os.replace(tmp, path)\n",
         '        path = os.path.join(out, f"{prefix}-{unit.name}.safetensors")\n'
+        "        remove_stale_temps(path)  # a killed run's shard temp file: its process is gone\n"
         '        tmp = f"{path}.tmp-{os.getpid()}"\n'
         "        try:\n"
         "            # one metadata key: safetensors writes several in a per-process random (hash map) order\n"

@@ -68,6 +68,12 @@ def as_image_list(images: Images, name: str = "images") -> list:
     return [images]
 
 
+def _scalar(x: Any) -> Any:
+    """A NumPy or torch scalar as a Python number (what the field checks compare); anything else as it is."""
+    item = getattr(x, "item", None)
+    return item() if callable(item) else x
+
+
 def check_processor_fields(d: dict) -> dict:
     """The common processor settings present in `d`, checked and normalized (image_mean/std as 3 floats): a
     TypeError/ValueError naming the field, what was expected and what came. The one place these fields are checked,
@@ -102,7 +108,7 @@ def check_processor_fields(d: dict) -> dict:
             v = [v] * 3
         if not isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) or len(v) != 3:
             raise ValueError(f"{key}: expected 3 numbers (R, G, B) or one number, got {v!r}")
-        v = out[key] = [real(f"{key}[{i}]", x.item() if hasattr(x, "item") else x) for i, x in enumerate(v)]
+        v = out[key] = [real(f"{key}[{i}]", _scalar(x)) for i, x in enumerate(v)]
         if key == "image_std" and not all(math.isfinite(x) and x != 0 for x in v):
             # normalization divides by it: a 0 or inf gives NaN / zero pixels and NaN scores, silently
             raise ValueError(f"image_std: expected 3 finite non-zero values, got {v}")
