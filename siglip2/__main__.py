@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # `add_arguments(parser)` and `run(args) -> int`, and keeps its heavy imports inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "export-kernel": (
+        "siglip2.integrations.kernel_hub",
+        "write our attention as a Hugging Face kernel-hub build (transformers attn_implementation, offline)",
+    ),
     "embed-dataset": (
         "siglip2.embed_dataset.cli",
         "embed an image collection (folder, list, table, webdataset) into shards",
