@@ -198,9 +198,8 @@ def test_transformers_attn_implementation_matches_sdpa(local_kernels, name):
     model.set_attn_implementation("sdpa")
     exact = _run(copy.deepcopy(model).double(), _float64(kw), outputs)
     want = _run(model, kw, outputs)
-    # Siglip2 sets _supports_flash_attn = False, yet transformers 5.25 accepts a hub kernel for it: its refusal
-    # (modeling_utils) only fires for names that say "flash". The ":function" suffix is ignored for a module that
-    # has flash_attn_varlen_func: transformers wraps it with its flash wrapper, for every model.
+    # The ":function" suffix is ignored for a module that has flash_attn_varlen_func: transformers
+    # (integrations/hub_kernels.load_and_register_attn_kernel) wraps it with its own flash wrapper, for every model.
     model.set_attn_implementation(impl)
     with count_triton_launches() as launches:
         got = _run(model, kw, outputs)
@@ -306,3 +305,35 @@ torch.save((q, k, v, cu, out), {str(tmp_path / "out.pt")!r})
     assert r.returncode == 0, r.stderr[-3000:]
     q, k, v, cu, out = torch.load(tmp_path / "out.pt")
     assert torch.equal(out, sk.varlen_attention(q, k, v, cu, cu, 8, 8))
+
+
+def test_siglip2_supports_flash_attention_in_this_transformers(export_dir, monkeypatch):
+    """Issue 30 expected Siglip2 to set _supports_flash_attn = False and transformers to refuse a hub kernel for it;
+    transformers 5.25 sets it True (modeling_siglip2.Siglip2PreTrainedModel), so nothing is refused, even under a
+    name containing "flash" (the only names that check the flag: utils.generic.is_flash_attention_requested)."""
+    assert transformers.Siglip2Model._supports_flash_attn is True
+    monkeypatch.setenv("LOCAL_KERNELS", f"siglip2/flash-attention={export_dir}")
+    model = _siglip2()
+    model.set_attn_implementation("siglip2/flash-attention")
+    assert model.config.vision_config._attn_implementation == "siglip2/flash-attention"
+
+
+def test_attention_function_registered_by_hand_matches_sdpa(export_dir):
+    """transformers never picks siglip2_attention from the name (the flash wrapper wins); registered by hand with
+    sdpa's mask function it runs padded attention, padded query rows included, so even the loss matches."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    hub = kernels.get_local_kernel(export_dir)
+    AttentionInterface.register("siglip2_hub_fn", hub.siglip2_attention)
+    AttentionMaskInterface.register("siglip2_hub_fn", sdpa_mask)
+    model = _siglip_fixres()
+    kw, outputs = _fixres_case(model)
+    model.set_attn_implementation("sdpa")
+    exact = _run(copy.deepcopy(model).double(), _float64(kw), outputs)
+    want = _run(model, kw, outputs)
+    model.set_attn_implementation("siglip2_hub_fn")
+    with count_triton_launches() as launches:
+        got = _run(model, kw, outputs)
+    _compare(got, want, exact)
+    assert all(launches[n] > 0 for n in LAUNCHED), dict(launches)
