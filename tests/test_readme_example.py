@@ -214,7 +214,8 @@ def test_readme_bash_commands(workdir, monkeypatch, capsys):
                 argv = argv[:i] + argv[i + 2 :]
         assert main(argv) == 0, f"{line!r}: {capsys.readouterr().err.strip()}"
         ran.append(argv[0])
-    assert sorted(ran) == ["classify", "embed", "embed-dataset", "profile", "profile", "train"], ran
+    assert sorted(ran) == ["classify", "embed", "embed-dataset", "export-kernel", "profile", "profile", "train"], ran
+    assert (d / "siglip2-kernel" / "build" / "torch-cpu" / "metadata.json").is_file()  # export-kernel wrote its build
     from safetensors import safe_open
 
     with safe_open(str(d / "embeddings.safetensors"), "pt") as f:
