@@ -134,6 +134,21 @@ def _clip(seed=0):
     return perturb_(transformers.CLIPModel(cfg).eval(), seed + 1)
 
 
+def _dinov2(seed=0):
+    """A third vision encoder that supports flash attention (DINOv2: no SigLIP code in it at all)."""
+    torch.manual_seed(seed)
+    cfg = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=8, patch_size=2
+    )
+    return perturb_(transformers.Dinov2Model(cfg).eval(), seed + 1)
+
+
+def _pixels_only(model):
+    g = torch.Generator().manual_seed(5)
+    kw = dict(pixel_values=torch.randn(2, 3, 8, 8, generator=g))
+    return kw, lambda out: {"last": out.last_hidden_state, "pooled": out.pooler_output}
+
+
 def _siglip_fixres(seed=0):
     from tiny import hf_model
 
@@ -186,6 +201,7 @@ CASES = {
     "SiglipModel": (_siglip_fixres, _fixres_full, REPO),  # nothing padded: flash_attn_func, and the loss
     "SiglipModel-padded": (_siglip_fixres, _fixres_padded, REPO),  # padded text: flash_attn_varlen_func
     "CLIPModel": (_clip, _fixres_case, {"vision_config": REPO, "text_config": "sdpa"}),
+    "Dinov2Model": (_dinov2, _pixels_only, REPO),  # nothing padded: flash_attn_func
     "Siglip2Model": (_siglip2, _naflex_padded, f"{REPO}:siglip2_attention"),
 }
 
