@@ -120,18 +120,29 @@ def checkpoint_file(directory: str, name: str, journal: dict | None = None) -> s
     return os.path.join(directory, name)
 
 
-def read_config_json(directory: str) -> dict:
-    """The config.json object of a checkpoint directory (through the save journal), as a dict."""
-    path = os.path.join(directory, CONFIG_NAME)
+def read_json_object(path: str, *, required: bool = True, read_from: str | None = None, what: str = "") -> dict | None:
+    """The JSON object in `path` (read from `read_from` when given, e.g. a file the save journal names). A missing
+    file is a CheckpointError when `required`, else None; invalid JSON or a non-object is a CheckpointError naming
+    `path` (`what` says what the object should hold)."""
     try:
-        with open(checkpoint_file(directory, CONFIG_NAME)) as f:
+        with open(read_from or path, encoding="utf-8") as f:
             d = json.load(f)
     except FileNotFoundError as e:
-        raise CheckpointError(f"no config.json in {directory!r}") from e
+        if not required:
+            return None
+        raise CheckpointError(f"no {os.path.basename(path)} in {os.path.dirname(path)!r}") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got a {type(d).__name__}")
+        raise CheckpointError(f"{path}: expected a JSON object{what}, got a {type(d).__name__}")
+    return d
+
+
+def read_config_json(directory: str) -> dict:
+    """The config.json object of a checkpoint directory (through the save journal), as a dict."""
+    path = os.path.join(directory, CONFIG_NAME)
+    d = read_json_object(path, read_from=checkpoint_file(directory, CONFIG_NAME))
+    assert d is not None  # required
     return d
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 import numpy as np
 import torch
 
-from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
+from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, read_json_object, resolve_dir
 from .image_utils import get_image_size_for_max_num_patches, positive_int, resize_uint8, tensor_to_rgb, to_rgb_uint8
 
 if TYPE_CHECKING:
@@ -216,15 +216,11 @@ class _ImageProcessor:
 def model_patch_size(directory: str) -> int | None:
     """The vision tower's patch_size from `directory`'s config.json (a dual encoder's vision_config, or a vision
     model's own), or None when there is no config.json or it names none."""
-    path = checkpoint_file(directory, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except FileNotFoundError:
+    path = os.path.join(directory, "config.json")
+    cfg = read_json_object(path, required=False, read_from=checkpoint_file(directory, "config.json"))
+    if cfg is None:
         return None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    vision = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else None
+    vision = cfg.get("vision_config", cfg)
     value = vision.get("patch_size") if isinstance(vision, dict) else None
     if value is None:
         return None
@@ -254,15 +250,8 @@ def _with_model_patch_size(directory: str, d: dict, kwargs: dict) -> dict:
 
 def read_preprocessor_config(directory: str) -> dict:
     path = os.path.join(directory, PREPROCESSOR_CONFIG)
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"no {PREPROCESSOR_CONFIG} in {directory!r}") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of processor settings, got a {type(d).__name__}")
+    d = read_json_object(path, what=" of processor settings")
+    assert d is not None  # required
     try:
         check_processor_fields(d)
     except (TypeError, ValueError) as e:

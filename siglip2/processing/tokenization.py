@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, resolve_dir
+from ..checkpoints.loading import CheckpointError, atomic_write_text, checkpoint_file, read_json_object, resolve_dir
 from .image_processing import BatchFeature
 from .image_utils import positive_int
 
@@ -37,18 +37,7 @@ DEFAULT_SPECIALS = {
 
 def _read_json(path: str, required: bool = False, read_from: str | None = None) -> dict:
     """A JSON object from `path` (read from `read_from` when given); {} when absent and not required."""
-    try:
-        with open(read_from or path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError as e:
-        if required:
-            raise CheckpointError(f"no {os.path.basename(path)} in {os.path.dirname(path)!r}") from e
-        return {}
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got a {type(d).__name__}")
-    return d
+    return read_json_object(path, required=required, read_from=read_from) or {}
 
 
 def _token_str(v: Any) -> str | None:
