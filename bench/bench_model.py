@@ -78,7 +78,7 @@ def run(args):
 
     env = common.environment()
     cases = (
-        [("tiny", TINY, 8, 16)]
+        [("tiny", TINY, 8, L) for L in (16, 32, 64, 128)]  # 4 budgets: a trend on CPU in a few seconds
         if args.quick
         else [("So400m/16", SO400M, 256, 256), ("B/16", B16, 256, 256), ("B/16", B16, 64, 1024)]
     )

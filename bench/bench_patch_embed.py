@@ -161,7 +161,10 @@ def _measure(fn, inputs, mode, device):
 
 def cases(quick: bool, device: str):
     if quick:
-        return [dict(B=2, L=64, D=64, K=48, G=4, modes=("fwd", "fwd+bwd"))]
+        # 4 batch sizes: a trend on CPU in a few seconds; fwd+bwd at one of them
+        return [
+            dict(B=B, L=64, D=64, K=48, G=4, modes=("fwd", "fwd+bwd") if B == 2 else ("fwd",)) for B in (1, 2, 4, 8)
+        ]
     out = []
     for D in (768, 1152):
         for L in (256, 1024, 4096):

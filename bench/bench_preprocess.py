@@ -25,7 +25,8 @@ from common import bench_ms, speedup
 def _cases(quick: bool):
     rng = np.random.default_rng(0)
     if quick:
-        return [("4x 120x160 M=64", [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(4)], 64)]
+        arrays = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(4)]
+        return [(f"4x 120x160 M={m}", arrays, m) for m in (64, 128, 256, 576)]  # 4 budgets: a trend on CPU
     mixed = [
         rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         for h, w in [

@@ -69,7 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="time padded vs packed execution (default: on for CUDA; on CPU only when cheap)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="CPU timing: median of this many calls after one warm-up")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="CPU timing: at least this many timed calls (and 0.5 s of them) after a warm-up that lets the "
+        "timings settle; the median and interquartile range are reported (default 3)",
+    )
     p.add_argument("--quality-images", type=int, default=256, help="with --model: images in the drift measurement")
     p.add_argument(
         "--max-drift",
@@ -267,6 +273,10 @@ def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
         ms = bench_ms(fn, warmup=1, rep=repeats, device=device.type)
         out[mode] = {
             "images_per_s": B / (ms * 1e-3),
+            # the rate's interquartile range: the time's, inverted
+            "images_per_s_lo": B / (ms.q3 * 1e-3),
+            "images_per_s_hi": B / (ms.q1 * 1e-3),
+            **{k: v for k, v in ms.fields("ms_per_batch").items() if k != "ms_per_batch"},
             "tokens_per_s": tokens / (ms * 1e-3),
             "ms_per_batch": ms,
             "peak_mem_mb": peak_mem_mb(fn, device.type),
@@ -277,13 +287,29 @@ def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
     return out
 
 
-def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progress) -> dict:
-    """{budget: per-image cosine (float64) of the pooled embedding against the largest budget's}."""
-    import numpy as np
-    import torch
-
+def _decodable(images, seed, unreadable: list[dict]) -> list:
+    """(image, pixels) for each image whose pixels decode; the others are appended to `unreadable` (a header
+    can be whole where the data is truncated: only decoding finds it)."""
     from ..pipeline import load_images as load_pixels
     from .stats import synthetic_pixels
+
+    out = []
+    for im in images:
+        if im.path is None:
+            out.append((im, synthetic_pixels(im, seed)))
+            continue
+        try:
+            out.append((im, load_pixels([im.path])[0][0]))
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError ... for damaged data
+            unreadable.append({"path": im.path, "error": f"{type(e).__name__}: {e}", "stage": "decode"})
+    return out
+
+
+def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progress, unreadable=None) -> dict:
+    """{budget: per-image cosine (float64) of the pooled embedding against the largest budget's}. Images whose
+    pixels do not decode are left out and appended to `unreadable`."""
+    import numpy as np
+    import torch
 
     kernel_impl = "auto" if device.type == "cuda" else "reference"
     model.set_impl("triton", kernel_impl)
@@ -293,8 +319,9 @@ def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progr
 
     chunks = [images[s : s + batch_size] for s in range(0, len(images), batch_size)]
     for chunk in tqdm(chunks, desc="quality (embeddings per budget)", unit="batch", disable=not progress):
-        pix = [im.path if im.path is not None else synthetic_pixels(im, seed) for im in chunk]
-        pix, _ = load_pixels(pix)
+        pix = [px for _, px in _decodable(chunk, seed, unreadable if unreadable is not None else [])]
+        if not pix:
+            continue
         emb = {}
         for m in budgets:
             x = proc(pix, max_num_patches=m)
@@ -304,6 +331,8 @@ def quality(model, proc, images, budgets, device, dtype, batch_size, seed, progr
             emb[m] = e / e.norm(dim=-1, keepdim=True)
         for m in budgets:
             cos[m] += (emb[m] * emb[ref_m]).sum(-1).clamp(-1, 1).cpu().tolist()
+    if not cos[ref_m]:
+        raise ValueError("--model: no image in the drift sample decodes (all listed as unreadable)")
     return {m: np.asarray(v) for m, v in cos.items()}
 
 
@@ -328,9 +357,14 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     progress = not args.no_progress
     synthetic = args.synthetic if args.synthetic is not None else (0 if args.inputs else DEFAULT_SYNTHETIC)
-    images = load_images(args.inputs, synthetic, args.seed, progress)
+    images, unreadable = load_images(args.inputs, synthetic, args.seed, progress)
     if not images:
-        raise ValueError("no images: give files or folders, or --synthetic N with N >= 1")
+        raise ValueError(
+            f"no images: all {len(unreadable)} files are unreadable (first: {unreadable[0]['path']}: "
+            f"{unreadable[0]['error']})"
+            if unreadable
+            else "no images: give files or folders, or --synthetic N with N >= 1"
+        )
     batch = min(args.batch_size or (32 if device.type == "cuda" else 4), len(images))
     # the config first (a checkpoint loads whole), so that random weights are only built when timing needs them
     model, cfg, proc, model_label = load_model(args, device, dtype, need_weights=False)
@@ -372,11 +406,15 @@ def run(args: argparse.Namespace) -> int:
     drift = None
     if args.model:
         q = np.random.default_rng(args.seed).permutation(len(images))[: args.quality_images]
-        drift = quality(model, proc, [images[i] for i in sorted(q)], budgets, device, dtype, batch, args.seed, progress)
+        sample = [images[i] for i in sorted(q)]
+        drift = quality(model, proc, sample, budgets, device, dtype, batch, args.seed, progress, unreadable)
         for e in entries:
             c = drift[e["max_num_patches"]]
             e.update(
                 drift_cosine_mean=float(c.mean()),
+                # the mean's 95% confidence half-width over the sampled images (normal approximation)
+                drift_cosine_ci95=float(1.96 * c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else 0.0,
+                drift_images=len(c),
                 drift_cosine_min=float(c.min()),
                 drift_cosine_p05=float(np.percentile(c, 5)),
             )
@@ -393,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
         batch=batch,
         args=args,
         timing_note=timing_note,
+        unreadable=unreadable,
     )
     print(report.table(result))
     if args.json:

@@ -117,16 +117,25 @@ def collect_paths(inputs: list[str]) -> list[str]:
     return out
 
 
-def load_images(inputs: list[str], synthetic: int, seed: int = 0, progress: bool = True) -> list[Image]:
+def load_images(
+    inputs: list[str], synthetic: int, seed: int = 0, progress: bool = True
+) -> tuple[list[Image], list[dict]]:
+    """(the images, the files skipped as unreadable: {"path", "error", "stage": "scan"}). One damaged file in a
+    collection costs that file, not the profile (as in `siglip2 embed-dataset`); the report lists each."""
     from tqdm.auto import tqdm
 
-    images = []
+    images, unreadable = [], []
     paths = collect_paths(inputs)
     for p in tqdm(paths, desc="scanning images", unit="img", disable=not progress or not paths):
-        h, w = _header_size(p)
+        try:
+            h, w = _header_size(p)
+        except ValueError as e:
+            cause = e.__cause__ or e
+            unreadable.append({"path": p, "error": f"{type(cause).__name__}: {cause}", "stage": "scan"})
+            continue
         images.append(Image(h, w, path=p))
     images += [Image(h, w, index=i) for i, (h, w) in enumerate(synthetic_sizes(synthetic, seed))]
-    return images
+    return images, unreadable
 
 
 def grids(images: list[Image], processor: Siglip2ImageProcessor, max_num_patches: int) -> np.ndarray:

@@ -98,11 +98,14 @@ class Timing(float):
 
 
 WITHIN_NOISE = "within noise"
+BASELINE = "baseline"
 
 
 def speedup(base: float, new: float) -> float | str:
     """base / new, or WITHIN_NOISE when both are Timings whose interquartile intervals overlap: a ratio of two
-    medians whose spreads overlap is not a speedup."""
+    medians whose spreads overlap is not a speedup; BASELINE for the baseline's own row (`new is base`)."""
+    if base is new:  # the baseline's own row
+        return BASELINE
     if isinstance(base, Timing) and isinstance(new, Timing) and not (new.q3 < base.q1 or base.q3 < new.q1):
         return WITHIN_NOISE
     return float(base) / float(new)
