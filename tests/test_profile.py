@@ -272,7 +272,7 @@ def test_profile_model_drift(tiny_checkpoint, image_dir, tmp_path):
         cos = (emb(M) * ref).sum(-1)
         assert by_m[M]["drift_cosine_mean"] == pytest.approx(cos.mean().item(), abs=1e-5)
     rec = r["recommendation"]
-    ok = [m for m in (16, 36, 64) if 1 - by_m[m]["drift_cosine_mean"] <= 0.02]
+    ok = [m for m in (16, 36, 64) if 1 - by_m[m]["drift_cosine_mean"] + by_m[m]["drift_cosine_ci95"] <= 0.02]
     assert rec["max_num_patches"] == min(ok)
     try:
         import matplotlib  # noqa: F401
@@ -323,7 +323,11 @@ def test_bench_plots_from_a_results_file(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_plots", os.path.join(root, "bench", "plots.py"))
     plots = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plots)
-    with open(os.path.join(root, "bench", "results", "cpu-2026-11-23", "results.json")) as f:
+    import glob
+
+    committed = sorted(glob.glob(os.path.join(root, "bench", "results", "cpu-*", "results.json")))
+    assert committed, "no committed bench/run.py CPU results folder"
+    with open(committed[-1]) as f:
         results = json.load(f)
     paths = plots.write_bench_plots(results, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == [

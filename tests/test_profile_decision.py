@@ -55,6 +55,16 @@ def test_default_run_recommends_from_image_sizes():
     assert recommend([_entry(32), _entry(64, up=0.6)], None, None)["max_num_patches"] == 32
 
 
+def test_drift_rule_uses_the_confidence_bound():
+    """A budget whose mean drift is within --max-drift but whose upper 95% bound is not is not recommended."""
+    entries = [_entry(64, cos=0.985), _entry(128, cos=0.99), _entry(256, cos=1.0)]
+    entries[0]["drift_cosine_ci95"] = 0.006  # mean drift 0.015, bound 0.021 > 0.02
+    entries[1]["drift_cosine_ci95"] = 0.006  # 0.010 + 0.006 = 0.016
+    assert recommend(entries, 0.02, None)["max_num_patches"] == 128
+    entries[0]["drift_cosine_ci95"] = 0.004  # 0.019
+    assert recommend(entries, 0.02, None)["max_num_patches"] == 64
+
+
 def test_timing_verdict_noise_and_contradiction():
     ok = [_entry(64, ips=100.0, lo=95, hi=105), _entry(128, ips=50.0, lo=48, hi=52)]
     assert timing_verdict(ok) == (True, None)

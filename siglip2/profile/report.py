@@ -99,7 +99,8 @@ def _by_resolution(entries: list[dict]) -> dict:
 def recommend(entries: list[dict], max_drift: float | None, target: float | None) -> dict:
     """The budget to use, and why: {"max_num_patches", "reason", "basis", "sharpen"}.
 
-    Quality: with a model, the smallest budget with 1 - drift_cosine_mean <= max_drift; without one, the largest
+    Quality: with a model, the smallest budget with 1 - drift_cosine_mean + drift_cosine_ci95 <= max_drift (the
+    drift's upper 95% confidence bound); without one, the largest
     budget worth its tokens by image sizes alone (`_by_resolution`). Throughput (--target-images-per-s): the largest
     budget whose packed images/s meets the target, measured when the timings are usable (`timing_verdict`), else
     estimated from FLOPs per image at the pooled FLOP rate. Both: the smallest budget meeting both, else none.
@@ -109,10 +110,10 @@ def recommend(entries: list[dict], max_drift: float | None, target: float | None
     sharpen = []
     if not has_drift:
         sharpen.append("--model DIR: the embedding drift of each budget against the largest (quality, measured)")
-    if not timed:
-        sharpen.append("timing (a GPU, or --timing): measured images/s per budget")
     if target is None:
-        sharpen.append("--target-images-per-s R: a throughput bound")
+        sharpen.append(
+            "--target-images-per-s R" + ("" if timed else " and timing (a GPU, or --timing)") + ": a throughput bound"
+        )
 
     def out(m, reason, basis):
         return {"max_num_patches": m, "reason": reason, "basis": basis, "sharpen": sharpen}
@@ -133,7 +134,12 @@ def recommend(entries: list[dict], max_drift: float | None, target: float | None
             speed_note = f" ({why}: images/s estimated from FLOPs per image at {rate / 1e9:,.3g} GFLOP/s)"
         else:
             return out(None, f"{why}, and no FLOP counts to fall back on", [])
-    drift_ok = [e["max_num_patches"] for e in entries if has_drift and 1 - e["drift_cosine_mean"] <= max_drift]
+    # the drift's upper 95% confidence bound, not its mean: a sample of images must not make a budget look safe
+    drift_ok = [
+        e["max_num_patches"]
+        for e in entries
+        if has_drift and 1 - e["drift_cosine_mean"] + e.get("drift_cosine_ci95", 0.0) <= max_drift
+    ]
     if has_drift and target is not None:
         both = sorted(set(drift_ok) & set(speed_ok))
         if both:
@@ -154,7 +160,7 @@ def recommend(entries: list[dict], max_drift: float | None, target: float | None
             return out(
                 min(drift_ok),
                 f"smallest budget whose mean embedding cosine against the largest budget is >= {1 - max_drift:g} "
-                f"(--max-drift {max_drift})",
+                f"at its lower 95% confidence bound (--max-drift {max_drift})",
                 ["embedding drift"],
             )
         return out(None, f"no budget below the largest stays within --max-drift {max_drift}", ["embedding drift"])
