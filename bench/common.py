@@ -15,7 +15,14 @@ import torch
 
 # The timing method lives in the package (siglip2/profile/timing.py) so that `siglip2 profile` measures exactly as the
 # benchmarks do; these names are re-exported for the bench modules.
-from siglip2.profile.timing import WITHIN_NOISE, Timing, environment, peak_mem_mb, speedup  # noqa: F401
+from siglip2.profile.timing import (  # noqa: F401
+    WITHIN_NOISE,
+    Timing,
+    environment,
+    peak_mem_mb,
+    quiet_cuda_probe,
+    speedup,
+)
 from siglip2.profile.timing import bench_ms as _bench_ms
 
 _progress = None  # bench/run.py's progress bar: called after every timed measurement

@@ -214,6 +214,7 @@ def main(argv=None):
     if args.device == "cpu" and args.dtype != torch.float32:
         args.dtype = torch.float32  # CPU timings are for correctness of the harness only; bf16 matmul on CPU is slow
 
+    common.quiet_cuda_probe()
     env = common.environment()
     env.update(_provenance(sys.argv[1:] if argv is None else argv))
     env["copy_gbps"] = common.measured_copy_gbps(args.device)

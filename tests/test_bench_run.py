@@ -90,3 +90,28 @@ def test_two_runs_leave_two_complete_folders_and_an_index(run_module, monkeypatc
         assert (folder / "results.md").exists()
     index = (tmp_path / "index.md").read_text().splitlines()
     assert sum(line.startswith("| cpu-") for line in index) == 2
+
+
+def test_no_cuda_runtime_warning_is_dropped(run_module, monkeypatch, tmp_path, caplog):
+    """torch.utils.cpp_extension's "No CUDA runtime is found" (a CUDA torch on a machine without a GPU, once
+    torch.compile imports it) stays off the console of a bench run; its other warnings still show."""
+    import logging
+
+    mod = types.ModuleType("bench_warns")
+    mod.__doc__ = "A benchmark whose provider imports cpp_extension."
+    log = logging.getLogger("torch.utils.cpp_extension")
+
+    def run(args):
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        log.warning("another cpp_extension warning")
+        return [{"case": "c", "provider": "p", "note": "skipped: nothing timed"}]
+
+    mod.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench_warns", mod)
+    monkeypatch.setitem(run_module.OPS, "loss", "bench_warns")
+    monkeypatch.setattr(run_module, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(log, "filters", [])
+    with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+        assert run_module.main(["--ops", "loss", "--no-plots"]) == 0
+    seen = [r.getMessage() for r in caplog.records if r.name == "torch.utils.cpp_extension"]
+    assert seen == ["another cpp_extension warning"]

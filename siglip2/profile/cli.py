@@ -342,9 +342,10 @@ def run(args: argparse.Namespace) -> int:
 
     from . import report
     from .stats import grids, load_images, shape_stats
-    from .timing import environment
+    from .timing import environment, quiet_cuda_probe
 
     _check_args(args)
+    quiet_cuda_probe()
     _check_json_path(args.json)
     if args.plots:
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import platform
 import statistics
 import time
@@ -49,6 +50,21 @@ def environment() -> dict[str, Any]:
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     return env
+
+
+class _NoCudaRuntimeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_probe() -> None:
+    """Drop torch's "No CUDA runtime is found, using CUDA_HOME=..." warning (torch.utils.cpp_extension logs it
+    when a CUDA build of torch runs without a GPU, as soon as torch.compile or an extension loader imports it).
+    The benchmarks and the profiler state their device in their header; on a CPU run the warning only says that
+    again, on the console, in the middle of the tables."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeFilter) for f in log.filters):
+        log.addFilter(_NoCudaRuntimeFilter())
 
 
 NOISY_IQR = 0.10  # a Timing whose interquartile range exceeds this fraction of its median is flagged noisy
