@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -35,7 +36,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--kernel-impl", default="reference", choices=["auto", "triton", "reference"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rep", type=int, default=3, help="runs of each configuration (median, min, max per epoch)")
     a = ap.parse_args(argv)
+    if a.rep < 1:
+        raise ValueError(f"--rep: expected an integer >= 1, got {a.rep}")
     if a.images % a.batch_size:
         raise ValueError(f"--images: must be a multiple of --batch-size ({a.batch_size}), got {a.images}")
     torch.set_num_threads(a.threads)
@@ -46,8 +50,10 @@ def main(argv=None) -> int:
         print(f"{a.model}, {a.images} images, batch {a.batch_size}, max_num_patches {a.seq_len}")
         print(f"torch {torch.__version__}, {a.threads} threads, kernels {a.kernel_impl}")
         print("run                          " + "  ".join(f"epoch {e + 1:>2} img/s" for e in range(a.epochs)))
-        for cache in (False, True):
-            out = os.path.join(root, f"run-{cache}")
+        per_run: dict[str, list[list[float]]] = {}
+        # the configurations alternate, run after run, so a shared machine's load hits both alike
+        for rep, cache in ((r, c) for r in range(a.rep) for c in (False, True)):
+            out = os.path.join(root, f"run-{cache}-{rep}")
             cfg = TrainConfig(
                 data=data,
                 model=a.model,
@@ -68,6 +74,12 @@ def main(argv=None) -> int:
                 log = [json.loads(line) for line in f]
             name = "--lock-image" + (" --cache-image-embeddings" if cache else "")
             print(f"{name:<28} " + "  ".join(f"{r['images_per_s']:>14.1f}" for r in log))
+            per_run.setdefault(name, []).append([r["images_per_s"] for r in log])
+    for name, runs in per_run.items():  # one JSON row per configuration and epoch: median, min, max over runs
+        for e in range(a.epochs):
+            xs = sorted(r[e] for r in runs)
+            row = {"run": name, "epoch": e + 1, "images_per_s": statistics.median(xs), "min": xs[0], "max": xs[-1]}
+            print(json.dumps({**row, "n": len(xs)}))
     return 0
 
 

@@ -126,6 +126,13 @@ def _synthetic_batches(n, m, patch, vocab, device, seed=0):
         yield batch
 
 
+def _iqr(name: str, xs: list[float]) -> dict:
+    from siglip2.profile.timing import Timing
+
+    t = Timing(xs, "steps")
+    return {f"{name}_q1": t.q1, f"{name}_q3": t.q3, f"{name}_noisy": t.noisy}
+
+
 def bench_step(args) -> dict:
     from siglip2.kernels import sigmoid_loss
     from siglip2.kernels.loss import DistributedSigmoidLoss
@@ -258,6 +265,9 @@ def bench_step(args) -> dict:
         "workers": args.workers,
         **{f"{p}_ms": statistics.median(r[p] for r in rows) for p in PHASES},
         "step_ms": statistics.median(r["step"] for r in rows),
+        # the spread of the step, wall and CPU: interquartile range over the timed steps (siglip2.profile.timing)
+        **_iqr("step_ms", [r["step"] for r in rows]),
+        **_iqr("step_cpu_ms", [r["step_cpu"] for r in rows]),
         **{f"{p}_cpu_ms": statistics.median(r["cpu"][p] for r in rows) for p in PHASES},
         "step_cpu_ms": statistics.median(r["step_cpu"] for r in rows),
         "images_per_s": world * sum(r["images"] for r in rows) / wall,

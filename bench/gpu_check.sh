@@ -119,7 +119,7 @@ EOF
       done
       step train-ring timeout 200 $tr bench/bench_train.py ring --local-batch 4096 --dim 1152 --precision bf16
       step train-lit timeout 150 python bench/bench_lit_cache.py --model base --kernel-impl triton --images 1024 \
-        --batch-size 128 --seq-len 256
+        --batch-size 128 --seq-len 256 --rep 1
       ;;
     *)
       echo "unknown step $s (tests, kernels, peers, model, data, train)" >&2

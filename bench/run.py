@@ -91,7 +91,7 @@ def flatten_timings(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _provenance(argv) -> dict:
+def provenance(argv) -> dict:
     """Who ran what, where and when: appended to the environment header of every results file."""
     import datetime
     import platform
@@ -128,11 +128,12 @@ def _provenance(argv) -> dict:
     }
 
 
-def _run_folder(env) -> str:
-    """bench/results/<device>-<date>-<time>-<commit>: one folder per run, never reused."""
+def run_folder(env, kind: str | None = None) -> str:
+    """bench/results/[<kind>-]<device>-<date>-<time>-<commit>: one folder per run, never reused."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"].split("(")[0]).strip("-").lower()
     base = RESULTS
-    name = f"{slug}-{env['date']}-{env['time'].replace(':', '')}-{env['commit'].replace('+dirty', '-dirty')}"
+    when = f"{env['date']}-{env['time'].replace(':', '')}"
+    name = f"{kind + '-' if kind else ''}{slug}-{when}-{env['commit'].replace('+dirty', '-dirty')}"
     out, k = os.path.join(base, name), 1
     while os.path.exists(out):
         k += 1
@@ -216,7 +217,7 @@ def main(argv=None):
 
     common.quiet_cuda_probe()
     env = common.environment()
-    env.update(_provenance(sys.argv[1:] if argv is None else argv))
+    env.update(provenance(sys.argv[1:] if argv is None else argv))
     env["copy_gbps"] = common.measured_copy_gbps(args.device)
     env["dtype"], env["quick"] = str(args.dtype), args.quick
     print("# " + " | ".join(f"{k}: {v}" for k, v in env.items()))
@@ -255,7 +256,7 @@ def main(argv=None):
         tqdm.write(table(rows))
     bar.close()
 
-    out = os.path.normpath(os.path.abspath(args.out or _run_folder(env)))
+    out = os.path.normpath(os.path.abspath(args.out or run_folder(env)))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)

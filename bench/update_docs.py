@@ -3,6 +3,8 @@
     python bench/update_docs.py            # refresh every generated block of README.md and docs/*.md
     python bench/update_docs.py --check    # exit 1 when a block differs from its source, or a linked image is gone
     python bench/update_docs.py naflex     # rebuild docs/naflex.md's worked examples into bench/results/naflex-docs/
+    python bench/update_docs.py record NAME -- python bench/bench_data.py decode   # any command, into a new
+                                           # bench/results/NAME-<date>-<time>-<commit>/
 
 A generated block names its source in an HTML comment, which Markdown does not render:
 
@@ -10,11 +12,16 @@ A generated block names its source in an HTML comment, which Markdown does not r
     ...                                                  two levels): a bench/run.py run's provenance and tables
     <!-- end include -->
 
-    <!-- include bench/results/naflex-docs/photos/stdout.txt text -->   the file in a fenced block, as printed
+    <!-- include bench/results/naflex-docs/timed/stdout.txt text -->    the file in a fenced block, as printed
+    <!-- include bench/results/<run>/results.md cols=case,ms,ms_q1,ms_q3 -->   its tables cut to these columns
 
 To show a new run, point the comment at its folder and rerun the script: nothing in a block is typed by hand, and
 `--check` (tests/test_docs_generated.py, in CI) fails when someone does. Images are linked to the same folders
 (`![..](../bench/results/<run>/x.png)`); `--check` also fails on a link to a file that is not there.
+
+`record` runs a benchmark command and keeps what it printed: command.txt, stdout.txt, provenance.json (versions,
+device, threads, load average, commit) and results.md, where every stdout line that is a JSON object becomes a row
+of one table (a line with versions but no row key is the provenance) and any other output follows verbatim.
 
 `naflex` builds the worked examples of docs/naflex.md from scratch: the photo set (scikit-image's bundled images,
 listed in NAFLEX_PHOTOS, written as PNG, plus one JPEG cut in half to show how a damaged file is reported), a tiny
@@ -30,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,7 +48,7 @@ DOCS = [
     "README.md",
     *sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")),
 ]
-BLOCK = re.compile(r"(<!-- include (\S+)(?: (text))? -->\n)(.*?)(<!-- end include -->)", re.S)
+BLOCK = re.compile(r"(<!-- include (\S+)(?: (text))?(?: cols=(\S+))? -->\n)(.*?)(<!-- end include -->)", re.S)
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 # scikit-image's bundled images (shipped in its wheel, no download), by their skimage.data function. Grey and
@@ -76,9 +84,48 @@ NAFLEX_EXAMPLES = (
 )
 
 
-def render(source: str, mode: str | None) -> str:
-    """The block text for one include: a file's body (title dropped, headings demoted two levels) or, with
-    mode "text", the file in a fenced block."""
+def _provenance_line(bullets: dict) -> str:
+    """A results file's "- key: value" lines as one: the command, when and where, versions, then the rest."""
+    b = dict(bullets)
+    head = [f"`{b.pop('command').strip('`')}`" if "command" in b else None]
+    head.append(" ".join(filter(None, (b.pop("date", None), b.pop("time", None)))))
+    head.append(b.pop("device", None))
+    head.append(", ".join(f"{k} {b.pop(k)}" for k in ("torch", "triton", "transformers", "siglip2") if k in b))
+    head.append(f"commit {b.pop('commit')}" if "commit" in b else None)
+    return "Run: " + "; ".join(filter(None, head + [f"{k}: {v}" for k, v in b.items()])) + "."
+
+
+def _select(lines: list[str], cols: list[str], source: str) -> list[str]:
+    """The Markdown tables among `lines` cut to `cols` (in that order), the provenance lines folded into one, and
+    the "Other output" section dropped."""
+    out, keep, bullets = [], None, {}
+    for ln in lines:
+        if ln.startswith("Other output:"):
+            break
+        if ln.startswith("- ") and ": " in ln:
+            k, v = ln[2:].split(": ", 1)
+            bullets[k] = v
+            continue
+        if bullets:
+            out.append(_provenance_line(bullets))
+            bullets = {}
+        if not ln.startswith("|"):
+            keep = None
+            out.append(ln)
+            continue
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        if keep is None:  # a table's header row
+            missing = [c for c in cols if c not in cells]
+            if missing:
+                raise ValueError(f"include {source}: no column {', '.join(missing)} (has {', '.join(cells)})")
+            keep = [cells.index(c) for c in cols]
+        out.append("| " + " | ".join(cells[i] for i in keep) + " |")
+    return out
+
+
+def render(source: str, mode: str | None, cols: str | None = None) -> str:
+    """The block text for one include: a file's body (title dropped, headings demoted two levels; with `cols`,
+    its tables cut to those columns) or, with mode "text", the file in a fenced block."""
     path = os.path.join(ROOT, source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"include {source}: no such file (paths are relative to the repository root)")
@@ -89,6 +136,8 @@ def render(source: str, mode: str | None) -> str:
     lines = text.splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
+    if cols:
+        lines = _select(lines, cols.split(","), source)
     out = ["##" + ln if ln.startswith("#") else ln for ln in lines]
     return "\n".join(out).strip("\n") + "\n"
 
@@ -101,10 +150,10 @@ def refresh(doc: str, check: bool) -> list[str]:
     problems = []
 
     def sub(m: re.Match) -> str:
-        new = render(m.group(2), m.group(3))
-        if check and new != m.group(4):
+        new = render(m.group(2), m.group(3), m.group(4))
+        if check and new != m.group(5):
             problems.append(f"{doc}: the block from {m.group(2)} differs from its source")
-        return m.group(1) + new + m.group(5)
+        return m.group(1) + new + m.group(6)
 
     new_text = BLOCK.sub(sub, text)
     for link in IMAGE.findall(new_text):
@@ -221,9 +270,96 @@ def naflex(out: str = NAFLEX_OUT) -> int:
     return 0
 
 
+ROW_KEYS = ("case", "provider", "stage", "phase", "run", "size")
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        near = round(v)
+        # 0.99998 is not 1: keep the digits that tell them apart
+        return f"{v:.4g}" if v == near or abs(v - near) >= 1e-3 else f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def results_md(stdout: str, command: str, env: dict) -> str:
+    """results.md of a recorded command: provenance, one table of its JSON-object lines, the rest verbatim."""
+    rows, other, header = [], [], {}
+    for line in stdout.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and not any(k in obj for k in ROW_KEYS) and "torch" in obj:
+            header.update(obj)
+        elif isinstance(obj, dict):
+            rows.append(obj)
+        elif line.strip():
+            other.append(line)
+    out = ["# Benchmark results", "", f"- command: `{command}`"]
+    out += [f"- {k}: {v}" for k, v in env.items() if k != "command"]
+    # what the command printed about itself (its own thread count, say): beside the recorder's where both name it
+    own = {k: v for k, v in header.items() if env.get(k) != v}
+    out += [f"- {k}" + (" (the command's own)" if k in env else "") + f": {v}" for k, v in own.items()]
+    if rows:
+        # a row repeating the recorder's provenance adds nothing; where it differs (its own thread count) it stays
+        cols = list(dict.fromkeys(k for r in rows for k in r if k in ROW_KEYS or env.get(k, object()) != r[k]))
+        # a column with one value in every row is said once, above the table
+        same = [c for c in cols if c not in ROW_KEYS and len(rows) > 1 and len({_cell(r.get(c)) for r in rows}) == 1]
+        out += [f"- {c} (every row): {_cell(rows[0].get(c))}" for c in same]
+        cols = [c for c in cols if c not in same]
+        out += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    if other:
+        out += ["", "Other output:", "", "```", *other, "```"]
+    return "\n".join(out) + "\n"
+
+
+def record(name: str, cmd: list[str]) -> int:
+    """Run `cmd` from the repository root (stderr passes through: progress), keep its outputs in a new folder."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise SystemExit(f"record: NAME must be letters, digits, '.', '_' or '-', got {name!r}")
+    if not cmd:
+        raise SystemExit("record: give the command after --, e.g. record data -- python bench/bench_data.py decode")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common
+    from run import provenance, run_folder
+
+    env = common.environment()
+    env.update(provenance(cmd))
+    env["command"] = " ".join(shlex.quote(c) for c in cmd)
+    folder = run_folder(env, kind=name)
+    r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    print(r.stdout, end="")
+    if r.returncode != 0:
+        print(f"record: {' '.join(cmd)} exited {r.returncode}; nothing kept", file=sys.stderr)
+        return r.returncode
+    os.makedirs(folder)
+    for fname, text in (
+        ("command.txt", env["command"] + "\n"),
+        ("stdout.txt", r.stdout),
+        ("provenance.json", json.dumps(env, indent=1, default=str) + "\n"),
+        ("results.md", results_md(r.stdout, env["command"], env)),
+    ):
+        with open(os.path.join(folder, fname), "w") as f:
+            f.write(text)
+    print(f"wrote {os.path.relpath(folder, ROOT)}/")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=["blocks", "naflex"], default="blocks")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["record"]:
+        rest = argv[1:]
+        if len(rest) < 1 or "--" not in rest:
+            p.error("usage: update_docs.py record NAME -- COMMAND ...")
+        i = rest.index("--")
+        if i != 1:
+            p.error("usage: update_docs.py record NAME -- COMMAND ...")
+        return record(rest[0], rest[2:])
+    p.add_argument("what", nargs="?", choices=["blocks", "naflex", "record"], default="blocks")
     p.add_argument("--check", action="store_true", help="compare only: exit 1 on any difference")
     args = p.parse_args(argv)
     if args.what == "naflex":
@@ -232,7 +368,11 @@ def main(argv=None) -> int:
         rc = naflex()
         if rc:
             return rc
-    problems = [x for doc in DOCS for x in refresh(doc, args.check)]
+    try:
+        problems = [x for doc in DOCS for x in refresh(doc, args.check)]
+    except (OSError, ValueError) as e:  # a block naming a file or a column that is not there
+        print(f"update_docs: {e}", file=sys.stderr)
+        return 1
     for x in problems:
         print(x, file=sys.stderr)
     if args.check:

@@ -383,6 +383,35 @@ MUTATIONS = [
         "    b_end = tl.minimum(i_c * IMGS_PER_PROG + 1, B)\n",
         ["tests/test_patch_embed.py", "-k", "many_images and packed"],
     ),
+    # siglip2 profile's decision (tests/test_profile_decision.py)
+    Mutation(
+        "profile-noisy-timing-trusted",
+        "siglip2/profile/report.py",
+        '    noisy = [e["max_num_patches"] for e in timed if e["timing"]["packed"].get("noisy")]\n',
+        "    noisy = []\n",
+        ["tests/test_profile_decision.py"],
+    ),
+    Mutation(
+        "profile-drift-mean-only",
+        "siglip2/profile/report.py",
+        'if has_drift and 1 - e["drift_cosine_mean"] + e.get("drift_cosine_ci95", 0.0) <= max_drift',
+        'if has_drift and 1 - e["drift_cosine_mean"] <= max_drift',
+        ["tests/test_profile_decision.py", "tests/test_profile.py", "-k", "drift"],
+    ),
+    Mutation(
+        "profile-unreadable-file-fatal",
+        "siglip2/profile/stats.py",
+        "        except ValueError as e:\n            cause = e.__cause__ or e\n",
+        "        except KeyError as e:\n            cause = e.__cause__ or e\n",
+        ["tests/test_profile_decision.py", "-k", "unreadable"],
+    ),
+    Mutation(
+        "profile-default-recommends-none",
+        "siglip2/profile/report.py",
+        '    if entries and all("upsampled_fraction" in e for e in entries):\n',
+        "    if False:\n",
+        ["tests/test_profile_decision.py"],
+    ),
 ]
 
 
