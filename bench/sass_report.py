@@ -188,6 +188,27 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows, before=None) -> str:
+    """The docs/benchmarks.md table of `rows` (a --json file's), with a "before" file's loop counts beside them."""
+    old = {(r["kernel"], r["arch"], r["head_dim"]): r for r in before or []}
+    head = "| kernel | arch | D | tile | minimal | ours | ratio |"
+    head += " before: loop / its minimal |" if before else ""
+    out = [head + " what is left (ours vs minimal) |", "|" + "---|" * (head.count("|"))]
+    for r in rows:
+        n, ref = r["loop_instructions"], r["reference_loop_instructions"]
+        cells = [r["kernel"], r["arch"], str(r["head_dim"]), r["tile"], str(ref), f"**{n}**", f"**{n / ref:.2f}x**"]
+        if before:
+            b = old.get((r["kernel"], r["arch"], r["head_dim"]))
+            cells.append(
+                f"{b['loop_instructions']} / {b['reference_loop_instructions']} "
+                f"({b['loop_instructions'] / b['reference_loop_instructions']:.2f}x)"
+                if b
+                else "-"
+            )
+        out.append("| " + " | ".join([*cells, diff(r, top=4)]) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ccs", default="80,86,89,90,100,120")
@@ -195,7 +216,24 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default=",".join(KERNELS))
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--json", default=None, help="write the rows to this file")
+    ap.add_argument("--from-json", default=None, help="compile nothing: render the rows of this --json file")
+    ap.add_argument("--before", default=None, help="with --md: an earlier --json file, its loop counts beside")
+    ap.add_argument("--md", default=None, help="write the Markdown table of docs/benchmarks.md to this file")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)
+        before = None
+        if args.before:
+            with open(args.before) as f:
+                before = json.load(f)
+        text = f"# {args.from_json}\n\n- command: `python bench/sass_report.py {' '.join(argv or sys.argv[1:])}`\n\n"
+        text += markdown(rows, before) + "\n"
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(text)
+        print(text, end="")
+        return 0
     kernels = tuple(args.kernels.split(","))
     if set(kernels) - set(KERNELS):
         ap.error(f"--kernels must be among {KERNELS}, got {args.kernels!r}")
