@@ -57,6 +57,11 @@ def bench_ms(fn, *, warmup: int = 3, rep: int = 20, device: str = "cuda") -> Tim
 PEAKS = {
     "H100": {"bf16_tflops": 989.0, "fp16_tflops": 989.0, "fp32_tflops": 67.0, "hbm_gbps": 3350.0},
     "H200": {"bf16_tflops": 989.0, "fp16_tflops": 989.0, "fp32_tflops": 67.0, "hbm_gbps": 4800.0},
+    "A100": {"bf16_tflops": 312.0, "fp16_tflops": 312.0, "fp32_tflops": 19.5, "hbm_gbps": 2039.0},
+    # AMD Instinct (ROCm names the device "AMD Instinct MI300X" ...); dense matrix peaks, fp32 the vector rate
+    "MI300X": {"bf16_tflops": 1307.4, "fp16_tflops": 1307.4, "fp32_tflops": 163.4, "hbm_gbps": 5300.0},
+    "MI325X": {"bf16_tflops": 1307.4, "fp16_tflops": 1307.4, "fp32_tflops": 163.4, "hbm_gbps": 6000.0},
+    "MI355X": {"bf16_tflops": 2516.6, "fp16_tflops": 2516.6, "fp32_tflops": 157.3, "hbm_gbps": 8000.0},
 }
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: one command for a short GPU window (device tool, from the repo root; under 8 min on one H100).
+# Under ROCm PyTorch (AMD Instinct / Radeon) the same command runs: torch.cuda drives the AMD GPU, the kernels take
+# their gfx family's configs (kernels/_configs.py), rocm-smi stands in for nvidia-smi.
 #   bash bench/gpu_check.sh                # tests, kernels, peers, model: in that order
 #   bash bench/gpu_check.sh --dry-run      # the same steps on CPU at tiny sizes, kernels through Triton's
 #                                          # interpreter (CI runs it, so the script cannot rot without a GPU)
@@ -53,12 +55,20 @@ step() { # step NAME CMD...: run, log to $RUN/NAME.txt, remember a failure
 }
 
 if [ $dry = 0 ]; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$RUN/nvidia-smi.txt"
+  # NVIDIA or AMD (ROCm PyTorch drives AMD GPUs through torch.cuda too; the kernels pick their gfx family)
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$RUN/gpu.txt"
+  elif command -v rocm-smi >/dev/null; then
+    rocm-smi --showproductname --showdriverversion --showmeminfo vram | tee "$RUN/gpu.txt"
+  fi
   ls bench/wheels/*.whl >/dev/null 2>&1 && pip install -q --no-deps bench/wheels/*.whl
   pip install -q -e . --no-deps --no-build-isolation
 fi
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
-  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee "$RUN/versions.txt"
+  'hip ' + torch.version.hip if torch.version.hip else 'cuda ' + str(torch.version.cuda),
+  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU',
+  getattr(torch.cuda.get_device_properties(0), 'gcnArchName', '') if torch.cuda.is_available() else '')" |
+  tee "$RUN/versions.txt"
 
 for s in $steps; do
   case $s in
@@ -106,7 +116,7 @@ EOF
       # One rank per GPU. A global batch runs when its per-rank share fits TRAIN_MAX_LOCAL (default 1024 images: ~30
       # GB of activations by the --dry-run estimate + ~18 GB of fp32 weights, gradients and AdamW state); the others
       # print how many GPUs they need.
-      ngpu=$(nvidia-smi -L | wc -l)
+      ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
       max_local=${TRAIN_MAX_LOCAL:-1024}
       tr="python -m torch.distributed.run --nproc-per-node $ngpu --rdzv-backend c10d --rdzv-endpoint localhost:0"
       so400m="--size so400m --synthetic --precision bf16 --grad-checkpointing --steps 5 --warmup-steps 2"

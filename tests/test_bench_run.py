@@ -115,3 +115,23 @@ def test_no_cuda_runtime_warning_is_dropped(run_module, monkeypatch, tmp_path, c
         assert run_module.main(["--ops", "loss", "--no-plots"]) == 0
     seen = [r.getMessage() for r in caplog.records if r.name == "torch.utils.cpp_extension"]
     assert seen == ["another cpp_extension warning"]
+
+
+def test_environment_under_rocm_names_the_gfx_arch(monkeypatch):
+    """On ROCm PyTorch the provenance names the gfx architecture and the HIP version, never an sm_ (gfx942 reports
+    a compute capability of 9.4), and an MI300X's peaks are known (a stubbed device: no AMD GPU here)."""
+    import common
+    import torch
+
+    from siglip2.profile.timing import environment
+
+    props = types.SimpleNamespace(
+        name="AMD Instinct MI300X", total_memory=192 * 2**30, major=9, minor=4, gcnArchName="gfx942:sramecc+:xnack-"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482", raising=False)
+    env = environment()
+    assert env["arch"] == "gfx942" and env["hip"] == "6.4.43482" and env["device"] == "AMD Instinct MI300X"
+    assert "sm" not in env and "cuda" not in env
+    assert common.peak_for(env, "bf16_tflops") == 1307.4

@@ -44,9 +44,11 @@ def environment() -> dict[str, Any]:
             env[mod] = None
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env.update(
-            device=p.name, sm=f"{p.major}{p.minor}", cuda=torch.version.cuda, mem_gb=round(p.total_memory / 2**30, 1)
-        )
+        env.update(device=p.name, mem_gb=round(p.total_memory / 2**30, 1))
+        if getattr(torch.version, "hip", None):  # ROCm: the gfx architecture; its "compute capability" is no sm_
+            env.update(arch=str(getattr(p, "gcnArchName", "?")).split(":")[0], hip=torch.version.hip)
+        else:
+            env.update(sm=f"{p.major}{p.minor}", cuda=torch.version.cuda)
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     return env
