@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from siglip2.profile.timing import NOISY_IQR, WITHIN_NOISE, Timing, bench_ms, speedup
+from siglip2.profile.timing import BASELINE, NOISY_IQR, WITHIN_NOISE, Timing, bench_ms, speedup
 
 
 def test_timing_statistics_by_hand():
@@ -34,7 +34,9 @@ def test_speedup_only_outside_the_noise():
     assert speedup(base, fast) == pytest.approx(10.05 / 5.0)  # the medians
     overlapping = Timing([9.0, 10.0, 11.0, 9.5, 10.5], "test")  # IQR 9.5..10.5 overlaps 9.95..10.125
     assert speedup(base, overlapping) == WITHIN_NOISE
-    assert speedup(base, base) == WITHIN_NOISE  # the baseline against itself
+    assert speedup(base, base) == BASELINE  # the baseline's own row
+    same = Timing([10.0, 10.2, 9.8, 10.1], "test")  # an equal timing that is not the baseline row: noise
+    assert speedup(base, same) == WITHIN_NOISE
     assert speedup(10.0, 5.0) == 2.0  # plain numbers: no interval to compare
 
 
