@@ -60,6 +60,44 @@ SMEM_LIMIT = {
 # Wavefront size per AMD family (Triton's num_warps counts wavefronts): the AOT target's warp size.
 WAVE_SIZE = {"gfx90a": 64, "gfx942": 64, "gfx950": 64, "rdna": 32, "amd": 64}
 
+# HIP launch options a table entry may carry (Triton's AMD backend, triton/backends/amd/compiler.py HIPOptions):
+# fields of that name with the same meaning under triton 3.6, 3.8 and 3.9. An AMD entry's tuple ends in a dict of
+# them (`split_entry`); the launchers pass them through `launch_kwargs`, which drops them on every non-AMD family
+# (CUDA's launcher rejects them: "Keyword argument waves_per_eu was specified but unrecognised"), and the AOT cases
+# (kernels/aot_cases.py) compile with exactly that dict (one source: the table).
+# - waves_per_eu: the amdgpu-waves-per-eu hint: a scheduling target of that many waves per SIMD, which caps a
+#   wave's VGPRs at 512 / waves_per_eu on CDNA (0: no hint).
+# - matrix_instr_nonkdim: the MFMA M/N size (16 or 32; 0: Triton's choice per dot, which mixes 16x16 and 32x32
+#   within one kernel).
+# - kpack is not used: on gfx950 Triton deprecates it (a warning, then reset to 1) and marks it for removal (a
+#   launch passing a removed option fails), and on gfx942 kpack=2 fixes nothing: every SigLIP2 kernel is spill-free
+#   and within waves_per_eu=2's 256 VGPRs without it (it saves 0-24 VGPRs: dQ at D 72 128 -> 104; triton 3.9).
+HIP_OPTION_NAMES = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+
+
+def split_entry(entry: tuple, n: int) -> tuple[tuple, dict]:
+    """A launch-config table entry as (its first `n` numbers, its HIP options): an AMD entry may end in a dict of
+    `HIP_OPTION_NAMES` after its n numbers; any other entry has none ({})."""
+    if len(entry) == n:
+        return tuple(entry), {}
+    if len(entry) != n + 1 or not isinstance(entry[n], dict):
+        raise ValueError(f"launch config {entry!r}: expected {n} numbers, optionally followed by a dict of HIP options")
+    unknown = set(entry[n]) - set(HIP_OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"launch config {entry!r}: unknown HIP options {sorted(unknown)}")
+    return tuple(entry[:n]), dict(entry[n])
+
+
+def launch_kwargs(fam: str, num_warps: int, num_stages: int, hip: dict | None = None) -> dict:
+    """The launch options of one kernel launch on device family `fam`: num_warps, num_stages and, on an AMD family
+    only, the entry's HIP options `hip` (never on CUDA, whose launcher rejects them). The AOT cases build theirs
+    with this same function (kernels/aot_cases.py), so a case compiles what the launcher launches."""
+    kw = dict(num_warps=num_warps, num_stages=num_stages)
+    if fam in AMD_FAMILIES and hip:
+        kw.update(hip)
+    return kw
+
+
 # The architectures the ahead-of-time compile test builds every table for (tests/test_aot.py).
 AOT_CCS = (80, 86, 89, 90, 100, 120)
 # The AMD architectures: gfx942 and gfx950 are checked like the NVIDIA ones (tests/test_aot.py); the others

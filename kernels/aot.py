@@ -1,7 +1,8 @@
 """`python -m siglip2.kernels.aot`: compile the launch-config tables ahead of time for GPUs this machine lacks.
 
-    python -m siglip2.kernels.aot [--tier ci|siglip2|all] [--ccs 80,90] [--op attention] [--all] [--json out.json]
+    python -m siglip2.kernels.aot [--tier ci|amd|siglip2|all] [--ccs 80,90] [--op attention] [--all] [--json out.json]
     python -m siglip2.kernels.aot --ccs gfx942,gfx950 --all     # AMD targets by name (no ROCm needed)
+    python -m siglip2.kernels.aot --ccs gfx942,gfx950 --tier amd   # what CI checks for AMD (SIGLIP2_AOT_AMD=full)
 
 The cases come from aot_cases.py (every table entry of every op, per architecture), the compiles and their
 resources (registers, spills, shared memory) from aot_compile.py; this prints every offender (`--all`: every
@@ -36,7 +37,7 @@ def parse_archs(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    """`python -m siglip2.kernels.aot [--tier ci|siglip2|all] [--ccs 80,90] [--op attention] [--json out.json]`:
+    """`python -m siglip2.kernels.aot [--tier ci|amd|siglip2|all] [--ccs 80,90] [--op attention] [--json out.json]`:
     compile the launch-config tables for the given architectures; print every offender (--all: every case)."""
     import argparse
     import json
@@ -44,9 +45,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument(
         "--tier",
-        choices=("ci", "siglip2", "all"),
+        choices=aot_cases.TIERS,
         default="siglip2",
-        help="ci: the CI subset; siglip2: every SigLIP2 shape (default); all: every table entry",
+        help="ci: the CI subset; amd: every SigLIP2 shape of an AMD arch's own table (CI's AMD tier); "
+        "siglip2: every SigLIP2 shape (default); all: every table entry",
     )
     ap.add_argument("--ccs", default=",".join(map(str, AOT_CCS)))
     ap.add_argument("--op", choices=("attention", "patch_embed", "loss"), default=None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._configs import AOT_CCS, family, is_amd
+from ._configs import AOT_CCS, family, is_amd, launch_kwargs, split_entry
 
 _TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -33,6 +33,21 @@ def _families(cc):
     """The arch's own family and the fallback an unknown arch of its vendor gets ("default", or "amd")."""
     fallback = "amd" if is_amd(cc) else "default"
     return (family(cc), fallback) if family(cc) != fallback else (fallback,)
+
+
+_HIP_TAGS = {"waves_per_eu": "wpe", "matrix_instr_nonkdim": "nk", "kpack": "kp"}
+
+
+def _launch(fam, num_warps, num_stages, hip):
+    """A case's num_warps, num_stages and amd_options (the HIP options), from the launcher's own `launch_kwargs`
+    (kernels/_configs.py): a case compiles with exactly the options a launch on family `fam` passes."""
+    kw = launch_kwargs(fam, num_warps, num_stages, hip)
+    return dict(num_warps=kw.pop("num_warps"), num_stages=kw.pop("num_stages"), amd_options=kw)
+
+
+def _hip_tag(launch) -> str:
+    """The case-name suffix of its HIP options ("-nk16-wpe2"): cases that differ only in them keep apart."""
+    return "".join(f"-{_HIP_TAGS[k]}{v}" for k, v in sorted(launch["amd_options"].items()))
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -97,13 +112,14 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
 
     _, queries, tile = key
     bd, bdt = _SPLIT[tile]
-    bm, bn, w, s = T.FWD_CONFIGS[fam][key]
-    bm_, bn_, w_, bm2, bn2, w2, s_ = T.BWD_CONFIGS[fam][key]
-    fn, m, n, nw, ns = {
-        "fwd": (T.KERNELS["fwd"], bm, bn, w, s),
-        "dkdv": (T.KERNELS["dkdv"], bm_, bn_, w_, s_),
-        "dq": (T.KERNELS["dq"], bm2, bn2, w2, s_),
+    (bm, bn, w, s), hip = split_entry(T.FWD_CONFIGS[fam][key], 4)
+    (bm_, bn_, w_, bm2, bn2, w2, s_), hip_ = split_entry(T.BWD_CONFIGS[fam][key], 7)
+    fn, m, n, launch = {
+        "fwd": (T.KERNELS["fwd"], bm, bn, _launch(fam, w, s, hip)),
+        "dkdv": (T.KERNELS["dkdv"], bm_, bn_, _launch(fam, w_, s_, hip_)),
+        "dq": (T.KERNELS["dq"], bm2, bn2, _launch(fam, w2, s_, hip_)),
     }[kname]
+    nw, ns = launch["num_warps"], launch["num_stages"]
     cx = dict(
         HEAD_DIM=D,
         BLOCK_D=bd,
@@ -125,6 +141,7 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
         "unaligned": False,
     }[how]
     name = f"{kname}-{_TY[dtype]}-D{D}-{queries}-{layout}-{how}-{m}x{n}{'+' + str(bdt) if bdt else ''}-w{nw}s{ns}"
+    name += _hip_tag(launch)
     return dict(
         name=name,
         cc=cc,
@@ -140,8 +157,7 @@ def _attn_kernel_case(cc, fam, key, kname, dtype, D, layout, how, required):
         block_dt=bdt,
         block_m=m,
         block_n=n,
-        num_warps=nw,
-        num_stages=ns,
+        **launch,
         required=required,
         fn=fn,
         signature=sig,
@@ -227,26 +243,30 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
 
     cases = []
 
-    def add(cc, fam, name, fn, sig, consts, nw, ns, div16, required=True):
+    def add(cc, fam, name, fn, sig, consts, entry, div16, required=True):
+        (*_, nw, ns), hip = entry
+        launch = _launch(fam, nw, ns, hip)
         cases.append(
             dict(
-                name=f"{name}-w{nw}s{ns}",
+                name=f"{name}-w{nw}s{ns}{_hip_tag(launch)}",
                 cc=cc,
                 family=fam,
                 op="patch_embed",
+                kernel="fwd" if name.startswith("fwd-") else "adjoint",
                 required=required,
                 fn=fn,
                 signature=sig,
                 constexprs=consts,
-                num_warps=nw,
-                num_stages=ns,
+                **launch,
                 aligned=div16 or False,
             )
         )
 
     for cc in ccs:
         for fam in _families(cc):
-            for (dclass, aligned), (bm, bn, bk, nw, ns) in pt.FWD_CONFIGS[fam].items():
+            for (dclass, aligned), table_entry in pt.FWD_CONFIGS[fam].items():
+                entry = split_entry(table_entry, 5)
+                bm, bn, bk, _, _ = entry[0]
                 for dtype in _pe_dtypes(dclass):
                     pixel_dtypes = [dtype] + [d for d in pt.KERNEL_PIXEL_DTYPES if d != dtype]
                     for xdt in pixel_dtypes:
@@ -291,11 +311,12 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                     pt.KERNELS["fwd"],
                                     sig,
                                     consts,
-                                    nw,
-                                    ns,
+                                    entry,
                                     div16,
                                 )
-            for dclass, (bm, bn, nw, ns) in pt.ADJ_CONFIGS[fam].items():
+            for dclass, table_entry in pt.ADJ_CONFIGS[fam].items():
+                entry = split_entry(table_entry, 4)
+                bm, bn, _, _ = entry[0]
                 for dtype in _pe_dtypes(dclass):
                     for packed in (False, True):
                         for imgs1 in (False, True):
@@ -330,13 +351,13 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                                     pt.KERNELS["adjoint"],
                                     sig,
                                     consts,
-                                    nw,
-                                    ns,
+                                    entry,
                                     div16,
                                 )
             if not siglip2_only:
                 # a launch passes an int argument equal to 1 as a constexpr: one image of one patch
-                bm, bn, nw, ns = pt.ADJ_CONFIGS[fam]["16bit"]
+                entry = split_entry(pt.ADJ_CONFIGS[fam]["16bit"], 4)
+                bm, bn, _, _ = entry[0]
                 sig = dict(dy="*bf16", shapes="*i64", cu_seqlens="*i64", dpos_part="*fp32", D="i32")
                 consts = dict(
                     G=16,
@@ -356,8 +377,7 @@ def patch_embed_cases(ccs=AOT_CCS, siglip2_only=False):
                     pt.KERNELS["adjoint"],
                     sig,
                     consts,
-                    nw,
-                    ns,
+                    entry,
                     [n for n, ty in sig.items() if ty.startswith("*")],
                     required=False,
                 )
@@ -379,7 +399,9 @@ def loss_cases(ccs=AOT_CCS, siglip2_only=False):
     cases = []
     for cc in ccs:
         for fam in _families(cc):
-            for dclass, (bm, bn, bk, nw, ns) in K.CONFIGS[fam].items():
+            for dclass, table_entry in K.CONFIGS[fam].items():
+                (bm, bn, bk, nw, ns), hip = split_entry(table_entry, 5)
+                launch = _launch(fam, nw, ns, hip)
                 for dtype in _pe_dtypes(dclass):
                     t = _TY[dtype]
                     for even_k in (True, False):
@@ -420,16 +442,16 @@ def loss_cases(ccs=AOT_CCS, siglip2_only=False):
                                 cases.append(
                                     dict(
                                         name=f"{t}-even{even_k:d}-pos{has_pos:d}-g{store_g:d}-{bm}x{bn}x{bk}"
-                                        f"-w{nw}s{ns}",
+                                        f"-w{nw}s{ns}{_hip_tag(launch)}",
                                         cc=cc,
                                         family=fam,
                                         op="loss",
+                                        kernel="fwd",
                                         required=True,
                                         fn=K.KERNELS["fwd"],
                                         signature=sig,
                                         constexprs=consts,
-                                        num_warps=nw,
-                                        num_stages=ns,
+                                        **launch,
                                         aligned=aligned,
                                     )
                                 )
@@ -464,11 +486,14 @@ def _in_ci(c) -> bool:
 
 
 def _in_ci_amd(c) -> bool:
-    """The CI tier on an AMD target, smaller than NVIDIA's: an AMD compile costs ~3-4 CPU s (LLVM's AMDGPU
-    backend), ~3x a ptxas one. bf16 attention, sequence queries, varlen and padded+mask (the layouts with the
+    """The CI tier on an AMD target: bf16 attention, sequence queries, varlen and padded+mask (the layouts with the
     most live registers; fp16 differs only in the element type), D 64, 72 and 96, all three kernels and the
     delta kernel; the packed bf16 patch embedding (P=16 aligned, P=14 pointers) and its adjoint; the loss with
-    its positive diagonal and gradient tile. The rest of the SigLIP2 tier runs with SIGLIP2_AOT_FULL=1."""
+    its positive diagonal and gradient tile. The "amd" table (an unknown AMD arch: CDNA's tiles without HIP
+    options), where it is not the arch's own, in bf16 varlen sequence attention. CI runs the larger "amd" tier
+    (`_in_amd_tier`) instead, with SIGLIP2_AOT_AMD=full; the rest of the SigLIP2 tier with SIGLIP2_AOT_FULL=1."""
+    if c["family"] == "amd" and family(c["cc"]) != "amd":
+        return c["op"] == "attention" and c["dtype"] == "bf16" and c["layout"] == "varlen" and c["queries"] == "seq"
     if c["op"] == "attention":
         return c["dtype"] == "bf16" and c["queries"] == "seq" and c["layout"] != "padded"
     n = c["name"]
@@ -479,10 +504,24 @@ def _in_ci_amd(c) -> bool:
     return n.startswith("bf16-even1-pos1-g1-")
 
 
+def _in_amd_tier(c) -> bool:
+    """The "amd" tier (CI's AMD check, SIGLIP2_AOT_AMD=full): on an AMD target every SigLIP2 case of the arch's own
+    table (all dtypes, layouts, head dims, the pooling head, every patch-embedding and loss variant), and the "amd"
+    fallback table where it is another table in its CI subset (`_in_ci_amd`): the whole SigLIP2 tier of both
+    tables is ~2x the compiles (564 for gfx942 + gfx950, ~4 min cold on 2 cores; SIGLIP2_AOT_FULL=1 runs it)."""
+    return not is_amd(c["cc"]) or c["family"] == family(c["cc"]) or _in_ci_amd(c)
+
+
+TIERS = ("ci", "amd", "siglip2", "all")
+
+
 def all_cases(ccs=AOT_CCS, tier="siglip2"):
-    """tier "ci" (tests/test_aot.py in CI), "siglip2" (every required case) or "all" (every table entry)."""
-    if tier not in ("ci", "siglip2", "all"):
-        raise ValueError(f"tier must be 'ci', 'siglip2' or 'all', got {tier!r}")
+    """tier "ci" (tests/test_aot.py in CI), "amd" (the SigLIP2 tier with the AMD fallback table in its CI subset:
+    `_in_amd_tier`), "siglip2" (every required case) or "all" (every table entry)."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
     only = tier != "all"
     cases = attention_cases(ccs, only) + patch_embed_cases(ccs, only) + loss_cases(ccs, only)
-    return [c for c in cases if tier != "ci" or _in_ci(c)]
+    if tier == "ci":
+        return [c for c in cases if _in_ci(c)]
+    return [c for c in cases if tier != "amd" or _in_amd_tier(c)]

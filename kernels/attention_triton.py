@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import AMD_FAMILIES, INTERPRETER_FAMILY, check_tables, device_family
+from ._configs import INTERPRETER_FAMILY, check_tables, device_family, launch_kwargs, split_entry
 from ._utils import dot_fp32, dot_precision, new_empty
 
 LOG2E = 1.4426950408889634
@@ -999,13 +999,14 @@ _BWD_CONSUMER = {("16bit", "seq", 80): (16, 64, 8, 64, 16, 8, 2)}
 _BWD_SM120 = {("16bit", "seq", 80): (16, 32, 8, 64, 16, 8, 2)}
 _BWD_DEFAULT = {("16bit", "seq", 80): (16, 16, 4, 64, 16, 8, 2)}
 _FWD_SM100 = {("16bit", "seq", 64): (128, 32, 8, 3), ("16bit", "seq", 96): (128, 32, 8, 2)}
-# AMD (every AMD family for now; kernels/_configs.py), measured for gfx942 and gfx950 with the AOT harness under
-# triton 3.9 (VGPR and SGPR spills both 0, LDS within 64 KB, every dot on MFMA), starting from "default":
+# AMD, measured for gfx942 and gfx950 with the AOT harness under triton 3.9 (VGPR and SGPR spills both 0, LDS
+# within 64 KB, every dot on MFMA), starting from "default":
 # - the 3-stage forward spills SGPRs with the key mask (padded+mask) on both: 2 stages. D 64: 128x32 (128x64 and
 #   64x64 spill 17-33 SGPRs); D 72: every 32- or 64-key block tried spills 7-111 SGPRs with the mask (the
 #   unaligned strides' scalar address math), 128x16 does not; D 96: 64x32 with 4 warps.
 # - D 64 dK/dV: 32x128 with 8 warps spills 8 SGPRs on gfx942 (varlen), 32x64 6; 16x128 is clean at 128-139 VGPRs
 #   (32x128 with 4 warps is too, at 317 VGPRs: no headroom for the fp16 and pooling variants).
+# These tiles are "amd" (an unknown AMD architecture: Triton's default options) and, with HIP options, CDNA.
 _FWD_AMD = {
     **_FWD_BASE,
     **_FWD_SM100,
@@ -1015,6 +1016,36 @@ _FWD_AMD = {
     ("16bit", "seq", 96): (64, 32, 4, 2),
 }
 _BWD_AMD = {**_BWD_BASE, **_BWD_DEFAULT, ("16bit", "seq", 64): (16, 128, 8, 128, 32, 8, 2)}
+# CDNA (gfx90a, gfx942, gfx950): the same tiles with matrix_instr_nonkdim=16 and waves_per_eu=2 for all three
+# kernels (kernels/_configs.py HIP_OPTION_NAMES), measured over every SigLIP2 shape (bf16, fp16; D 64, 72, 96;
+# varlen, padded, padded+mask; sequence and pooling queries) under triton 3.9:
+# - Triton's own choice (nonkdim 0) mixes 16x16 and 32x32 MFMAs; 32 everywhere costs the most registers (dK/dV D 72
+#   on gfx942: 273 VGPRs, vs 138 with 16; forward D 96: 167-172 vs 126-142); 16 everywhere is the fewest: max
+#   VGPRs forward 142 (gfx942) / 122 (gfx950), dK/dV 156 / 140, dQ 150 / 116, 0 spills.
+# - waves_per_eu=2 (a 256-VGPR cap per wave, 2 waves per SIMD as the scheduling target) keeps every variant
+#   spill-free (max 191 VGPRs: the gfx942 pooling forward, which uses the headroom) while 4 (128 VGPRs) spills
+#   1-29 VGPRs in most D 64 and D 96 backward kernels and the D 96 forward on gfx942.
+_HIP_CDNA = {"matrix_instr_nonkdim": 16, "waves_per_eu": 2}
+
+
+def _with_hip(table: dict, hip: dict) -> dict:
+    """`table` with the HIP options `hip` appended to every entry (kernels/_configs.py `split_entry`)."""
+    return {k: (*v, hip) for k, v in table.items()}
+
+
+# RDNA (gfx1100, gfx1201: wave 32, WMMA, 256 VGPRs per wave, no AGPRs; no HIP options: WMMA has one 16x16 shape,
+# and the CDNA register budget of waves_per_eu does not apply), measured for the forward under triton 3.9:
+# - pooling head (16 queries): 16x64 spills 10-80 VGPRs on gfx1100 (D 64-96, 3 or 2 stages, 4 or 8 warps);
+#   16x32 with 8 warps and 2 stages is clean on both (gfx1100: 164, 223, 226 VGPRs at D 64, 72, 96).
+# - D 96: 64x32 with 4 warps spills 36-91 VGPRs on gfx1100 (8 warps: 31 with the mask; 32x32: 18-63; 64x16 with 4
+#   warps 3-26); 64x32 with 8 warps and 1 stage is clean (217-220 VGPRs on gfx1100, 133-139 on gfx1201), as is
+#   64x16 with 8 warps and 2 stages (241): the larger tile it is.
+_FWD_RDNA = {
+    **_FWD_AMD,
+    **{("16bit", "pool", t): (16, 32, 8, 2) for t in (32, 64, 80, 96, 128)},
+    ("16bit", "seq", 96): (64, 32, 8, 1),
+}
+_CDNA = ("gfx90a", "gfx942", "gfx950")
 FWD_CONFIGS = {
     "sm80": _FWD_BASE,
     "sm86": _FWD_BASE,
@@ -1022,7 +1053,9 @@ FWD_CONFIGS = {
     "sm100": {**_FWD_BASE, **_FWD_SM100},
     "sm120": {**_FWD_BASE, **_FWD_SM120},
     "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_DEFAULT},
-    **{f: _FWD_AMD for f in AMD_FAMILIES},
+    **{f: _with_hip(_FWD_AMD, _HIP_CDNA) for f in _CDNA},
+    "rdna": _FWD_RDNA,
+    "amd": _FWD_AMD,
 }
 BWD_CONFIGS = {
     "sm80": {**_BWD_BASE, **_BWD_CONSUMER},
@@ -1031,7 +1064,9 @@ BWD_CONFIGS = {
     "sm100": _BWD_BASE,
     "sm120": {**_BWD_BASE, **_BWD_SM120},
     "default": {**_BWD_BASE, **_BWD_DEFAULT},
-    **{f: _BWD_AMD for f in AMD_FAMILIES},
+    **{f: _with_hip(_BWD_AMD, _HIP_CDNA) for f in _CDNA},
+    "rdna": _BWD_AMD,
+    "amd": _BWD_AMD,
 }
 # delta = rowsum(dO * O): (BLOCK_M, num_warps). 4 warps spill 28 B at D 72 in fp16 on sm_120 (80 registers).
 PREPROCESS_CONFIG = (32, 8)
@@ -1046,15 +1081,17 @@ def _key(d_tile: int, elem_bytes: int, max_seqlen_q: int) -> tuple:
 
 
 def fwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int, family: str = INTERPRETER_FAMILY) -> dict:
-    bm, bn, w, s = FWD_CONFIGS[family][_key(d_tile, elem_bytes, max_seqlen_q)]
-    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+    """BLOCK_M, BLOCK_N, num_warps, num_stages and the entry's HIP options ("hip": {} but on AMD)."""
+    (bm, bn, w, s), hip = split_entry(FWD_CONFIGS[family][_key(d_tile, elem_bytes, max_seqlen_q)], 4)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, hip=hip)
 
 
 def bwd_config(d_tile: int, elem_bytes: int, max_seqlen_q: int, family: str = INTERPRETER_FAMILY) -> dict:
     """dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed (num_warps);
-    dQ kernel: BLOCK_M2 queries held, BLOCK_N2 keys streamed (num_warps2)."""
-    bm, bn, w, bm2, bn2, w2, s = BWD_CONFIGS[family][_key(d_tile, elem_bytes, max_seqlen_q)]
-    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, BLOCK_M2=bm2, BLOCK_N2=bn2, num_warps2=w2, num_stages=s)
+    dQ kernel: BLOCK_M2 queries held, BLOCK_N2 keys streamed (num_warps2); "hip": the HIP options of both ({} but
+    on AMD)."""
+    (bm, bn, w, bm2, bn2, w2, s), hip = split_entry(BWD_CONFIGS[family][_key(d_tile, elem_bytes, max_seqlen_q)], 7)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, BLOCK_M2=bm2, BLOCK_N2=bn2, num_warps2=w2, num_stages=s, hip=hip)
 
 
 # The @triton.jit kernels the launchers start, by role (kernels/aot_cases.py compiles each of them).
@@ -1152,7 +1189,8 @@ def attention_fwd(
     la = _Launch.of(q, k, cu_seqlens_q, cu_seqlens_k, key_mask)
     o, lse = _new_like(q), new_empty(la.lse_shape, torch.float32, q.device)
     bd, bdt = head_dim_split(la.D, head_dim_mode)
-    cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
+    fam = device_family(q.device)
+    cfg = config or fwd_config(bd + bdt, q.element_size(), max_seqlen_q, fam)
     grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), la.B, la.H)
     if q.numel() == 0 or grid[0] == 0:
         return o.zero_(), lse.fill_(float("inf"))
@@ -1174,8 +1212,7 @@ def attention_fwd(
         BLOCK_DT=bdt,
         BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        **launch_kwargs(fam, cfg["num_warps"], cfg["num_stages"], cfg.get("hip")),
     )
     return o, lse
 
@@ -1203,7 +1240,8 @@ def attention_bwd(
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
     delta = new_empty(lse.shape, torch.float32, lse.device)
     bd, bdt = head_dim_split(la.D, head_dim_mode)
-    cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q, device_family(q.device))
+    fam = device_family(q.device)
+    cfg = config or bwd_config(bd + bdt, q.element_size(), max_seqlen_q, fam)
     strides = {
         **_strides("q", q, la.is_varlen),
         **_strides("k", k, la.is_varlen),
@@ -1225,7 +1263,6 @@ def attention_bwd(
         ALIGN=align,
         BLOCK_D=bd,
         BLOCK_DT=bdt,
-        num_stages=cfg["num_stages"],
     )
     if q.numel() and max_seqlen_q > 0:
         pm, pw = PREPROCESS_CONFIG
@@ -1253,7 +1290,7 @@ def attention_bwd(
             **common,
             BLOCK_M=cfg["BLOCK_M2"],
             BLOCK_N=cfg["BLOCK_N2"],
-            num_warps=cfg["num_warps2"],
+            **launch_kwargs(fam, cfg["num_warps2"], cfg["num_stages"], cfg.get("hip")),
         )
     else:
         dq.zero_()
@@ -1266,7 +1303,7 @@ def attention_bwd(
             **common,
             BLOCK_M=cfg["BLOCK_M"],
             BLOCK_N=cfg["BLOCK_N"],
-            num_warps=cfg["num_warps"],
+            **launch_kwargs(fam, cfg["num_warps"], cfg["num_stages"], cfg.get("hip")),
         )
     else:
         dk.zero_()

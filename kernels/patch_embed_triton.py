@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import AMD_FAMILIES, check_tables, device_family, dtype_class
+from ._configs import check_tables, device_family, dtype_class, launch_kwargs, split_entry
 from ._utils import dot_fp32, dot_precision, fp32_dot_precision, interpreting, new_empty
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +280,21 @@ _FWD_BASE = {
 _FWD_AMPERE = {("16bit", True): (128, 64, 64, 8, 3)}
 _FWD_SM100 = {("16bit", False): (64, 64, 32, 8, 3), ("fp32", True): (64, 64, 16, 8, 2)}
 _FWD_SM120 = {("16bit", True): (128, 64, 64, 8, 2), ("16bit", False): (64, 64, 32, 8, 3)}
+# AMD: "default"'s tiles ("amd", an unknown AMD architecture, with Triton's default options). CDNA (gfx90a, gfx942,
+# gfx950) adds HIP options (kernels/_configs.py HIP_OPTION_NAMES), measured under triton 3.9 over every variant:
+# 16-bit matrix_instr_nonkdim=32 (Triton's own choice: 32x32 MFMAs, 192 vs 288 MFMA instructions on gfx942 with 16,
+# at the same 114-118 VGPRs: each instruction does 2x the work per operand read); fp32 dots (MFMA f32)
+# 16 (58 vs 100 VGPRs on gfx942, 56 vs 88 on gfx950); waves_per_eu=2: spill-free everywhere (max 118 VGPRs).
+# RDNA (gfx1100, gfx1201; 256 VGPRs per wave): the 16-bit aligned key, 128x64x64 with 8 warps, spills 1 VGPR on
+# gfx1100 under triton 3.9 (fp16 weights, fp32 pixels); with 16 warps 22 under 3.8; with 8 warps every variant
+# tried spills under 3.8 (128x64x32: 274-849 VGPRs, 64x64x64: 108, 1 stage: 52-184). 128x64x32 with 16 warps is
+# clean under 3.6, 3.8 and 3.9 (max 168 / 233 / 172 VGPRs on gfx1100).
 _FWD_AMD = {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120}
+_HIP_16BIT = {"matrix_instr_nonkdim": 32, "waves_per_eu": 2}
+_HIP_FP32 = {"matrix_instr_nonkdim": 16, "waves_per_eu": 2}
+_FWD_CDNA = {k: (*v, _HIP_16BIT if k[0] == "16bit" else _HIP_FP32) for k, v in _FWD_AMD.items()}
+_FWD_RDNA = {**_FWD_AMD, ("16bit", True): (128, 64, 32, 16, 2)}
+_CDNA = ("gfx90a", "gfx942", "gfx950")
 FWD_CONFIGS = {
     "sm80": {**_FWD_BASE, **_FWD_AMPERE},
     "sm86": {**_FWD_BASE, **_FWD_AMPERE},
@@ -288,7 +302,9 @@ FWD_CONFIGS = {
     "sm100": {**_FWD_BASE, **_FWD_SM100},
     "sm120": {**_FWD_BASE, **_FWD_SM120},
     "default": {**_FWD_BASE, **_FWD_SM100, **_FWD_SM120},
-    **{f: _FWD_AMD for f in AMD_FAMILIES},
+    **{f: _FWD_CDNA for f in _CDNA},
+    "rdna": _FWD_RDNA,
+    "amd": _FWD_AMD,
 }
 # adjoint: key dY dtype class -> (BLOCK_M, BLOCK_N, num_warps, num_stages). 32 tokens per step: with 64, triton
 # 3.6's ptxas (12.8) caps the 16-bit kernel at 64 (sm_90) / 128 (sm_80) registers and spills a few loop-invariant
@@ -297,7 +313,10 @@ FWD_CONFIGS = {
 # warps) under triton 3.9; 32x32 tiles do not, in any variant, under 3.8 or 3.9. "default" takes them.
 _ADJ_BASE = {"16bit": (32, 64, 4, 2), "fp32": (32, 64, 8, 2)}
 _ADJ_SM100 = {"16bit": (32, 32, 4, 2), "fp32": (32, 32, 8, 2)}
+# AMD: the sm_100 tiles; on CDNA with matrix_instr_nonkdim=16 (fp32 position dots: Triton's own choice, 56-66
+# VGPRs; 32: 62-70) and no waves_per_eu hint (a memory-bound kernel: occupancy is its latency hiding).
 _ADJ_AMD = _ADJ_SM100
+_ADJ_CDNA = {k: (*v, {"matrix_instr_nonkdim": 16}) for k, v in _ADJ_AMD.items()}
 ADJ_CONFIGS = {
     "sm80": _ADJ_BASE,
     "sm86": _ADJ_BASE,
@@ -305,7 +324,9 @@ ADJ_CONFIGS = {
     "sm100": _ADJ_SM100,
     "sm120": _ADJ_BASE,
     "default": _ADJ_SM100,
-    **{f: _ADJ_AMD for f in AMD_FAMILIES},
+    **{f: _ADJ_CDNA for f in _CDNA},
+    "rdna": _ADJ_AMD,
+    "amd": _ADJ_AMD,
 }
 check_tables("patch_embed fwd", FWD_CONFIGS)
 check_tables("patch_embed adjoint", ADJ_CONFIGS)
@@ -331,16 +352,18 @@ def is_aligned(K, D, *tensors) -> bool:
     return K % 16 == 0 and D % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
-def fwd_config(dtype: torch.dtype, aligned: bool, family: str) -> tuple:
+def fwd_config(dtype: torch.dtype, aligned: bool, family: str) -> tuple[tuple, dict]:
+    """((BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), HIP options: {} but on AMD)."""
     if interpreting():
-        return FWD_INTERPRET_CONFIG
-    return FWD_CONFIGS[family][(dtype_class(dtype), aligned)]
+        return FWD_INTERPRET_CONFIG, {}
+    return split_entry(FWD_CONFIGS[family][(dtype_class(dtype), aligned)], 5)
 
 
-def adj_config(dtype: torch.dtype, family: str) -> tuple:
+def adj_config(dtype: torch.dtype, family: str) -> tuple[tuple, dict]:
+    """((BLOCK_M, BLOCK_N, num_warps, num_stages), HIP options: {} but on AMD)."""
     if interpreting():
-        return ADJ_INTERPRET_CONFIG
-    return ADJ_CONFIGS[family][dtype_class(dtype)]
+        return ADJ_INTERPRET_CONFIG, {}
+    return split_entry(ADJ_CONFIGS[family][dtype_class(dtype)], 4)
 
 
 def pos_precision(dtype: torch.dtype, family: str = "sm80") -> str:
@@ -384,7 +407,8 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
         return out
     weight, bias, pos_embed = weight.contiguous(), bias.contiguous(), pos_embed.contiguous()
     aligned = is_aligned(K, D, x, weight, bias, pos_embed, out)
-    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = fwd_config(weight.dtype, aligned, device_family(x.device))
+    fam = device_family(x.device)
+    (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), hip = fwd_config(weight.dtype, aligned, fam)
     grid = (triton.cdiv(D, BLOCK_N), triton.cdiv(L, BLOCK_M), B)
     _patch_embed_fwd_kernel[grid](
         x=x,
@@ -406,9 +430,8 @@ def patch_embed_fwd(pixel_values, spatial_shapes, weight, bias, pos_embed, cu_se
         PACKED=packed,
         DOT_FP32=dot_fp32(),
         MAIN_PREC=dot_precision(weight.dtype),
-        POS_PREC=pos_precision(weight.dtype, device_family(x.device)),
-        num_warps=num_warps,
-        num_stages=num_stages,
+        POS_PREC=pos_precision(weight.dtype, fam),
+        **launch_kwargs(fam, num_warps, num_stages, hip),
     )
     return out
 
@@ -423,7 +446,8 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
         cu_seqlens = cu_seqlens.contiguous()
     if B == 0:
         return torch.zeros(G * G, D, dtype=out_dtype, device=grad_out.device)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = adj_config(grad_out.dtype, device_family(grad_out.device))
+    fam = device_family(grad_out.device)
+    (BLOCK_M, BLOCK_N, num_warps, num_stages), hip = adj_config(grad_out.dtype, fam)
     imgs = triton.cdiv(B, ADJ_MAX_CHUNKS)
     n_chunks = triton.cdiv(B, imgs)
     part = new_empty((n_chunks, G * G, D), torch.float32, grad_out.device)
@@ -441,9 +465,8 @@ def pos_embed_adjoint(grad_out, spatial_shapes, L, G, cu_seqlens=None, out_dtype
         BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N,
         PACKED=packed,
-        POS_PREC=adjoint_precision(grad_out.dtype, device_family(grad_out.device)),
-        num_warps=num_warps,
-        num_stages=num_stages,
+        POS_PREC=adjoint_precision(grad_out.dtype, fam),
+        **launch_kwargs(fam, num_warps, num_stages, hip),
     )
     return part.sum(0).to(out_dtype)
 

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import AMD_FAMILIES, INTERPRETER_FAMILY, check_tables, device_family, dtype_class
+from ._configs import INTERPRETER_FAMILY, check_tables, device_family, dtype_class, launch_kwargs, split_entry
 from ._utils import dot_fp32, dot_precision, interpreting, new_empty
 
 # Upper bound of the G tile buffer (chunk x n elements in the input dtype). 512 MiB keeps the loss under
@@ -54,12 +54,24 @@ _BASE = {
 # sm_100: the fp32 64 x 64 x 32 tile with 4 warps spills 56 B at EVEN_K=False (triton 3.8 and 3.9; 2 stages: 32-40
 # B); with 8 warps it is spill-free in every variant (224 registers). "default" (unknown architectures) takes it.
 _SM100 = {**_BASE, "fp32": (64, 64, 32, 8, 3)}
-# AMD (every AMD family): 128 x 64 x 64 spills VGPRs on gfx942 (16) and gfx950 (127) with the positive diagonal
-# and gradient tile, as does 128 x 64 x 32; 128 x 128 x 32 is clean there (141-148 VGPRs, triton 3.9).
+# AMD ("amd", and CDNA's tiles below): 128 x 64 x 64 spills VGPRs on gfx942 (16) and gfx950 (127) with the
+# positive diagonal and gradient tile, as does 128 x 64 x 32; 128 x 128 x 32 is clean there (141-148 VGPRs, 3.9).
 _AMD = {**_SM100, "16bit": (128, 128, 32, 8, 2)}
+# CDNA (gfx90a, gfx942, gfx950): HIP options (kernels/_configs.py HIP_OPTION_NAMES), triton 3.9, every variant:
+# 16-bit matrix_instr_nonkdim=32 (Triton's own choice; 16 needs 2x the MFMA instructions, 192 vs 96 on gfx942, at
+# 144 vs 141 VGPRs); fp32 16 (66 vs 140 VGPRs on gfx942, 64 vs 142 on gfx950); waves_per_eu=2, spill-free (max 148).
+# RDNA (gfx1100, gfx1201: wave 32, 256 VGPRs): 128 x 128 x 32 with 8 warps spills 13-67 VGPRs in every 16-bit
+# variant; 16 warps is clean (118-152 VGPRs; 64 x 128 and 128 x 64 with 8 warps too, at 123-152).
+_CDNA = {
+    "16bit": (*_AMD["16bit"], {"matrix_instr_nonkdim": 32, "waves_per_eu": 2}),
+    "fp32": (*_AMD["fp32"], {"matrix_instr_nonkdim": 16, "waves_per_eu": 2}),
+}
+_RDNA = {**_AMD, "16bit": (128, 128, 32, 16, 2)}
 CONFIGS = {
     **{"sm80": _BASE, "sm86": _BASE, "sm90": _BASE, "sm100": _SM100, "sm120": _BASE, "default": _SM100},
-    **{f: _AMD for f in AMD_FAMILIES},
+    **{f: _CDNA for f in ("gfx90a", "gfx942", "gfx950")},
+    "rdna": _RDNA,
+    "amd": _AMD,
 }
 check_tables("sigmoid_loss", CONFIGS)
 # The interpreter runs one program at a time; fewer, mid-sized tiles are fastest there (the same tuple layout).
@@ -186,17 +198,18 @@ def _sigmoid_loss_fwd_kernel(
 KERNELS = {"fwd": _sigmoid_loss_fwd_kernel}
 
 
-def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tuple:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher uses for `dtype` on `device`."""
+def launch_config(dtype: torch.dtype, device: torch.device | None = None) -> tuple[tuple, dict]:
+    """((BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), HIP options: {} but on AMD) the launcher uses for
+    `dtype` on `device`."""
     if interpreting():
-        return INTERPRET_CONFIG
+        return INTERPRET_CONFIG, {}
     fam = device_family(device) if device is not None else INTERPRETER_FAMILY
-    return CONFIGS[fam][dtype_class(dtype)]
+    return split_entry(CONFIGS[fam][dtype_class(dtype)], 5)
 
 
 def chunk_rows(M: int, N: int, dtype: torch.dtype, device: torch.device | None = None) -> int:
     """Text rows per G buffer: as many as G_BUFFER_BYTES allows, a multiple of BLOCK_M, at least one block."""
-    block_m = launch_config(dtype, device)[0]
+    block_m = launch_config(dtype, device)[0][0]
     rows = G_BUFFER_BYTES // (max(N, 1) * torch.empty((), dtype=dtype).element_size())
     return min(M, max(block_m, rows // block_m * block_m))
 
@@ -218,7 +231,8 @@ def sigmoid_loss_block_fwd(
     if max(M, N) * max(D, 1) >= 2**31:
         raise ValueError(f"sigmoid_loss: n * d must stay below 2**31 elements, got n={max(M, N)}, d={D}")
     device, dtype = text.device, text.dtype
-    BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages = launch_config(dtype, device)
+    (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), hip = launch_config(dtype, device)
+    launch = launch_kwargs(device_family(device), num_warps, num_stages, hip)
     chunk = chunk_rows(M, N, dtype, device)
     n_chunks = triton.cdiv(M, chunk)
     grid_n = triton.cdiv(N, BLOCK_N)
@@ -260,8 +274,7 @@ def sigmoid_loss_block_fwd(
             STORE_G=compute_grads,
             DOT_FP32=dot_fp32(),
             PRECISION=dot_precision(dtype),
-            num_warps=num_warps,
-            num_stages=num_stages,
+            **launch,
         )
         if compute_grads:
             assert d_text is not None  # allocated above when compute_grads

@@ -141,3 +141,166 @@ def test_ttgir_dots():
         "-> tensor<64x64xf32, #blocked>\n"
     )
     assert ttgir_dots(ttgir) == (2, 1)
+
+
+# ---------------------------------------------------------------------------------------------- HIP launch options
+
+HIP = set(_configs.HIP_OPTION_NAMES)
+
+
+def _tables():
+    from siglip2.kernels import attention_triton as T
+    from siglip2.kernels import patch_embed_triton as P
+    from siglip2.kernels import sigmoid_loss_triton as L
+
+    return {"attn fwd": (T.FWD_CONFIGS, 4), "attn bwd": (T.BWD_CONFIGS, 7), "pe fwd": (P.FWD_CONFIGS, 5)} | {
+        "pe adjoint": (P.ADJ_CONFIGS, 4),
+        "loss": (L.CONFIGS, 5),
+    }
+
+
+def test_hip_options_only_in_amd_tables():
+    """Every entry parses (n numbers, then optionally a dict of known HIP options); NVIDIA entries carry none, and
+    `launch_kwargs` drops any on a non-AMD family (CUDA's launcher rejects them as unrecognised keywords)."""
+    pytest.importorskip("triton")
+    amd_with_options = set()
+    for op, (tables, n) in _tables().items():
+        for fam, table in tables.items():
+            for key, entry in table.items():
+                tile, hip = _configs.split_entry(entry, n)
+                assert set(hip) <= HIP, (op, fam, key)
+                if fam not in _configs.AMD_FAMILIES:
+                    assert hip == {}, (op, fam, key)
+                elif hip:
+                    amd_with_options.add(fam)
+                assert not HIP & set(_configs.launch_kwargs("sm90", tile[-2], tile[-1], hip))
+    assert amd_with_options == {"gfx90a", "gfx942", "gfx950"}  # RDNA and the unknown-AMD table: Triton's defaults
+    hip = {"waves_per_eu": 2, "matrix_instr_nonkdim": 16}
+    assert _configs.launch_kwargs("gfx942", 8, 2, hip) == dict(num_warps=8, num_stages=2, **hip)
+    for fam in ("sm80", "sm90", "sm120", "default"):
+        assert _configs.launch_kwargs(fam, 8, 2, hip) == dict(num_warps=8, num_stages=2)
+    with pytest.raises(ValueError, match="unknown HIP options"):
+        _configs.split_entry((1, 2, {"wave_per_eu": 2}), 2)
+    with pytest.raises(ValueError, match="expected 2 numbers"):
+        _configs.split_entry((1, 2, 3), 2)
+
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: `kernel[grid](**kwargs)` records the keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda **kw: self.calls.append(kw)
+
+
+def _launch_options(kw: dict) -> tuple:
+    return kw["num_warps"], kw["num_stages"], tuple(sorted((k, kw[k]) for k in HIP if k in kw))
+
+
+def _case_options(c: dict) -> tuple:
+    return c["num_warps"], c["num_stages"], tuple(sorted(c["amd_options"].items()))
+
+
+@pytest.fixture
+def launch_on(monkeypatch):
+    """Record what each launcher passes to its kernels on device family `fam` (CPU tensors: nothing runs). On a
+    CUDA family every table entry gets a HIP option appended, which the launch must drop."""
+    pytest.importorskip("triton")
+    from siglip2.kernels import attention_triton as T
+    from siglip2.kernels import patch_embed_triton as P
+    from siglip2.kernels import sigmoid_loss_triton as L
+
+    def use(fam):
+        rec = {}
+        for mod, names in (
+            (T, ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_preprocess_kernel")),
+            (P, ("_patch_embed_fwd_kernel", "_pos_adjoint_kernel")),
+            (L, ("_sigmoid_loss_fwd_kernel",)),
+        ):
+            monkeypatch.setattr(mod, "device_family", lambda device: fam)
+            for name in names:
+                rec[name] = _Recorder()
+                monkeypatch.setattr(mod, name, rec[name])
+        monkeypatch.setattr(P, "interpreting", lambda: False)  # the tables, not the interpreter's small tiles
+        monkeypatch.setattr(L, "interpreting", lambda: False)
+        if fam not in _configs.AMD_FAMILIES:  # poison the CUDA tables: a launcher must still pass no HIP option
+            for tables in (T.FWD_CONFIGS, T.BWD_CONFIGS, P.FWD_CONFIGS, P.ADJ_CONFIGS, L.CONFIGS):
+                monkeypatch.setitem(tables, fam, {k: (*v, {"waves_per_eu": 2}) for k, v in tables[fam].items()})
+        return rec
+
+    return use
+
+
+@pytest.mark.parametrize("arch", ["gfx942", 90])
+@pytest.mark.parametrize("head_dim", [64, 72, 96])
+@pytest.mark.parametrize("queries", ["seq", "pool"])
+def test_attention_launch_options_match_aot_case(launch_on, arch, head_dim, queries):
+    """The attention launchers pass the HIP options on gfx942 and none on sm_90, and exactly the num_warps,
+    num_stages, HIP options and tile the AOT case of that launch compiles (kernels/aot_cases.py)."""
+    from siglip2.kernels import attention_triton as T
+    from siglip2.kernels.aot_cases import attention_kernel_case
+
+    fam = _configs.family(arch)
+    rec = launch_on(fam)
+    H, L = 2, (1 if queries == "pool" else 64)
+    q, k, v = (torch.zeros(L, H, head_dim, dtype=torch.bfloat16) for _ in range(3))
+    cu = torch.tensor([0, L], dtype=torch.int32)
+    o, lse = T.attention_fwd(q, k, v, cu, cu, None, L, L, 0.125)
+    T.attention_bwd(torch.zeros_like(q), q, k, v, o, lse, cu, cu, None, L, L, 0.125)
+    for name, kname in (("_attn_fwd_kernel", "fwd"), ("_attn_bwd_dkdv_kernel", "dkdv"), ("_attn_bwd_dq_kernel", "dq")):
+        (kw,) = rec[name].calls
+        case = attention_kernel_case(kname, arch, head_dim, torch.bfloat16, "varlen", queries)
+        assert case["family"] == fam
+        assert _launch_options(kw) == _case_options(case), kname
+        assert (kw["BLOCK_M"], kw["BLOCK_N"]) == (case["block_m"], case["block_n"])
+        assert bool(case["amd_options"]) == _configs.is_amd(arch)
+        if not _configs.is_amd(arch):
+            assert not HIP & set(kw)
+
+
+@pytest.mark.parametrize("arch", ["gfx942", 90])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_patch_embed_and_loss_launch_options_match_aot_cases(launch_on, arch, dtype):
+    """The patch-embedding forward and adjoint and the loss launchers: the options a launch passes are those of
+    the AOT cases with the same family and tile (all of which compile with one set of options)."""
+    from siglip2.kernels import patch_embed_triton as P
+    from siglip2.kernels import sigmoid_loss_triton as L
+    from siglip2.kernels.aot_cases import loss_cases, patch_embed_cases
+
+    fam = _configs.family(arch)
+    rec = launch_on(fam)
+    G, D, K = 16, 32, 768  # P=16: the "aligned" forward key
+    shapes = torch.tensor([[2, 2]])
+    P.patch_embed_fwd(
+        torch.zeros(1, 4, K, dtype=dtype),
+        shapes,
+        torch.zeros(D, K, dtype=dtype),
+        torch.zeros(D, dtype=dtype),
+        torch.zeros(G * G, D, dtype=dtype),
+    )
+    P.pos_embed_adjoint(torch.zeros(1, 4, D, dtype=dtype), shapes, 4, G)
+    t = torch.zeros(8, D, dtype=dtype)
+    L.sigmoid_loss_block_fwd(t, t, torch.zeros(1), torch.zeros(1), True, 8.0, True)
+    cases = patch_embed_cases((arch,)) + loss_cases((arch,))
+    ty = "bf16" if dtype == torch.bfloat16 else "fp32"
+    for name, op, kernel, blocks in (
+        ("_patch_embed_fwd_kernel", "patch_embed", "fwd", ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+        ("_pos_adjoint_kernel", "patch_embed", "adjoint", ("BLOCK_M", "BLOCK_N")),
+        ("_sigmoid_loss_fwd_kernel", "loss", "fwd", ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    ):
+        (kw,) = rec[name].calls
+        match = [
+            c
+            for c in cases
+            if (c["family"], c["op"], c["kernel"]) == (fam, op, kernel)
+            and all(c["constexprs"][b] == kw[b] for b in blocks)
+            and ty in next(iter(c["signature"].values()))
+        ]
+        assert match, (name, kw)
+        assert {_case_options(c) for c in match} == {_launch_options(kw)}, name
+        if not _configs.is_amd(arch):
+            assert not HIP & set(kw)
+        else:
+            assert _launch_options(kw)[2], name  # gfx942 launches pass their HIP options
