@@ -279,9 +279,12 @@ def ours_rows(head_dims, kernels):
     for D in head_dims:
         for k in kernels:
             c = attention_kernel_case(k, "gfx942", D, torch.bfloat16)
-            u, loops = _compile(c["fn"], c["signature"], c["constexprs"], c["num_warps"], c["num_stages"], c["aligned"])
+            opts = c.get("amd_options") or {}  # the HIP options the launcher passes on gfx942 (same table entry)
+            sig, cx, w, st = c["signature"], c["constexprs"], c["num_warps"], c["num_stages"]
+            u, loops = _compile(c["fn"], sig, cx, w, st, c["aligned"], opts)
             head = f"{c['block_d']}+{c['block_dt']}" if c["block_dt"] else str(c["block_d"])
-            cfg = f"w{c['num_warps']}s{c['num_stages']}"
+            cfg = f"w{w}s{st}" + (f" wpe{opts['waves_per_eu']}" if "waves_per_eu" in opts else "")
+            cfg += f" nonk{opts['matrix_instr_nonkdim']}" if "matrix_instr_nonkdim" in opts else ""
             loop = dict(main_loop(loops), all_loops=loops)
             rows.append(_row("ours", k, D, head, c["tile"], cfg, u, loop, c["block_m"], c["block_n"], c["num_warps"]))
     return rows

@@ -36,6 +36,11 @@ FAMILY_OF_ARCH = {
     "gfx1100": "rdna",
     "gfx1101": "rdna",
     "gfx1102": "rdna",  # RDNA3: RX 7900, Radeon PRO W7900
+    "gfx1103": "rdna",  # RDNA3 APU: Radeon 780M
+    "gfx1150": "rdna",
+    "gfx1151": "rdna",
+    "gfx1152": "rdna",  # RDNA3.5 APUs (Strix Point, Strix Halo, Krackan): RDNA3's WMMA; the "amd" default's
+    # D 96 forward (4 warps) spills 36 VGPRs on RDNA3 (bench/results/aot/amd.json), RDNA's own entry does not
     "gfx1200": "rdna",
     "gfx1201": "rdna",  # RDNA4: RX 9070, Radeon AI PRO R9700
 }

@@ -1026,6 +1026,20 @@ _BWD_AMD = {**_BWD_BASE, **_BWD_DEFAULT, ("16bit", "seq", 64): (16, 128, 8, 128,
 #   spill-free (max 191 VGPRs: the gfx942 pooling forward, which uses the headroom) while 4 (128 VGPRs) spills
 #   1-29 VGPRs in most D 64 and D 96 backward kernels and the D 96 forward on gfx942.
 _HIP_CDNA = {"matrix_instr_nonkdim": 16, "waves_per_eu": 2}
+# CDNA backward at D 72 and 96: one 16-row slice of the held tile per wave. With 16x16 MFMAs a wave owns 16 rows of
+# a tile (the held keys in dK/dV, the held queries in dQ); fewer rows than 16 per wave make waves compute the same
+# scores (bench/amd_peer_report.py: the v_mfma per key block against the true-D FLOPs, and v_exp per wave). The
+# default tiles did that: dK/dV D 72 16x16 with 4 waves (32% of the MFMA work useful), dQ D 72 64x16 with 8 (52%),
+# dK/dV D 96 16x64 with 8 (67%), dQ D 96 64x16 with 8 (60%). 4 waves on 64 rows instead (triton 3.9, gfx942, bf16
+# varlen; max over every SigLIP2 variant on gfx942 and gfx950, 0 spills): dK/dV D 72 16x64 90% useful (the rest is
+# the 16-wide tail of the 64 + 16 split), loop instructions per 1k scores 3008 -> 952, 193 VGPRs; dQ D 72 64x16 90%,
+# 1352 -> 568, 154; dK/dV D 96 16x64 100%, 1976 -> 828, 200; dQ D 96 64x16 100%, 1184 -> 548, 162. (32x64 dK/dV
+# spills at D 96 and reaches 254 VGPRs at D 72; 16x32 with 2 waves is equal at D 72.)
+_BWD_CDNA = {
+    **_BWD_AMD,
+    ("16bit", "seq", 80): (16, 64, 4, 64, 16, 4, 2),
+    ("16bit", "seq", 96): (16, 64, 4, 64, 16, 4, 2),
+}
 
 
 def _with_hip(table: dict, hip: dict) -> dict:
@@ -1064,7 +1078,7 @@ BWD_CONFIGS = {
     "sm100": _BWD_BASE,
     "sm120": {**_BWD_BASE, **_BWD_SM120},
     "default": {**_BWD_BASE, **_BWD_DEFAULT},
-    **{f: _with_hip(_BWD_AMD, _HIP_CDNA) for f in _CDNA},
+    **{f: _with_hip(_BWD_CDNA, _HIP_CDNA) for f in _CDNA},
     "rdna": _BWD_AMD,
     "amd": _BWD_AMD,
 }

@@ -21,6 +21,7 @@ ARCH_FAMILY = {
     "gfx90a:sramecc+:xnack-": "gfx90a",
     "gfx1100": "rdna",
     "gfx1201": "rdna",
+    "gfx1151": "rdna",  # RDNA3.5 (Strix Halo)
     "gfx1030": "amd",  # RDNA2: no WMMA, unknown to the tables -> the AMD-safe default
     "gfx908:sramecc+:xnack-": "amd",  # MI100
     "gfx1250": "amd",  # a future one
