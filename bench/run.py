@@ -104,7 +104,18 @@ def provenance(argv) -> dict:
             ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            # results folders and their index are what runs write: a run does not make the next one "dirty"
+            [
+                "git",
+                "-C",
+                here,
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)bench/results",
+            ],
             capture_output=True,
             text=True,
             timeout=10,
