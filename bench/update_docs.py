@@ -35,6 +35,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -48,7 +49,11 @@ DOCS = [
     "README.md",
     *sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")),
 ]
-BLOCK = re.compile(r"(<!-- include (\S+)(?: (text))?(?: cols=(\S+))? -->\n)(.*?)(<!-- end include -->)", re.S)
+# a block's body never holds another include: a missing end marker is an error, never a swallowed block
+BLOCK = re.compile(
+    r"(<!-- include (\S+)(?: (text))?(?: cols=(\S+))? -->\n)((?:(?!<!-- include ).)*?)(<!-- end include -->)", re.S
+)
+HEADER = re.compile(r"^<!-- include .*$", re.M)
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 # scikit-image's bundled images (shipped in its wheel, no download), by their skimage.data function. Grey and
@@ -78,10 +83,11 @@ NAFLEX_PHOTOS = (
 NAFLEX_OUT = os.path.join("bench", "results", "naflex-docs")
 # (example folder, siglip2 profile arguments): run in a scratch folder holding photos/ and tiny-ckpt/
 NAFLEX_EXAMPLES = (
-    ("default", []),
-    ("timed", ["photos/", "--config", "tiny", "--batch-size", "8", "--timing"]),
-    ("drift", ["photos/", "--model", "tiny-ckpt/", "--no-timing"]),
+    ("default", ["--device", "cpu"]),
+    ("timed", ["photos/", "--config", "tiny", "--batch-size", "8", "--timing", "--device", "cpu"]),
+    ("drift", ["photos/", "--model", "tiny-ckpt/", "--no-timing", "--device", "cpu"]),
 )
+NAFLEX_THREADS = "2"  # torch threads of every example (OMP_NUM_THREADS): the page's figures name it
 
 
 def _provenance_line(bullets: dict) -> str:
@@ -113,13 +119,15 @@ def _select(lines: list[str], cols: list[str], source: str) -> list[str]:
             keep = None
             out.append(ln)
             continue
-        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln.strip()[1:-1])]
         if keep is None:  # a table's header row
             missing = [c for c in cols if c not in cells]
             if missing:
                 raise ValueError(f"include {source}: no column {', '.join(missing)} (has {', '.join(cells)})")
             keep = [cells.index(c) for c in cols]
         out.append("| " + " | ".join(cells[i] for i in keep) + " |")
+    if bullets:  # provenance with no table after it
+        out.append(_provenance_line(bullets))
     return out
 
 
@@ -138,7 +146,10 @@ def render(source: str, mode: str | None, cols: str | None = None) -> str:
         lines = lines[1:]
     if cols:
         lines = _select(lines, cols.split(","), source)
-    out = ["##" + ln if ln.startswith("#") else ln for ln in lines]
+    out, fenced = [], False
+    for ln in lines:  # headings demoted; a fenced block (a command's verbatim output) left as it is
+        fenced ^= ln.startswith("```")
+        out.append("##" + ln if ln.startswith("#") and not fenced else ln)
     return "\n".join(out).strip("\n") + "\n"
 
 
@@ -156,6 +167,11 @@ def refresh(doc: str, check: bool) -> list[str]:
         return m.group(1) + new + m.group(6)
 
     new_text = BLOCK.sub(sub, text)
+    starts = {m.start() for m in BLOCK.finditer(text)}
+    for h in HEADER.finditer(text):  # an include the pattern does not take would be left unchecked
+        if h.start() not in starts:
+            line = h.group(0)
+            raise ValueError(f"{doc}: {line!r} is not a complete include block (syntax: see bench/update_docs.py)")
     for link in IMAGE.findall(new_text):
         if "://" in link:
             continue
@@ -170,6 +186,7 @@ def refresh(doc: str, check: bool) -> list[str]:
 def _photos(folder: str) -> list[dict]:
     """NAFLEX_PHOTOS as RGB PNGs in `folder`, and one JPEG cut in half; their record for photos.json."""
     import numpy as np
+    import PIL
     import PIL.Image
     import skimage
     import skimage.data
@@ -201,7 +218,7 @@ def _photos(folder: str) -> list[dict]:
     for r in record:
         with open(os.path.join(folder, r["file"]), "rb") as f:
             r["sha256"] = hashlib.sha256(f.read()).hexdigest()
-    return [{"skimage": skimage.__version__}, *record]
+    return [{"skimage": skimage.__version__, "pillow": PIL.__version__}, *record]
 
 
 def _tiny_checkpoint(folder: str) -> None:
@@ -237,12 +254,13 @@ def _tiny_checkpoint(folder: str) -> None:
 
 def naflex(out: str = NAFLEX_OUT) -> int:
     """Build the photo set and the checkpoint in a scratch folder, run each example there, keep its outputs."""
-    out = os.path.join(ROOT, out)
+    final = os.path.join(ROOT, out)
+    out = final + ".new"  # built beside the committed folder, swapped in only when every example ran
+    if os.path.isdir(out):
+        shutil.rmtree(out)
     with tempfile.TemporaryDirectory() as work:
         record = _photos(os.path.join(work, "photos"))
         _tiny_checkpoint(os.path.join(work, "tiny-ckpt"))
-        if os.path.isdir(out):
-            shutil.rmtree(out)
         os.makedirs(out)
         with open(os.path.join(out, "photos.json"), "w") as f:
             json.dump(record, f, indent=1)
@@ -250,9 +268,11 @@ def naflex(out: str = NAFLEX_OUT) -> int:
             argv = ["siglip2", "profile", *args, "--json", f"{name}/profile.json", "--plots", f"{name}/"]
             print("$ " + " ".join(argv), flush=True)
             cmd = [sys.executable, "-m", "siglip2", *argv[1:], "--no-progress"]
-            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+            env = dict(os.environ, OMP_NUM_THREADS=NAFLEX_THREADS)
+            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 print(r.stdout + r.stderr, file=sys.stderr)
+                shutil.rmtree(out)
                 return r.returncode
             shutil.copytree(os.path.join(work, name), os.path.join(out, name))
             with open(os.path.join(out, name, "stdout.txt"), "w") as f:
@@ -265,8 +285,12 @@ def naflex(out: str = NAFLEX_OUT) -> int:
             f"# docs/naflex.md's worked examples\n\nBuilt by `python bench/update_docs.py naflex` on "
             f"{datetime.date.today().isoformat()}. The photos are not kept here (photos.json lists each one's "
             f"scikit-image source, size and sha256: the script rebuilds them byte for byte with that scikit-image "
-            f"and Pillow); each example folder holds its command line (command.txt), stdout, JSON and PNGs.\n"
+            f"and Pillow); each example folder holds its command line (command.txt), stdout, JSON and PNGs. Every "
+            f"example ran on CPU with OMP_NUM_THREADS={NAFLEX_THREADS}.\n"
         )
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.rename(out, final)
     return 0
 
 
@@ -274,6 +298,10 @@ ROW_KEYS = ("case", "provider", "stage", "phase", "run", "size")
 
 
 def _cell(v) -> str:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # nan, inf: said as they are
+    if isinstance(v, str):
+        return v.replace("|", "\\|")
     if isinstance(v, float):
         near = round(v)
         # 0.99998 is not 1: keep the digits that tell them apart
@@ -326,22 +354,29 @@ def record(name: str, cmd: list[str]) -> int:
     import common
     from run import provenance, run_folder
 
+    if os.path.basename(cmd[0]) in ("python", "python3"):
+        cmd = [sys.executable, *cmd[1:]]  # the interpreter whose versions the provenance records
     env = common.environment()
     env.update(provenance(cmd))
-    env["command"] = " ".join(shlex.quote(c) for c in cmd)
+    shown = ["python", *cmd[1:]] if cmd[0] == sys.executable else cmd  # as typed, not the venv's full path
+    env["command"] = " ".join(shlex.quote(c) for c in shown)
+    # the thread count is the command's own (benchmarks set theirs): the recorder's would mislead
+    env.pop("torch_threads", None)
+    env["device"] = re.sub(r", \d+ threads\)$", ")", env["device"])
     folder = run_folder(env, kind=name)
     r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     print(r.stdout, end="")
     if r.returncode != 0:
         print(f"record: {' '.join(cmd)} exited {r.returncode}; nothing kept", file=sys.stderr)
         return r.returncode
+    files = [("command.txt", env["command"] + "\n"), ("stdout.txt", r.stdout)]
+    files.append(("provenance.json", json.dumps(env, indent=1, default=str) + "\n"))
+    try:
+        files.append(("results.md", results_md(r.stdout, env["command"], env)))
+    except Exception as e:  # the run's own output is kept whatever its table makes of it
+        print(f"record: results.md not written ({type(e).__name__}: {e})", file=sys.stderr)
     os.makedirs(folder)
-    for fname, text in (
-        ("command.txt", env["command"] + "\n"),
-        ("stdout.txt", r.stdout),
-        ("provenance.json", json.dumps(env, indent=1, default=str) + "\n"),
-        ("results.md", results_md(r.stdout, env["command"], env)),
-    ):
+    for fname, text in files:
         with open(os.path.join(folder, fname), "w") as f:
             f.write(text)
     print(f"wrote {os.path.relpath(folder, ROOT)}/")

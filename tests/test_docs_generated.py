@@ -47,3 +47,36 @@ def test_check_catches_a_hand_edit_and_a_missing_image(tmp_path, monkeypatch):
     assert mod.refresh("doc.md", check=True) == ["doc.md: the block from res/results.md differs from its source"]
     doc.write_text(text.replace("res/p.png", "res/gone.png"))
     assert mod.refresh("doc.md", check=True) == ["doc.md: image res/gone.png does not exist"]
+
+
+def test_malformed_blocks_are_refused_not_skipped(tmp_path, monkeypatch):
+    """An include line the syntax does not take (a typo, a trailing space, no end marker) is an error: it would
+    otherwise escape --check, or swallow the next block."""
+    import pytest
+
+    mod = _module()
+    monkeypatch.setattr(mod, "ROOT", str(tmp_path))
+    (tmp_path / "a.txt").write_text("A\n")
+    ok = "<!-- include a.txt text -->\n```\nA\n```\n<!-- end include -->\n"
+    for bad in (
+        "<!-- include a.txt text --> \nhand edit\n<!-- end include -->\n",  # trailing space
+        "<!-- include a.txt txt -->\nhand edit\n<!-- end include -->\n",  # typo
+        "<!-- include a.txt text -->\nno end marker\n",  # swallows the next block without the guard
+    ):
+        (tmp_path / "doc.md").write_text(bad + ok)
+        with pytest.raises(ValueError, match="not a complete include block"):
+            mod.refresh("doc.md", check=True)
+    (tmp_path / "doc.md").write_text(ok)
+    assert mod.refresh("doc.md", check=True) == []
+
+
+def test_results_md_cells(tmp_path):
+    """NaN and inf are said as they are (a finished run is never lost to its table); a '|' in a value is escaped,
+    and a column cut still finds its cells."""
+    mod = _module()
+    md = mod.results_md('{"case": "a|b", "ms": NaN, "x": 1.5}\n{"case": "c", "ms": Infinity, "x": 2.5}\n', "cmd", {})
+    assert "| a\\|b | nan | 1.5 |" in md and "| c | inf | 2.5 |" in md
+    assert mod._select(md.splitlines(), ["x", "case"], "t")[-2:] == [
+        "| 1.5 | a\\|b |",
+        "| 2.5 | c |",
+    ]  # private: the cut

@@ -65,6 +65,25 @@ def test_drift_rule_uses_the_confidence_bound():
     assert recommend(entries, 0.02, None)["max_num_patches"] == 64
 
 
+def test_drift_needs_two_budgets_and_two_images():
+    """One decoded image (no confidence bound) or one budget (nothing to drift from): the drift is not used, and
+    the report says so; the recommendation falls back to the image sizes."""
+    one_image = [_entry(128, cos=0.99), _entry(256, cos=1.0)]
+    for e in one_image:
+        e["drift_cosine_ci95"] = None
+    r = recommend(one_image, 0.02, None)
+    assert r["basis"] == ["image sizes (upsampled fraction, aspect error)"] and "drift was not used" in r["reason"]
+    assert any(s.startswith("--quality-images") for s in r["sharpen"])
+    r = recommend([_entry(256, cos=1.0)], 0.02, None)
+    assert r["basis"] != ["embedding drift"] and "drift was not used" in r["reason"]
+
+
+def test_t_quantiles():
+    from siglip2.profile.cli import t95
+
+    assert t95(1) == pytest.approx(12.706) and t95(30) == pytest.approx(2.042) and t95(1000) == 1.96
+
+
 def test_timing_verdict_noise_and_contradiction():
     ok = [_entry(64, ips=100.0, lo=95, hi=105), _entry(128, ips=50.0, lo=48, hi=52)]
     assert timing_verdict(ok) == (True, None)
@@ -75,8 +94,9 @@ def test_timing_verdict_noise_and_contradiction():
     contra = [_entry(64, ips=2.0, lo=1.9, hi=2.1), _entry(128, ips=18.7, lo=18.0, hi=19.0)]
     usable, why = timing_verdict(contra)
     assert not usable and "contradict" in why
-    # overlapping spreads are no contradiction
+    # overlapping spreads are no contradiction, nor a gap within the noise threshold (GPU jitter between calls)
     assert timing_verdict([_entry(64, ips=10.0, lo=9, hi=11), _entry(128, ips=10.5, lo=10, hi=12)])[0]
+    assert timing_verdict([_entry(64, ips=100.0, lo=99, hi=100), _entry(128, ips=102.0, lo=101, hi=103)])[0]
 
 
 def test_noisy_timing_recommends_from_flops():
@@ -205,3 +225,18 @@ def test_time_budget_reports_the_spread():
     assert r["ms_per_batch_q3"] <= r["ms_per_batch_max"]
     assert r["images_per_s_lo"] == pytest.approx(2 / (r["ms_per_batch_q3"] * 1e-3))
     assert r["images_per_s_hi"] == pytest.approx(2 / (r["ms_per_batch_q1"] * 1e-3))
+
+
+def test_oversized_image_is_listed_not_fatal(damaged_dir, monkeypatch):
+    """Pillow refuses headers over its pixel limit with DecompressionBombError (not an OSError): the scan lists
+    the file and goes on."""
+    import PIL.Image
+
+    from siglip2.profile.stats import load_images
+
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 20_000)  # 240 x 320 is over twice this: a "bomb"
+    images, bad = load_images([str(damaged_dir)], 0, progress=False)
+    errors = {b["path"].rsplit("/", 1)[-1]: b["error"] for b in bad}
+    assert errors["ok0.png"].startswith("DecompressionBombError")
+    assert "ok2.png" in errors and "ok1.png" not in errors  # 150 x 400 is a bomb too; 200 x 120 is not
+    assert [im.path.rsplit("/", 1)[-1] for im in images] == ["ok1.png"]

@@ -81,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-drift",
         type=float,
         default=0.02,
-        help="recommend the smallest budget with 1 - mean cosine <= this (with --model; default 0.02)",
+        help="recommend the smallest budget whose drift (1 - mean cosine, upper 95%% bound) is <= this (with "
+        "--model; default 0.02)",
     )
     p.add_argument(
         "--target-images-per-s",
@@ -287,6 +288,46 @@ def time_budget(models, cfg, g_batch, M, device, dtype, repeats) -> dict:
     return out
 
 
+# Student's t 0.975 quantiles by degrees of freedom (1-30); 1.96 beyond: the drift's 95% interval for small samples
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def t95(dof: int) -> float:
+    """The two-sided 95% Student's t quantile for `dof` >= 1 degrees of freedom."""
+    return _T975[dof - 1] if dof <= len(_T975) else 1.96
+
+
 def _decodable(images, seed, unreadable: list[dict]) -> list:
     """(image, pixels) for each image whose pixels decode; the others are appended to `unreadable` (a header
     can be whole where the data is truncated: only decoding finds it)."""
@@ -413,8 +454,8 @@ def run(args: argparse.Namespace) -> int:
             c = drift[e["max_num_patches"]]
             e.update(
                 drift_cosine_mean=float(c.mean()),
-                # the mean's 95% confidence half-width over the sampled images (normal approximation)
-                drift_cosine_ci95=float(1.96 * c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else 0.0,
+                # the mean's 95% confidence half-width over the sampled images (Student's t); None for one image
+                drift_cosine_ci95=float(t95(len(c) - 1) * c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else None,
                 drift_images=len(c),
                 drift_cosine_min=float(c.min()),
                 drift_cosine_p05=float(np.percentile(c, 5)),

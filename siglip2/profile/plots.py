@@ -71,7 +71,7 @@ def decision_figure(result: dict) -> Any:
             [v["images_per_s"] - v.get("images_per_s_lo", v["images_per_s"]) for v in t],
             [v.get("images_per_s_hi", v["images_per_s"]) - v["images_per_s"] for v in t],
         ]
-        xlabel = "cost: packed images/s (median; bars: interquartile range)  <- more expensive"
+        xlabel = "cost: packed images/s (median; bars: interquartile range; inverted: more expensive ->)"
         ax.invert_xaxis()  # cost grows to the right, as with FLOPs
     else:
         x = [e["flops_per_image_packed"]["total"] / 1e9 for e in entries]
@@ -86,7 +86,7 @@ def decision_figure(result: dict) -> Any:
     ax.xaxis.set_minor_formatter(NullFormatter())
     if "drift_cosine_mean" in entries[0]:
         y = [1 - e["drift_cosine_mean"] for e in entries]
-        yerr = [e.get("drift_cosine_ci95", 0.0) for e in entries]
+        yerr = [e.get("drift_cosine_ci95") or 0.0 for e in entries]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, label="drift: 1 - mean cosine (95% CI)")
         ax.axhline(s["max_drift"], color="C3", linestyle="--", linewidth=1, label=f"--max-drift {s['max_drift']:g}")
         ax.set_ylabel(f"quality lost: drift against max_num_patches {max(budgets)}")

@@ -91,7 +91,7 @@ def _header_size(path: str) -> tuple[int, int]:
         with PIL.Image.open(path) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # OSError, SyntaxError, ValueError, Pillow's DecompressionBombError (> ~179 MP) ...
         raise ValueError(f"{path!r}: cannot read as an image ({type(e).__name__}: {e})") from e
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
