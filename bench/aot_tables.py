@@ -117,9 +117,13 @@ def main(argv=None) -> int:
     ap.add_argument("--amd-ccs", default=AMD_CCS)
     ap.add_argument("--nvidia-ccs", default=NVIDIA_CCS)
     a = ap.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
     amd_json, nv_json = os.path.join(a.out, "amd.json"), os.path.join(a.out, "nvidia.json")
-    if not a.no_compile:
+    if a.no_compile:
+        missing = [p for p in (amd_json, nv_json) if not os.path.isfile(p)]
+        if missing:
+            ap.error(f"--no-compile: no {', '.join(missing)} to render; run without --no-compile first")
+    else:
+        os.makedirs(a.out, exist_ok=True)
         _compile("amd", a.amd_ccs, None, amd_json)
         _compile("siglip2", a.nvidia_ccs, "attention", nv_json)
     command = f"python bench/aot_tables.py {a.out}"

@@ -226,6 +226,7 @@ def _tiny_checkpoint(folder: str) -> None:
     import torch
 
     from siglip2.models.configuration import Siglip2Config
+    from siglip2.processing.image_processing import Siglip2ImageProcessor
     from siglip2.reference import Siglip2Model
 
     torch.manual_seed(0)
@@ -235,21 +236,7 @@ def _tiny_checkpoint(folder: str) -> None:
         text_config=dict(small, vocab_size=256, max_position_embeddings=16),
     )
     Siglip2Model(cfg).save_pretrained(folder)
-    pre = {
-        "image_processor_type": "Siglip2ImageProcessorFast",
-        "processor_class": "Siglip2Processor",
-        "do_resize": True,
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5] * 3,
-        "image_std": [0.5] * 3,
-        "patch_size": 4,
-        "max_num_patches": 16,
-    }
-    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
-        json.dump(pre, f, indent=1)
+    Siglip2ImageProcessor(patch_size=4, max_num_patches=16).save_pretrained(folder)
 
 
 def naflex(out: str = NAFLEX_OUT) -> int:

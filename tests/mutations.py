@@ -193,8 +193,8 @@ MUTATIONS = [
     Mutation(
         "scheduler-steps-before-optimizer",
         "siglip2/train/loop.py",
-        "optimizer.step()\n    scheduler.step()\n",
-        "scheduler.step()\n    optimizer.step()\n",
+        "run.optimizer.step()\n    run.scheduler.step()\n",
+        "run.scheduler.step()\n    run.optimizer.step()\n",
         ["tests/test_train_optim.py", "-k", "lr_schedule"],
     ),
     Mutation(

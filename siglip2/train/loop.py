@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -368,30 +369,36 @@ def train(cfg: TrainConfig) -> dict:
             num_workers=min(cfg.workers, 1),
         )
     try:
-        return _loop(
-            cfg,
-            model,
-            module,
-            optimizer,
-            scheduler,
-            loader,
-            plan,
-            step,
-            total,
-            rank,
-            world,
-            device,
-            proc_files,
-            log_path,
-            image_cache,
+        run = _Run(
+            model, module, optimizer, scheduler, loader, total, rank, world, device, proc_files, log_path, image_cache
         )
+        return _loop(cfg, run, step)
     except KeyboardInterrupt as e:
         if isinstance(e, TrainingInterrupted):
             raise
         raise TrainingInterrupted(_interrupted_message(cfg, None)) from None
 
 
-def _step(cfg, module, optimizer, scheduler, batch, params, autocast, dist_loss, image_cache, world, device, step):
+@dataclass
+class _Run:
+    """What the loop runs on, built once by `train`: the model (and its wrapped training module), the optimizer and
+    schedule, the batches, the length of the run, where this rank stands, and where it writes."""
+
+    model: Any
+    module: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    total: int
+    rank: int
+    world: int
+    device: Any
+    proc_files: Any
+    log_path: str
+    image_cache: Any = None  # --cache-image-embeddings
+
+
+def _step(cfg, run: _Run, batch, params, autocast, dist_loss, step):
     """One optimizer step; (step, cursor, consumed, loss, grad norm) after it. Raises TrainingDiverged on a
     non-finite loss or gradient norm: the weights are then not saved, so the last checkpoint stays the good one."""
     import torch
@@ -401,21 +408,22 @@ def _step(cfg, module, optimizer, scheduler, batch, params, autocast, dist_loss,
 
     assert batch["step"] == step, (batch["step"], step)
     keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "spatial_shapes")
-    inputs = [batch[k].to(device, non_blocking=True) if k in batch else None for k in keys]
+    inputs = [batch[k].to(run.device, non_blocking=True) if k in batch else None for k in keys]
     with autocast:
-        img, txt, scale, bias = module(*inputs, cache_keys=batch["cache_keys"] if image_cache is not None else None)
+        cache_keys = batch["cache_keys"] if run.image_cache is not None else None
+        img, txt, scale, bias = run.module(*inputs, cache_keys=cache_keys)
     if dist_loss is not None:
         loss = dist_loss(img, txt, scale, bias)
-        (loss * world).backward()  # DDP / FSDP average gradients; the ring's per-rank shares sum to the total
+        (loss * run.world).backward()  # DDP / FSDP average gradients; the ring's per-rank shares sum to the total
     else:
         loss = sigmoid_loss(img, txt, scale, bias, impl=cfg.kernel_impl)
         loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
     if isinstance(gn, DTensor):  # FSDP2: the norm of sharded gradients is a DTensor
         gn = gn.full_tensor()
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
     # The loop already synchronized once per step to read the loss (progress bar, log); reading the grad norm in the
     # same transfer makes the finiteness check free. The grad norm is the same on every rank (gradients are
     # all-reduced), so every rank stops at the same step; a checkpoint is only written after this check passes.
@@ -527,28 +535,22 @@ def _worker_error(e: Exception) -> Exception:
         return ValueError(f"in a data loader worker: {type(e).__name__}: {text}")
 
 
-def _loop(
-    cfg,
-    model,
-    module,
-    optimizer,
-    scheduler,
-    loader,
-    plan,
-    step,
-    total,
-    rank,
-    world,
-    device,
-    proc_files,
-    log_path,
-    image_cache=None,
-):
+def _loop(cfg, run: _Run, step: int):
     import torch
 
     from siglip2.kernels.loss import DistributedSigmoidLoss
 
     from . import checkpointing as C
+
+    module, scheduler, total, rank, world, device = (
+        run.module,
+        run.scheduler,
+        run.total,
+        run.rank,
+        run.world,
+        run.device,
+    )
+    image_cache = run.image_cache
 
     dist_loss = DistributedSigmoidLoss(impl=cfg.kernel_impl) if world > 1 else None
     params = [p for p in module.parameters() if p.requires_grad]
@@ -569,7 +571,7 @@ def _loop(
     cursor = consumed = 0
     run_args = _run_args(cfg)  # saved in every checkpoint: --resume refuses other arguments
     try:
-        batches = iter(loader)
+        batches = iter(run.loader)
         while True:
             try:
                 batch = next(batches)
@@ -580,9 +582,7 @@ def _loop(
                 if err is e:
                     raise
                 raise err from None
-            step, cursor, consumed, last, gn = _step(
-                cfg, module, optimizer, scheduler, batch, params, autocast, dist_loss, image_cache, world, device, step
-            )
+            step, cursor, consumed, last, gn = _step(cfg, run, batch, params, autocast, dist_loss, step)
             skipped += len(batch["skipped"])
             acc += torch.tensor(
                 [batch["input_ids"].shape[0], float(batch["pixel_attention_mask"].sum()), 0.0], dtype=torch.float64
@@ -610,7 +610,7 @@ def _loop(
                 if device.type == "cuda":
                     rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if rank == 0:
-                    with open(log_path, "a") as f:
+                    with open(run.log_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                     if bar is not None:
                         bar.write(json.dumps(rec))
@@ -625,7 +625,16 @@ def _loop(
             if step == total or stop or (cfg.save_every and step % cfg.save_every == 0):
                 extra = {"step": step, "cursor": cursor, "consumed": consumed, "world_size": world}
                 C.save_checkpoint(
-                    cfg.out, step, module, model, optimizer, scheduler, extra, proc_files, cfg.keep_last, run_args
+                    cfg.out,
+                    step,
+                    module,
+                    run.model,
+                    run.optimizer,
+                    scheduler,
+                    extra,
+                    run.proc_files,
+                    cfg.keep_last,
+                    run_args,
                 )
             if stop:
                 break
